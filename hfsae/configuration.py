@@ -1,0 +1,93 @@
+"""TopKSAEConfig: what a TopK sparse autoencoder is (sizes, normalisation, losses, provenance)."""
+
+from __future__ import annotations
+
+import functools
+
+from huggingface_hub.dataclasses import strict
+from huggingface_hub.errors import StrictDataclassError
+from transformers import PretrainedConfig
+
+NORMALIZATIONS = ("none", "layer_norm", "unit_norm", "dataset_scale")
+
+
+@strict(accept_kwargs=True)
+class TopKSAEConfig(PretrainedConfig):
+    """The architecture of a TopK SAE (PAPER.md §1–2) and where its activations came from.
+
+    Example:
+        >>> TopKSAEConfig(d_in=576, n_latents=8192, k=32)
+    """
+
+    model_type = "topk_sae"
+
+    d_in: int = 768
+    """Width of the activations the SAE reads and reconstructs."""
+    n_latents: int = 16384
+    """Number of latents (the dictionary size)."""
+    k: int = 32
+    """Latents kept per token."""
+    k_aux: int | None = None
+    """Dead latents used by the AuxK loss per token; None means the paper's heuristic d_in // 2."""
+    aux_k_coef: float = 1 / 32
+    """Weight α of the AuxK loss (PAPER.md §2)."""
+    multi_topk_factor: int = 4
+    """Multi-TopK also reconstructs with multi_topk_factor · k latents (PAPER.md §2)."""
+    multi_topk_coef: float = 0.0
+    """Weight of the Multi-TopK term L(factor·k); the paper's value is 1/8. 0 trains plain TopK."""
+    latent_bias: bool = True
+    """Keep the encoder bias b_enc (the reference code's latent_bias); False drops it, as the paper's equation."""
+    normalize: str = "none"
+    """Input normalisation: none | layer_norm | unit_norm | dataset_scale (PAPER.md §1)."""
+    dataset_scale: float | None = None
+    """The layer-wide constant for normalize='dataset_scale': x is multiplied by it before encoding."""
+    base_model: str | None = None
+    """The language model whose activations the SAE reads (Hub id or path)."""
+    hook_point: str | None = None
+    """Where in the base model the activations come from, e.g. 'layers.8.resid_post'."""
+    context_size: int | None = None
+    """Tokens per training context."""
+    dataset: str | None = None
+    """The text the SAE was trained on."""
+
+    def validate_architecture(self):
+        """Checks across fields, run on construction and on from_pretrained."""
+        for name in ("d_in", "n_latents", "k", "multi_topk_factor"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {name}={value}.")
+        if not self.k < self.n_latents:
+            raise ValueError(f"k must be in 1..{self.n_latents - 1} (below n_latents); got k={self.k}.")
+        if self.k_aux is not None and not 1 <= self.k_aux <= self.n_latents:
+            raise ValueError(f"k_aux must be in 1..{self.n_latents} or None; got k_aux={self.k_aux}.")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got normalize={self.normalize!r}.")
+        if self.normalize == "dataset_scale" and self.dataset_scale is not None and not self.dataset_scale > 0:
+            raise ValueError(f"dataset_scale must be positive; got dataset_scale={self.dataset_scale}.")
+        if self.aux_k_coef < 0 or self.multi_topk_coef < 0:
+            raise ValueError(
+                f"loss weights must be non-negative; got aux_k_coef={self.aux_k_coef}, "
+                f"multi_topk_coef={self.multi_topk_coef}."
+            )
+
+    @property
+    def k_aux_effective(self) -> int:
+        """k_aux, or the paper's heuristic d_in // 2 when unset."""
+        return self.k_aux if self.k_aux is not None else max(1, self.d_in // 2)
+
+
+def _raise_value_errors(init):
+    """Strict validation wraps errors in its own type; callers of a config should see ValueError."""
+
+    @functools.wraps(init)
+    def checked_init(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except StrictDataclassError as err:
+            cause = err.__cause__ or err
+            raise ValueError(f"Invalid TopKSAEConfig: {cause}") from err
+
+    return checked_init
+
+
+TopKSAEConfig.__init__ = _raise_value_errors(TopKSAEConfig.__init__)
