@@ -1,0 +1,290 @@
+"""TopKSAE: the TopK sparse autoencoder as a transformers PreTrainedModel (PAPER.md §1–2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .configuration import TopKSAEConfig
+from .ops import backend_for, selected_preactivations, sparse_decode
+from .training.losses import normalized_mse
+
+# Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (PAPER.md §1).
+LAYER_NORM_EPS = 1e-5
+# A latent "fires" when selected with a value above this (PAPER.md §2).
+FIRING_THRESHOLD = 1e-3
+
+
+@dataclass
+class SparseCode:
+    """The active latents of each row: a sparse [..., n_latents] matrix with k entries a row.
+
+    `input_mean` / `input_scale` carry the per-row input normalisation so that `decode` can undo it;
+    they are None when the SAE does not normalise per row.
+    """
+
+    indices: torch.Tensor  # [..., k] int64, each in [0, n_latents)
+    values: torch.Tensor  # [..., k], non-negative
+    input_mean: torch.Tensor | None = None  # [..., 1]
+    input_scale: torch.Tensor | None = None  # [..., 1]
+
+    def to_dense(self, n_latents: int) -> torch.Tensor:
+        """The code as a dense [..., n_latents] tensor (for inspection, never in a hot path)."""
+        dense = self.values.new_zeros(*self.values.shape[:-1], n_latents)
+        return dense.scatter_add_(-1, self.indices, self.values)
+
+
+@dataclass
+class TopKSAEOutput(ModelOutput):
+    """What `TopKSAE.forward` returns. Losses are measured on the normalised input (what is trained)."""
+
+    x_hat: torch.Tensor | None = None  # [..., d_in], in the input's own scale
+    code: SparseCode | None = None
+    fvu: torch.Tensor | None = None  # scalar: normalised MSE with the batch's variance
+    loss: torch.Tensor | None = None  # fvu + multi_topk_coef · multi_topk_loss + aux_k_coef · aux_loss
+    aux_loss: torch.Tensor | None = None  # AuxK: dead latents reconstructing the residual; 0 without dead latents
+    multi_topk_loss: torch.Tensor | None = None  # FVU with multi_topk_factor · k latents, when enabled
+
+
+class TopKSAE(PreTrainedModel):
+    """z = ReLU(TopK(W_enc (x − b_pre) + b_enc)), x_hat = W_decᵀ z + b_pre, with sparse kernels.
+
+    `W_dec` is stored as [n_latents, d_in]: each row is one latent's decoder vector (the paper's
+    columns), so that decoding gathers contiguous rows.
+
+    Example:
+        >>> sae = TopKSAE(TopKSAEConfig(d_in=64, n_latents=512, k=8))
+        >>> code = sae.encode(torch.randn(10, 64))        # code.indices, code.values: [10, 8]
+        >>> x_hat = sae.decode(code)                      # [10, 64]
+    """
+
+    config_class = TopKSAEConfig
+    base_model_prefix = "sae"
+    main_input_name = "x"
+    _no_split_modules: list[str] = []
+
+    def __init__(self, config: TopKSAEConfig):
+        super().__init__(config)
+        n, d = config.n_latents, config.d_in
+        self.W_enc = nn.Parameter(torch.empty(n, d))
+        self.b_enc = nn.Parameter(torch.zeros(n)) if config.latent_bias else None
+        self.W_dec = nn.Parameter(torch.empty(n, d))
+        self.b_pre = nn.Parameter(torch.zeros(d))
+        self.ops_backend: str | None = None  # None: the fastest for the device; or "reference" / "cpu" / "triton"
+        self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        # Called by post_init and by from_pretrained only for weights a checkpoint lacks.
+        if module is self:
+            self.init_tied_()
+
+    # ---- initialisation and decoder-norm helpers (PAPER.md §1) --------------------------------------
+
+    @torch.no_grad()
+    def init_tied_(self, generator: torch.Generator | None = None) -> None:
+        """Random unit-norm decoder rows, W_enc = W_dec (tied at init only), b_enc = 0, b_pre = 0."""
+        W_dec = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float32)
+        W_dec /= W_dec.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(W_dec)
+        self.W_enc.copy_(W_dec)
+        if self.b_enc is not None:
+            self.b_enc.zero_()
+        self.b_pre.zero_()
+
+    @torch.no_grad()
+    def init_b_pre_(self, sample: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> None:
+        """Set b_pre to the geometric median of a sample of activations [tokens, d_in] (Weiszfeld)."""
+        x, _, _ = self._normalize(self._check_input(sample).reshape(-1, self.config.d_in).float())
+        self.b_pre.copy_(geometric_median(x, iterations=iterations, tolerance=tolerance))
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale every decoder row to unit norm."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.W_dec.dtype).tiny)
+
+    @torch.no_grad()
+    def project_decoder_grad_(self) -> None:
+        """Remove from each decoder row's gradient its component along the (unit-norm) row."""
+        if self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+    # ---- input normalisation -------------------------------------------------------------------------
+
+    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.config.d_in:
+            raise ValueError(
+                f"This SAE reads activations of width d_in={self.config.d_in}; got input of shape "
+                f"{tuple(x.shape)} (last dimension {x.shape[-1]}). Check the hook point and base model."
+            )
+        if not torch.isfinite(x).all():
+            raise ValueError("The input holds NaN or infinite values; the SAE would reconstruct garbage.")
+        return x
+
+    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """x [tokens, d_in] → (normalised x, mean [tokens, 1] or None, scale [tokens, 1] or None)."""
+        mode = self.config.normalize
+        if mode == "none":
+            return x, None, None
+        if mode == "dataset_scale":
+            if self.config.dataset_scale is None:
+                raise ValueError("normalize='dataset_scale' needs config.dataset_scale; the trainer estimates it.")
+            return x * self.config.dataset_scale, None, None
+        mean = x.mean(dim=-1, keepdim=True)
+        centred = x - mean
+        if mode == "layer_norm":
+            scale = centred.std(dim=-1, keepdim=True) + LAYER_NORM_EPS
+        else:  # unit_norm
+            scale = centred.norm(dim=-1, keepdim=True).clamp_min(LAYER_NORM_EPS)
+        return centred / scale, mean, scale
+
+    def _denormalize(self, y: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
+        if self.config.normalize == "dataset_scale":
+            return y / self.config.dataset_scale
+        if scale is not None:
+            y = y * scale
+        if mean is not None:
+            y = y + mean
+        return y
+
+    # ---- encode / decode / forward ------------------------------------------------------------------
+
+    @property
+    def ops(self):
+        """The sparse-ops module in use for this model's device."""
+        return backend_for(self.W_enc.device, self.ops_backend)
+
+    def encode(self, x: torch.Tensor, *, k: int | None = None) -> SparseCode:
+        """x: [..., d_in] → the k largest latents of each row (k defaults to config.k)."""
+        k = self._check_k(k)
+        leading = x.shape[:-1]
+        x = self._check_input(x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
+        x_norm, mean, scale = self._normalize(x)
+        x_centred = x_norm - self.b_pre
+        selection = self._select(x_centred, k)
+        values = torch.relu(self._preactivations(x_centred, selection.indices, selection.values))
+        return SparseCode(
+            indices=selection.indices.reshape(*leading, k),
+            values=values.reshape(*leading, k),
+            input_mean=None if mean is None else mean.reshape(*leading, 1),
+            input_scale=None if scale is None else scale.reshape(*leading, 1),
+        )
+
+    def decode(self, code: SparseCode) -> torch.Tensor:
+        """A code [..., k] → x_hat [..., d_in], undoing the input normalisation recorded in the code."""
+        leading, k = code.indices.shape[:-1], code.indices.shape[-1]
+        indices = code.indices.reshape(-1, k)
+        if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < self.config.n_latents:
+            raise ValueError(f"Code indices must lie in [0, {self.config.n_latents}); got a code outside that range.")
+        y = sparse_decode(indices, code.values.reshape(-1, k).to(self.W_dec.dtype), self.W_dec, self.ops) + self.b_pre
+        mean = None if code.input_mean is None else code.input_mean.reshape(-1, 1)
+        scale = None if code.input_scale is None else code.input_scale.reshape(-1, 1)
+        return self._denormalize(y, mean, scale).reshape(*leading, self.config.d_in)
+
+    def forward(
+        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None, k: int | None = None
+    ) -> TopKSAEOutput:
+        """Encode, decode and measure x [..., d_in]; with `dead_mask` [n_latents] bool, also the AuxK loss."""
+        config = self.config
+        k = self._check_k(k)
+        leading = x.shape[:-1]
+        x = self._check_input(x).reshape(-1, config.d_in).to(self.W_enc.dtype)
+        x_norm, mean, scale = self._normalize(x)
+        x_centred = x_norm - self.b_pre
+
+        k_multi = min(config.multi_topk_factor * k, config.n_latents) if config.multi_topk_coef > 0 else k
+        aux_mask = dead_mask if config.aux_k_coef > 0 else None
+        if aux_mask is not None and aux_mask.shape != (config.n_latents,):
+            raise ValueError(f"dead_mask must have shape ({config.n_latents},); got {tuple(aux_mask.shape)}.")
+        selection = self._select(x_centred, max(k, k_multi), aux_mask=aux_mask)
+
+        # One differentiable gather for every selected pre-activation (main and AuxK): the encoder
+        # gradient is then one sparse scatter instead of one per loss.
+        n_main = selection.indices.shape[1]
+        indices, preacts = selection.indices, selection.values
+        if selection.aux_indices is not None:
+            indices = torch.cat([indices, selection.aux_indices], dim=1)
+            preacts = torch.cat([preacts, selection.aux_values], dim=1)
+        values = torch.relu(self._preactivations(x_centred, indices, preacts))
+
+        # TopK values come sorted descending, so the first k of the top-(factor·k) are the top-k.
+        x_hat_norm = sparse_decode(indices[:, :k], values[:, :k], self.W_dec, self.ops) + self.b_pre
+        fvu = normalized_mse(x_hat_norm, x_norm)
+        loss = fvu
+        multi_topk_loss = aux_loss = None
+        if k_multi > k:
+            x_hat_multi = sparse_decode(indices[:, :k_multi], values[:, :k_multi], self.W_dec, self.ops) + self.b_pre
+            multi_topk_loss = normalized_mse(x_hat_multi, x_norm)
+            loss = loss + config.multi_topk_coef * multi_topk_loss
+        if aux_mask is not None:
+            aux_loss = self._aux_loss(x_norm - x_hat_norm, indices[:, n_main:], values[:, n_main:])
+            loss = loss + config.aux_k_coef * aux_loss
+
+        code = SparseCode(
+            indices=indices[:, :k].reshape(*leading, k),
+            values=values[:, :k].reshape(*leading, k),
+            input_mean=None if mean is None else mean.reshape(*leading, 1),
+            input_scale=None if scale is None else scale.reshape(*leading, 1),
+        )
+        x_hat = self._denormalize(x_hat_norm, mean, scale).reshape(*leading, config.d_in)
+        return TopKSAEOutput(
+            x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
+        )
+
+    def _aux_loss(self, residual: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """AuxK (PAPER.md §2): the top dead latents, decoded without b_pre, reconstruct the detached residual."""
+        if indices.shape[1] == 0:
+            return residual.new_zeros(())
+        residual_hat = sparse_decode(indices, values, self.W_dec, self.ops)
+        aux_loss = normalized_mse(residual_hat, residual.detach())
+        # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
+        return torch.nan_to_num(aux_loss, nan=0.0)
+
+    def _check_k(self, k: int | None) -> int:
+        if k is None:
+            return self.config.k
+        if not 1 <= k <= self.config.n_latents:
+            raise ValueError(f"k must be in 1..{self.config.n_latents}; got k={k}.")
+        return k
+
+    def _select(self, x_centred: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None):
+        with torch.no_grad():
+            k_aux = 0
+            if aux_mask is not None:
+                k_aux = min(self.config.k_aux_effective, int(aux_mask.sum()))
+            b_enc = None if self.b_enc is None else self.b_enc.detach()
+            selection = self.ops.encode_topk(
+                x_centred.detach(), self.W_enc.detach(), b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux
+            )
+            if aux_mask is not None and selection.aux_indices is None:
+                # No dead latents this step: AuxK contributes an empty selection (loss 0).
+                empty = selection.indices.new_empty(selection.indices.shape[0], 0)
+                selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
+            return selection
+
+    def _preactivations(self, x_centred: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return selected_preactivations(x_centred, self.W_enc, self.b_enc, indices, values, self.ops)
+
+
+def geometric_median(points: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> torch.Tensor:
+    """The point minimising the sum of Euclidean distances to points [count, d] (Weiszfeld iterations)."""
+    median = points.mean(dim=0)
+    for _ in range(iterations):
+        distances = (points - median).norm(dim=1).clamp_min(1e-8)
+        weights = 1.0 / distances
+        updated = (weights[:, None] * points).sum(dim=0) / weights.sum()
+        shift = (updated - median).norm()
+        median = updated
+        if shift <= tolerance * median.norm().clamp_min(1.0):
+            break
+    return median
+
+
+AutoConfig.register(TopKSAEConfig.model_type, TopKSAEConfig)
+AutoModel.register(TopKSAEConfig, TopKSAE)

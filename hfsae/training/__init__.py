@@ -1,0 +1,1 @@
+"""Training TopK SAEs: losses, dead-latent statistics, EMA, checkpoints and the trainer."""
