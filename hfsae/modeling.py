@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
@@ -82,6 +83,17 @@ class TopKSAE(PreTrainedModel):
         # Called by post_init and by from_pretrained only for weights a checkpoint lacks.
         if module is self:
             self.init_tied_()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """Load a saved SAE; a corrupt weight file raises an OSError that names it."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(
+                f"Could not read the weights of {pretrained_model_name_or_path} (model.safetensors is "
+                f"corrupt or incomplete: {err}). Re-download or re-save the SAE."
+            ) from err
 
     # ---- initialisation and decoder-norm helpers (PAPER.md §1) --------------------------------------
 

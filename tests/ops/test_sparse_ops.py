@@ -1,0 +1,105 @@
+"""The CPU fast path's sparse ops equal the dense reference, on odd sizes too."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hfsae.ops import backend_for, reference, selected_preactivations, sparse_decode
+
+cpu = backend_for("cpu", "cpu")
+
+sizes = st.tuples(
+    st.integers(1, 9),  # batch
+    st.integers(2, 70),  # n_rows (latents)
+    st.integers(1, 13),  # d
+    st.integers(1, 6),  # k
+    st.integers(0, 2**31 - 1),  # seed
+)
+
+
+def random_case(batch, n_rows, d, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = min(k, n_rows)
+    indices = torch.stack([torch.randperm(n_rows, generator=g)[:k] for _ in range(batch)])
+    values = torch.rand(batch, k, generator=g)
+    weight = torch.randn(n_rows, d, generator=g)
+    dense = torch.randn(batch, d, generator=g)
+    return indices, values, weight, dense
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes)
+def test_decode_equals_the_dense_product(case):
+    indices, values, weight, _ = random_case(*case)
+    torch.testing.assert_close(cpu.decode(indices, values, weight), reference.decode(indices, values, weight))
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes)
+def test_scatter_outer_equals_the_transposed_dense_product(case):
+    indices, values, weight, dense = random_case(*case)
+    n = weight.shape[0]
+    torch.testing.assert_close(
+        cpu.scatter_outer(indices, values, dense, n), reference.scatter_outer(indices, values, dense, n)
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes)
+def test_gather_dot_equals_the_dense_product_at_the_selected_entries(case):
+    indices, _, weight, dense = random_case(*case)
+    torch.testing.assert_close(cpu.gather_dot(indices, dense, weight), reference.gather_dot(indices, dense, weight))
+
+
+def test_duplicate_indices_in_a_row_add_up():
+    indices = torch.tensor([[3, 3, 1]])
+    values = torch.tensor([[1.0, 2.0, 0.5]])
+    weight = torch.randn(5, 4)
+    torch.testing.assert_close(cpu.decode(indices, values, weight), (3 * weight[3] + 0.5 * weight[1])[None])
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("batch,n,d,k,k_aux", [(1, 7, 3, 1, 2), (13, 301, 29, 5, 17), (64, 1000, 16, 32, 50)])
+def test_chunked_encode_topk_selects_the_reference_sets(monkeypatch, with_bias, batch, n, d, k, k_aux):
+    monkeypatch.setattr(cpu, "ENCODE_CHUNK_ELEMENTS", 3 * n + 1)  # force several row chunks
+    g = torch.Generator().manual_seed(batch + n)
+    x, W_enc = torch.randn(batch, d, generator=g), torch.randn(n, d, generator=g)
+    b_enc = torch.randn(n, generator=g) if with_bias else None
+    aux_mask = torch.rand(n, generator=g) < 0.3
+    expected = reference.encode_topk(x, W_enc, b_enc, k, aux_mask=aux_mask, k_aux=min(k_aux, int(aux_mask.sum())))
+    got = cpu.encode_topk(x, W_enc, b_enc, k, aux_mask=aux_mask, k_aux=k_aux)
+    torch.testing.assert_close(got.values, expected.values)
+    torch.testing.assert_close(got.aux_values, expected.aux_values)
+    assert torch.equal(got.indices.sort(1).values, expected.indices.sort(1).values)
+    assert torch.equal(got.aux_indices.sort(1).values, expected.aux_indices.sort(1).values)
+    assert aux_mask[got.aux_indices].all()
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_autograd_pieces_give_the_gradients_of_dense_torch(backend):
+    ops = backend_for("cpu", backend)
+    g = torch.Generator().manual_seed(0)
+    batch, n, d, k = 6, 40, 11, 4
+    x = torch.randn(batch, d, generator=g, requires_grad=True)
+    W_enc = torch.randn(n, d, generator=g, requires_grad=True)
+    b_enc = torch.randn(n, generator=g, requires_grad=True)
+    W_dec = torch.randn(n, d, generator=g, requires_grad=True)
+    target = torch.randn(batch, d, generator=g)
+
+    selection = reference.encode_topk(x.detach(), W_enc.detach(), b_enc.detach(), k)
+    values = selected_preactivations(x, W_enc, b_enc, selection.indices, selection.values, ops).relu()
+    loss = (sparse_decode(selection.indices, values, W_dec, ops) - target).pow(2).sum()
+    sparse_grads = torch.autograd.grad(loss, [x, W_enc, b_enc, W_dec])
+
+    pre = x @ W_enc.T + b_enc
+    mask = torch.zeros_like(pre).scatter_(1, selection.indices, 1.0)
+    dense_loss = ((pre * mask).relu() @ W_dec - target).pow(2).sum()
+    dense_grads = torch.autograd.grad(dense_loss, [x, W_enc, b_enc, W_dec])
+    for sparse_grad, dense_grad in zip(sparse_grads, dense_grads):
+        torch.testing.assert_close(sparse_grad, dense_grad, rtol=1e-5, atol=1e-4)
+
+
+def test_an_unknown_backend_names_the_valid_ones():
+    with pytest.raises(ValueError, match="reference, cpu, triton"):
+        backend_for("cpu", "cuda-magic")

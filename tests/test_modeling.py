@@ -1,0 +1,229 @@
+"""TopKSAE against a dense re-implementation of PAPER.md §1–2, and its save/load and errors."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModel
+
+from hfsae import SparseCode, TopKSAE, TopKSAEConfig
+from hfsae.modeling import geometric_median
+
+
+def make_sae(seed=0, **overrides):
+    config = dict(d_in=13, n_latents=50, k=4, k_aux=6)
+    config.update(overrides)
+    torch.manual_seed(seed)
+    sae = TopKSAE(TopKSAEConfig(**config))
+    with torch.no_grad():  # away from the tied init, so that every parameter matters
+        sae.W_enc.add_(0.3 * torch.randn_like(sae.W_enc))
+        sae.W_dec.mul_(torch.rand(sae.config.n_latents, 1) + 0.5)
+        if sae.b_enc is not None:
+            sae.b_enc.normal_(0, 0.2)
+        sae.b_pre.normal_(0, 0.5)
+    return sae
+
+
+def nmse(x_hat, x):
+    return ((x - x_hat) ** 2).sum(-1).mean() / ((x - x.mean(0)) ** 2).sum(-1).mean()
+
+
+def dense_reference_loss(sae, x, dead_mask=None):
+    """The paper's losses written densely with plain torch autograd: the oracle of forward()."""
+    c = sae.config
+    if c.normalize == "layer_norm":
+        mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True) + 1e-5
+        x = (x - mean) / std
+    elif c.normalize == "unit_norm":
+        x = x - x.mean(-1, keepdim=True)
+        x = x / x.norm(dim=-1, keepdim=True)
+    elif c.normalize == "dataset_scale":
+        x = x * c.dataset_scale
+    pre = (x - sae.b_pre) @ sae.W_enc.T + (sae.b_enc if sae.b_enc is not None else 0)
+
+    def topk_code(scores, k):
+        mask = torch.zeros_like(pre).scatter_(1, scores.topk(k, dim=1).indices, 1.0)
+        return (pre * mask).relu()
+
+    x_hat = topk_code(pre, c.k) @ sae.W_dec + sae.b_pre
+    loss = fvu = nmse(x_hat, x)
+    if c.multi_topk_coef > 0:
+        loss = loss + c.multi_topk_coef * nmse(topk_code(pre, c.multi_topk_factor * c.k) @ sae.W_dec + sae.b_pre, x)
+    aux = None
+    if dead_mask is not None:
+        k_aux = min(c.k_aux_effective, int(dead_mask.sum()))
+        residual = (x - x_hat).detach()
+        aux = nmse(topk_code(pre.masked_fill(~dead_mask, float("-inf")), k_aux) @ sae.W_dec, residual)
+        loss = loss + c.aux_k_coef * aux
+    return loss, fvu, aux
+
+
+def parameter_grads(sae, loss):
+    return torch.autograd.grad(loss, [p for p in sae.parameters()])
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"normalize": "layer_norm", "multi_topk_coef": 0.125},
+        {"normalize": "unit_norm", "latent_bias": False},
+        {"normalize": "dataset_scale", "dataset_scale": 0.7, "k": 1},
+    ],
+)
+def test_forward_losses_and_gradients_equal_the_dense_reference(backend, overrides):
+    sae = make_sae(**overrides)
+    sae.ops_backend = backend
+    x = torch.randn(9, 13) * 2 + 1
+    dead = torch.zeros(50, dtype=torch.bool)
+    dead[::4] = True
+
+    out = sae(x, dead_mask=dead)
+    ref_loss, ref_fvu, ref_aux = dense_reference_loss(sae, x, dead)
+
+    torch.testing.assert_close(out.fvu, ref_fvu)
+    torch.testing.assert_close(out.aux_loss, ref_aux)
+    torch.testing.assert_close(out.loss, ref_loss)
+    for got, expected in zip(parameter_grads(sae, out.loss), parameter_grads(sae, ref_loss)):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_of_one_with_k_one():
+    sae = make_sae(k=1)
+    x = torch.randn(1, 13)
+    out = sae(x)
+    torch.testing.assert_close(out.loss, dense_reference_loss(sae, x)[0])
+
+
+def test_decode_of_encode_equals_forward_reconstruction_for_any_leading_shape():
+    sae = make_sae(normalize="layer_norm")
+    x = torch.randn(2, 3, 13)
+    code = sae.encode(x)
+    assert code.indices.shape == (2, 3, 4)
+    torch.testing.assert_close(sae.decode(code), sae(x).x_hat)
+
+
+def test_layer_norm_reconstruction_is_in_the_input_scale():
+    sae = make_sae(normalize="layer_norm")
+    x = torch.randn(5, 13) * 10 + 3
+    code = sae.encode(x)
+    mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True) + 1e-5
+    expected = (code.to_dense(50) @ sae.W_dec + sae.b_pre) * std + mean
+    torch.testing.assert_close(sae.decode(code), expected)
+
+
+def test_progressive_k_at_inference_keeps_the_largest_latents():
+    sae = make_sae()
+    x = torch.randn(4, 13)
+    small, large = sae.encode(x, k=2), sae.encode(x, k=8)
+    torch.testing.assert_close(small.values, large.values[:, :2])
+
+
+def test_without_dead_latents_aux_loss_is_zero():
+    sae = make_sae()
+    out = sae(torch.randn(6, 13), dead_mask=torch.zeros(50, dtype=torch.bool))
+    assert out.aux_loss.item() == 0.0
+
+
+def test_tied_init_gives_unit_norm_decoder_rows_equal_to_the_encoder():
+    sae = TopKSAE(TopKSAEConfig(d_in=7, n_latents=20, k=3))
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(20))
+    assert torch.equal(sae.W_enc, sae.W_dec)
+    assert sae.b_enc.abs().sum() == 0 and sae.b_pre.abs().sum() == 0
+
+
+def test_decoder_gradient_projection_then_renormalisation_keeps_rows_unit_norm():
+    sae = make_sae()
+    sae.normalize_decoder_()
+    sae(torch.randn(8, 13)).loss.backward()
+    sae.project_decoder_grad_()
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-6
+    with torch.no_grad():
+        sae.W_dec -= 0.1 * sae.W_dec.grad
+    sae.normalize_decoder_()
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(50))
+
+
+def test_geometric_median_minimises_the_sum_of_distances_as_scipy_finds():
+    from scipy.optimize import minimize
+
+    points = torch.randn(300, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64) ** 3
+    total_distance = lambda m: float((points - torch.as_tensor(m)).norm(dim=1).sum())  # noqa: E731
+    expected = minimize(total_distance, points.mean(0).numpy(), method="Nelder-Mead",
+                        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20000}).x
+    torch.testing.assert_close(geometric_median(points, tolerance=1e-12, iterations=2000),
+                               torch.as_tensor(expected), atol=1e-4, rtol=0)
+
+
+def test_init_b_pre_sets_the_geometric_median_of_the_normalised_sample():
+    sae = make_sae(normalize="dataset_scale", dataset_scale=2.0)
+    sample = torch.randn(200, 13) + 5
+    sae.init_b_pre_(sample)
+    torch.testing.assert_close(sae.b_pre.detach(), geometric_median(sample * 2.0))
+
+
+def test_save_then_load_gives_a_bit_identical_model(tmp_path):
+    sae = make_sae(normalize="layer_norm", hook_point="layers.3.resid_post", base_model="tiny")
+    sae.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert isinstance(loaded, TopKSAE) and loaded.config.hook_point == "layers.3.resid_post"
+    for name, tensor in sae.state_dict().items():
+        assert torch.equal(tensor, loaded.state_dict()[name]), name
+    x = torch.randn(5, 13)
+    assert torch.equal(sae(x).x_hat, loaded(x).x_hat)
+
+
+def test_an_input_of_the_wrong_width_names_both_widths():
+    with pytest.raises(ValueError, match=r"d_in=13.*last dimension 12"):
+        make_sae().encode(torch.randn(3, 12))
+
+
+def test_non_finite_input_is_refused():
+    x = torch.randn(3, 13)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        make_sae()(x)
+
+
+def test_a_code_outside_the_dictionary_is_refused():
+    code = SparseCode(indices=torch.tensor([[0, 50]]), values=torch.ones(1, 2))
+    with pytest.raises(ValueError, match=r"\[0, 50\)"):
+        make_sae().decode(code)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"k": 50}, "k must be in 1..49"),
+        ({"n_latents": 0}, "n_latents must be a positive integer"),
+        ({"normalize": "batch_norm"}, "normalize must be one of"),
+        ({"aux_k_coef": -1.0}, "non-negative"),
+    ],
+)
+def test_bad_configs_raise_value_errors_naming_the_field(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        TopKSAEConfig(**{"d_in": 4, "n_latents": 50, **overrides})
+
+
+def test_a_bad_config_json_fails_on_load_with_the_same_message(tmp_path):
+    make_sae().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["k"] = 500
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="k must be in"):
+        TopKSAE.from_pretrained(tmp_path)
+
+
+def test_a_corrupt_weight_file_is_named_in_the_error(tmp_path):
+    make_sae().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception, match="model.safetensors"):
+        TopKSAE.from_pretrained(tmp_path)
+
+
+def test_a_missing_weight_file_is_named_in_the_error(tmp_path):
+    make_sae().save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(OSError, match="model.safetensors"):
+        TopKSAE.from_pretrained(tmp_path)
