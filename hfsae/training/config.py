@@ -1,0 +1,268 @@
+"""TrainConfig: how TopK SAEs are trained (data, sweep, optimiser, schedule, checkpoints, output).
+
+What each SAE *is* lives in `TopKSAEConfig`. The architecture options a user may set for a run
+(`normalize`, `aux_k_coef`, `multi_topk_coef`, ...) are not redeclared here: `SAEOptions` is
+generated from TopKSAEConfig's own fields, so their types, defaults and documentation keep one home.
+TrainConfig inherits them, which keeps the command line and `training_config.json` flat.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import itertools
+import json
+import math
+import sys
+import textwrap
+from dataclasses import dataclass, field
+
+from ..configuration import TopKSAEConfig
+
+# TopKSAEConfig fields a user chooses for a training run; the others are sizes the sweep sets
+# (n_latents, k), measurements the trainer fills (d_in, dataset_scale) or provenance.
+SAE_OPTION_FIELDS = ("normalize", "aux_k_coef", "k_aux", "multi_topk_coef", "multi_topk_factor", "latent_bias")
+
+
+def attribute_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under each annotated attribute of a class body (PEP 257 style)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            source = textwrap.dedent(inspect.getsource(klass))
+        except (OSError, TypeError):
+            continue
+        body = ast.parse(source).body
+        if not body or not isinstance(body[0], ast.ClassDef):
+            continue
+        statements = body[0].body
+        for statement, following in zip(statements, statements[1:]):
+            if (
+                isinstance(statement, ast.AnnAssign)
+                and isinstance(statement.target, ast.Name)
+                and isinstance(following, ast.Expr)
+                and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)
+            ):
+                docs[statement.target.id] = inspect.cleandoc(following.value.value)
+    return docs
+
+
+def _sae_options_dataclass() -> type:
+    """A dataclass with the SAE_OPTION_FIELDS of TopKSAEConfig: same types, defaults and docs."""
+    # Only TopKSAEConfig's own annotations: PretrainedConfig's refer to names this module lacks.
+    module = vars(sys.modules[TopKSAEConfig.__module__])
+    hints = {name: eval(hint, module) if isinstance(hint, str) else hint for name, hint in TopKSAEConfig.__annotations__.items()}
+    defaults = {f.name: f.default for f in dataclasses.fields(TopKSAEConfig)}
+    docs = attribute_docs(TopKSAEConfig)
+    fields = [
+        (name, hints[name], field(default=defaults[name], metadata={"help": docs.get(name, "")}))
+        for name in SAE_OPTION_FIELDS
+    ]
+    options = dataclasses.make_dataclass("SAEOptions", fields)
+    options.__module__ = __name__
+    options.__doc__ = "Architecture options shared by every SAE of a run (declared in TopKSAEConfig)."
+    return options
+
+
+SAEOptions = _sae_options_dataclass()
+
+
+def _documented(cls: type) -> type:
+    """Copy each attribute docstring into its field's metadata, where HfArgumentParser finds `--help`."""
+    docs = attribute_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in docs and "help" not in f.metadata:
+            f.metadata = {**f.metadata, "help": docs[f.name]}
+    return cls
+
+
+@_documented
+@dataclass
+class TrainConfig(SAEOptions):
+    """How to train one or more TopK SAEs on a causal language model's activations.
+
+    One SAE is trained for every (hook point, n_latents, k) combination, all from the same forward
+    passes of the language model (the sweep mode). With no arguments it trains the built-in default.
+
+    Example:
+        >>> config = TrainConfig(model="builtin", hook_points=["layers.10.resid_post"], n_latents=[4096])
+    """
+
+    # ---- what to read --------------------------------------------------------------------------------
+    model: str = "builtin"
+    """Language model: 'builtin' (SmolLM2-135M-Instruct, no download), a Hub id or a local folder."""
+    hook_points: list[str] = field(default_factory=lambda: ["layers.10.resid_post"])
+    """Where to read activations, e.g. layers.10.resid_post (one SAE set per hook point)."""
+    dataset: str = "builtin"
+    """Text: 'builtin' (Python's own documentation and sources), a Hub dataset name or local files."""
+    text_column: str = "text"
+    """Column of the dataset that holds the text."""
+    split: str = "train"
+    """Dataset split to train on; held-out FVU uses text outside it."""
+    context_size: int = 64
+    """Tokens per context (the paper uses 64)."""
+    harvest_tokens: int = 300_000
+    """Distinct training tokens harvested once from the language model and reused for every epoch."""
+    eval_tokens: int = 16_384
+    """Held-out tokens (text the SAE never trains on) for the final FVU."""
+
+    # ---- what to train (the sweep) -------------------------------------------------------------------
+    n_latents: list[int] = field(default_factory=lambda: [4096])
+    """Dictionary sizes (TopKSAEConfig.n_latents); one SAE per (hook point, n_latents, k)."""
+    k: list[int] = field(default_factory=lambda: [32])
+    """Latents kept per token (TopKSAEConfig.k); one SAE per (hook point, n_latents, k)."""
+    tied_init: bool = True
+    """Initialise the encoder as the decoder's transpose (PAPER.md §1); false draws it separately."""
+
+    # ---- optimisation (PAPER.md §3) ------------------------------------------------------------------
+    learning_rate: float | None = None
+    """Adam learning rate; None uses the scaling rule 2e-4 / sqrt(n_latents / 2**14) per SAE."""
+    adam_beta1: float = 0.9
+    """Adam beta1."""
+    adam_beta2: float = 0.999
+    """Adam beta2."""
+    adam_epsilon: float = 6.25e-10
+    """Adam epsilon (the paper's value)."""
+    warmup_steps: int = 0
+    """Steps of linear learning-rate warm-up from 0."""
+    decay_steps: int = 0
+    """Final steps over which the learning rate decays linearly to 0 (0 keeps it constant)."""
+    max_grad_norm: float | None = None
+    """Clip each SAE's gradient to this norm; None does not clip."""
+    ema_decay: float = 0.999
+    """Decay of the bias-corrected exponential moving average of the weights."""
+    batch_size: int = 2048
+    """Tokens per optimiser step (over all processes and accumulation steps)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches whose gradients add up to one step."""
+    train_tokens: int = 3_000_000
+    """Tokens to train on in total (epochs over the harvested tokens)."""
+    dead_tokens: int = 250_000
+    """A latent that has not fired for this many tokens is dead and trained by AuxK (paper: 10M)."""
+
+    # ---- run ----------------------------------------------------------------------------------------
+    seed: int = 0
+    """Seed of the initialisation and the data order."""
+    output_dir: str = "sae"
+    """Folder for the trained SAE(s) and checkpoints."""
+    save_steps: int | None = None
+    """Write a checkpoint every this many steps (and at the end); None writes none."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint folder to continue from, or 'last' for the newest one in output_dir/checkpoints."""
+    mixed_precision: str | None = None
+    """'no' or 'bf16'; None uses bf16 on a GPU and full precision on the CPU."""
+    report_to: list[str] = field(default_factory=list)
+    """Trackers for accelerate to log to (tensorboard, wandb), when installed."""
+    logging_steps: int = 50
+    """Update the progress bar and trackers every this many steps."""
+    device_batch_tokens: int = 8192
+    """Tokens per language-model forward while harvesting."""
+    quiet: bool = False
+    """Hide progress bars."""
+
+    def __post_init__(self):
+        checks = {
+            "context_size": self.context_size >= 2,
+            "harvest_tokens": self.harvest_tokens >= self.batch_size,
+            "eval_tokens": self.eval_tokens >= 1,
+            "batch_size": self.batch_size >= 1,
+            "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
+            "train_tokens": self.train_tokens >= self.batch_size,
+            "dead_tokens": self.dead_tokens >= 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
+            "warmup_steps": self.warmup_steps >= 0,
+            "decay_steps": self.decay_steps >= 0,
+            "learning_rate": self.learning_rate is None or self.learning_rate > 0,
+            "max_grad_norm": self.max_grad_norm is None or self.max_grad_norm > 0,
+            "save_steps": self.save_steps is None or self.save_steps >= 1,
+            "logging_steps": self.logging_steps >= 1,
+            "hook_points": len(self.hook_points) >= 1 and len(set(self.hook_points)) == len(self.hook_points),
+            "n_latents": len(self.n_latents) >= 1 and all(n >= 2 for n in self.n_latents),
+            "k": len(self.k) >= 1 and all(k >= 1 for k in self.k),
+            "mixed_precision": self.mixed_precision in (None, "no", "bf16", "fp16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            raise ValueError(f"Invalid training option {name}={getattr(self, name)!r}: {_VALID[name]}")
+        if self.batch_size % self.gradient_accumulation_steps:
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps} (each micro-batch has the same number of tokens)."
+            )
+        for n_latents, k in itertools.product(self.n_latents, self.k):
+            self.sae_config(d_in=1, hook_point=self.hook_points[0], n_latents=n_latents, k=k)  # raises ValueError
+
+    @property
+    def steps(self) -> int:
+        """Optimiser steps: train_tokens // batch_size."""
+        return self.train_tokens // self.batch_size
+
+    def sae_names(self) -> list[tuple[str, int, int]]:
+        """Every (hook_point, n_latents, k) this run trains, in a fixed order."""
+        return list(itertools.product(self.hook_points, self.n_latents, self.k))
+
+    def sae_config(self, *, d_in: int, hook_point: str, n_latents: int, k: int, **measured) -> TopKSAEConfig:
+        """The TopKSAEConfig of one SAE of the sweep; `measured` adds dataset_scale and provenance."""
+        options = {name: getattr(self, name) for name in SAE_OPTION_FIELDS}
+        return TopKSAEConfig(
+            d_in=d_in,
+            n_latents=n_latents,
+            k=k,
+            hook_point=hook_point,
+            base_model=self.model,
+            context_size=self.context_size,
+            dataset=self.dataset,
+            **options,
+            **measured,
+        )
+
+    def learning_rate_for(self, n_latents: int) -> float:
+        """The learning rate of an SAE with n_latents: the configured one, or 2e-4 / sqrt(n / 2**14)."""
+        if self.learning_rate is not None:
+            return self.learning_rate
+        # Community fit of the paper's Figure 3 (PAPER.md §3).
+        return 2e-4 / math.sqrt(n_latents / 2**14)
+
+    def learning_rate_factor(self, step: int) -> float:
+        """Multiplier of the learning rate at `step`: linear warm-up, constant, linear decay to 0."""
+        factor = 1.0
+        if self.warmup_steps and step < self.warmup_steps:
+            factor = (step + 1) / self.warmup_steps
+        remaining = self.steps - step
+        if self.decay_steps and remaining < self.decay_steps:
+            factor = min(factor, remaining / self.decay_steps)
+        return factor
+
+    def to_json_string(self) -> str:
+        """The config as JSON (what `training_config.json` holds)."""
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json_string(cls, text: str) -> TrainConfig:
+        """The config from `to_json_string`'s output."""
+        return cls(**json.loads(text))
+
+
+_VALID = {
+    "context_size": "use at least 2 tokens per context.",
+    "harvest_tokens": "harvest at least batch_size tokens.",
+    "eval_tokens": "use at least 1 held-out token.",
+    "batch_size": "use at least 1 token per step.",
+    "gradient_accumulation_steps": "use at least 1.",
+    "train_tokens": "train on at least batch_size tokens.",
+    "dead_tokens": "use a positive token window.",
+    "ema_decay": "choose a value in [0, 1).",
+    "warmup_steps": "use 0 or more steps.",
+    "decay_steps": "use 0 or more steps.",
+    "learning_rate": "use a positive value or None for the scaling rule.",
+    "max_grad_norm": "use a positive norm or None to disable clipping.",
+    "save_steps": "use a positive number of steps or None.",
+    "logging_steps": "use a positive number of steps.",
+    "hook_points": "name one or more distinct hook points, e.g. layers.10.resid_post.",
+    "n_latents": "give one or more sizes of at least 2.",
+    "k": "give one or more positive values.",
+    "mixed_precision": "choose 'no', 'bf16', 'fp16' or None.",
+}
