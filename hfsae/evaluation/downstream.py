@@ -1,0 +1,103 @@
+"""Downstream loss: the language model's cross-entropy with the SAE's reconstruction spliced in (PAPER.md §4).
+
+Three forward passes per batch: clean, with the activation at the hook point replaced by
+`sae.decode(sae.encode(x))` (which undoes the input normalisation), and with it replaced by zeros.
+From them: clean CE, spliced CE, ΔCE = spliced − clean, KL(clean ‖ spliced) per token, zero-ablation
+CE, and the CE loss recovered (CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 is a perfect
+reconstruction, 0 no better than deleting the activation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from hfsae.activations.hook_points import splice
+
+
+@dataclass
+class DownstreamLoss:
+    """Next-token losses in nats per token, averaged over every predicted token of the evaluation text."""
+
+    ce_clean: float
+    ce_spliced: float
+    delta_ce: float
+    kl: float
+    """KL(clean ‖ spliced) of the next-token distributions, mean over every position."""
+    ce_zero: float
+    ce_loss_recovered: float
+    n_tokens: int
+    """Number of predicted tokens in the CE means (contexts · (seq − 1))."""
+
+
+def reconstruct(sae) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The splice function x [..., d_in] → the SAE's reconstruction, in x's dtype."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return sae.decode(sae.encode(x)).to(x.dtype)
+
+    return fn
+
+
+def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each next token: logits [batch, seq, vocab], input_ids [batch, seq] → [batch, seq − 1]."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
+    )
+
+
+def kl_per_token(clean_logits: torch.Tensor, spliced_logits: torch.Tensor) -> torch.Tensor:
+    """KL(clean ‖ spliced) of the next-token distributions at each position: [batch, seq, vocab] → [batch, seq]."""
+    log_p = clean_logits.float().log_softmax(dim=-1)
+    log_q = spliced_logits.float().log_softmax(dim=-1)
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+@torch.no_grad()
+def downstream_loss(
+    sae,
+    model,
+    input_ids: torch.Tensor,
+    *,
+    hook_point: str | None = None,
+    batch_size: int = 8,
+    quiet: bool = True,
+) -> DownstreamLoss:
+    """Clean, spliced and zero-ablated CE of `model` on input_ids [contexts, seq] with `sae` at hook_point.
+
+    Example:
+        >>> loss = downstream_loss(sae, model, input_ids)     # hook point from sae.config
+        >>> loss.delta_ce, loss.ce_loss_recovered
+    """
+    hook_point = hook_point or sae.config.hook_point
+    if hook_point is None:
+        raise ValueError("The SAE's config names no hook_point; pass hook_point= (e.g. 'layers.8.resid_post').")
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [contexts, seq] with seq ≥ 2; got shape {tuple(input_ids.shape)}.")
+    sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
+    for ids in tqdm(input_ids.split(batch_size), desc="downstream loss", disable=quiet):
+        clean = model(input_ids=ids, use_cache=False).logits
+        with splice(model, hook_point, reconstruct(sae)):
+            spliced = model(input_ids=ids, use_cache=False).logits
+        with splice(model, hook_point, torch.zeros_like):
+            zero = model(input_ids=ids, use_cache=False).logits
+        sums["clean"] += next_token_ce(clean, ids).sum().item()
+        sums["spliced"] += next_token_ce(spliced, ids).sum().item()
+        sums["zero"] += next_token_ce(zero, ids).sum().item()
+        sums["kl"] += kl_per_token(clean, spliced).sum().item()
+    n_predicted = input_ids.shape[0] * (input_ids.shape[1] - 1)
+    ce_clean, ce_spliced, ce_zero = (sums[name] / n_predicted for name in ("clean", "spliced", "zero"))
+    # Undefined when deleting the activation changes nothing (e.g. a hook point the output ignores).
+    recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan")
+    return DownstreamLoss(
+        ce_clean=ce_clean,
+        ce_spliced=ce_spliced,
+        delta_ce=ce_spliced - ce_clean,
+        kl=sums["kl"] / input_ids.numel(),
+        ce_zero=ce_zero,
+        ce_loss_recovered=recovered,
+        n_tokens=n_predicted,
+    )
