@@ -1,0 +1,551 @@
+"""Per-latent statistics for the explorer: one streaming pass of an SAE over a corpus, saved as a dataset.
+
+`analyze(sae, ...)` runs the language model and the SAE over `n_tokens` tokens once and writes a
+`datasets` Dataset with one row per latent to `<model_dir>/analysis/latents.parquet` (pushable as a
+dataset repo with `Dataset.push_to_hub`). A row holds:
+
+- `density` (fraction of tokens where the latent fires), `mean_activation` (over those tokens),
+  `max_activation`;
+- an activation histogram: `histogram_counts` over linear bins `histogram_edges` from 0 to just
+  above the latent's maximum;
+- `top_*`: the contexts with the largest activations (one per context), each a window of tokens
+  around the peak token with the latent's activation at every token;
+- `random_*`: a uniform random sample of the latent's firings (a reservoir), sorted by
+  activation, each with its quantile in the latent's activation distribution;
+- logit effects: the decoder row read through the LM's unembedding, the most promoted and
+  suppressed tokens.
+
+Memory is O(n_latents × examples kept × window) whatever the corpus size, and no dense
+[tokens, n_latents] tensor is ever built, so the same pass scales to 1M latents.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
+
+ANALYSIS_DIR = "analysis"
+LATENTS_FILE = "latents.parquet"
+SUMMARY_FILE = "analysis.json"
+
+
+HISTOGRAM_HEADROOM = 1 + 2**-10
+
+
+class AnalysisError(ValueError):
+    """The analysis cannot run with the given SAE, model or options."""
+
+
+# ---- streaming accumulators ------------------------------------------------------------------------
+
+
+class TopExamples:
+    """For every latent, the `n_examples` firings with the largest key, at most one per context.
+
+    With key = activation these are the top-activating examples; with key = a uniform random
+    number they are a uniform random sample of the firings (reservoir sampling by random keys),
+    kept by the same merge. Each example keeps a window of tokens around its peak token and the
+    latent's activation at every token of the window: tokens [n_latents, n_examples, window].
+    """
+
+    def __init__(self, n_latents: int, n_examples: int, *, before: int, after: int):
+        self.before, self.after = before, after
+        window = before + 1 + after
+        self.keys = torch.full((n_latents, n_examples), -math.inf)
+        self.values = torch.zeros(n_latents, n_examples)  # the activation at the peak token
+        self.token_ids = torch.full((n_latents, n_examples, window), -1, dtype=torch.int32)  # -1: outside the context
+        self.activations = torch.zeros(n_latents, n_examples, window, dtype=torch.float16)
+
+    def update_(self, code: SparseCode, token_ids: torch.Tensor, keys: torch.Tensor, firing: torch.Tensor) -> None:
+        """Merge one batch: code [contexts, seq, k], token_ids [contexts, seq], keys and firing [contexts, seq, k]."""
+        n_examples = self.keys.shape[1]
+        latents = code.indices
+        # Only entries that beat the latent's current n-th best can enter: after the first batches
+        # this discards almost everything before any sorting.
+        candidates = firing & (keys > self.keys[:, -1][latents])
+        where = candidates.nonzero()  # [candidates, 3]: context, position, slot
+        if not len(where):
+            return
+        context, position, slot = where.unbind(1)
+        latent = latents[context, position, slot]
+        keep = _best_per_group(latent, context, keys[context, position, slot], n_examples)
+        context, position, slot, latent = context[keep], position[keep], slot[keep], latent[keep]
+        key, value = keys[context, position, slot], code.values[context, position, slot]
+        window_tokens, window_activations = self._windows(code, token_ids, context, position, latent)
+
+        # Candidates of each latent, ranked, laid out as [touched, n_examples] next to the kept ones.
+        touched, row = torch.unique(latent, return_inverse=True)
+        rank = _rank_within_groups(row, key)
+        def laid_out(tensor: torch.Tensor, fill: float) -> torch.Tensor:
+            out = tensor.new_full((len(touched), n_examples, *tensor.shape[1:]), fill)
+            out[row, rank] = tensor
+            return out
+
+        all_keys = torch.cat([self.keys[touched], laid_out(key, -math.inf)], dim=1)
+        best = all_keys.topk(n_examples, dim=1).indices  # [touched, n_examples]
+        self.keys[touched] = all_keys.gather(1, best)
+        self.values[touched] = torch.cat([self.values[touched], laid_out(value, 0.0)], dim=1).gather(1, best)
+        window_index = best[:, :, None].expand(-1, -1, self.token_ids.shape[2])
+        self.token_ids[touched] = torch.cat(
+            [self.token_ids[touched], laid_out(window_tokens, -1)], dim=1
+        ).gather(1, window_index)
+        self.activations[touched] = torch.cat(
+            [self.activations[touched], laid_out(window_activations, 0.0)], dim=1
+        ).gather(1, window_index)
+
+    def _windows(self, code, token_ids, context, position, latent):
+        """Token ids [examples, window] around each peak and the latent's activation at each of them."""
+        seq = token_ids.shape[1]
+        offsets = torch.arange(-self.before, self.after + 1)
+        positions = position[:, None] + offsets  # [examples, window]
+        inside = (positions >= 0) & (positions < seq)
+        positions = positions.clamp(0, seq - 1)
+        contexts = context[:, None].expand_as(positions)
+        tokens = torch.where(inside, token_ids[contexts, positions], -1).int()
+        match = code.indices[contexts, positions] == latent[:, None, None]  # [examples, window, k]
+        activations = (code.values[contexts, positions] * match).sum(-1) * inside
+        return tokens, activations.half()
+
+
+def _best_per_group(latent: torch.Tensor, context: torch.Tensor, key: torch.Tensor, n_best: int) -> torch.Tensor:
+    """Indices of the entries to keep: the largest key per (latent, context), then the n_best per latent."""
+    order = _lexsort(latent, context, -key)
+    latent_sorted, context_sorted = latent[order], context[order]
+    first = torch.ones_like(latent_sorted, dtype=torch.bool)
+    first[1:] = (latent_sorted[1:] != latent_sorted[:-1]) | (context_sorted[1:] != context_sorted[:-1])
+    order = order[first]
+    rank = _rank_within_groups(latent[order], key[order])
+    return order[rank < n_best]
+
+
+def _lexsort(*keys: torch.Tensor) -> torch.Tensor:
+    """The permutation sorting by keys[0], then keys[1], ... (ascending, stable)."""
+    order = torch.arange(len(keys[0]))
+    for key in reversed(keys):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def _rank_within_groups(group: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """For each entry, its rank (0 = largest key) among the entries of its group."""
+    order = _lexsort(group, -key)
+    sorted_group = group[order]
+    starts = torch.ones_like(sorted_group, dtype=torch.bool)
+    starts[1:] = sorted_group[1:] != sorted_group[:-1]
+    start_index = torch.cummax(torch.where(starts, torch.arange(len(order)), 0), dim=0).values
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order)) - start_index
+    return rank
+
+
+class ActivationHistograms:
+    """Per-latent histograms of firing activations over linear bins [0, upper), upper adapting as it streams.
+
+    A latent's range starts at its first maximum and doubles (merging bins pairwise) whenever a
+    larger activation arrives, so every histogram spans [0, upper) with max ≤ upper < 2·max
+    without knowing the maximum in advance: [n_latents, n_bins] counts, exact up to bin width.
+    """
+
+    def __init__(self, n_latents: int, n_bins: int):
+        if n_bins < 2 or n_bins % 2:
+            raise AnalysisError(f"n_histogram_bins must be an even number ≥ 2; got {n_bins}.")
+        self.counts = torch.zeros(n_latents, n_bins, dtype=torch.int64)
+        self.upper = torch.zeros(n_latents)
+
+    def update_(self, latents: torch.Tensor, values: torch.Tensor) -> None:
+        """Count firing activations: latents, values [entries]."""
+        n_latents, n_bins = self.counts.shape
+        batch_max = torch.zeros(n_latents).scatter_reduce_(0, latents, values, reduce="amax")
+        fresh = (self.upper == 0) & (batch_max > 0)
+        # Just above the maximum, so that the maximum falls inside the last bin rather than on its edge.
+        self.upper[fresh] = batch_max[fresh] * HISTOGRAM_HEADROOM
+        grow = batch_max > self.upper
+        if grow.any():
+            doublings = torch.ceil(torch.log2(batch_max[grow] / self.upper[grow])).long().clamp_min(1)
+            rows = grow.nonzero().squeeze(1)
+            for step in range(1, int(doublings.max()) + 1):
+                merging = rows[doublings >= step]
+                merged = self.counts[merging].view(len(merging), n_bins // 2, 2).sum(-1)
+                self.counts[merging] = torch.cat([merged, torch.zeros_like(merged)], dim=1)
+            self.upper[rows] *= torch.pow(2.0, doublings.float())
+        bins = (values / self.upper[latents] * n_bins).long().clamp(0, n_bins - 1)
+        self.counts.view(-1).index_add_(0, latents * n_bins + bins, torch.ones_like(bins))
+
+    def quantiles(self, latents: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Fraction of each latent's firings below each value (interpolated within a bin): [latents, m] → same."""
+        n_bins = self.counts.shape[1]
+        counts = self.counts[latents].double()  # [latents, n_bins]
+        cumulative = torch.cat([counts.new_zeros(len(latents), 1), counts.cumsum(1)], dim=1)
+        total = cumulative[:, -1:].clamp_min(1)
+        position = (values.double() / self.upper[latents, None].clamp_min(1e-30) * n_bins).clamp(0, n_bins - 1e-9)
+        bin_index = position.floor().long()
+        below = cumulative.gather(1, bin_index) + counts.gather(1, bin_index) * (position - bin_index)
+        return (below / total).float()
+
+
+class LatentStatistics:
+    """Everything `analyze` accumulates over the stream of codes, O(n_latents × examples) memory."""
+
+    def __init__(self, n_latents: int, *, n_top: int, n_random: int, before: int, after: int, n_bins: int, seed: int):
+        self.n_tokens = 0
+        self.fire_count = torch.zeros(n_latents, dtype=torch.int64)
+        self.activation_sum = torch.zeros(n_latents, dtype=torch.float64)
+        self.histograms = ActivationHistograms(n_latents, n_bins)
+        self.top = TopExamples(n_latents, n_top, before=before, after=after)
+        self.random = TopExamples(n_latents, n_random, before=before, after=after)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @torch.no_grad()
+    def update_(self, code: SparseCode, token_ids: torch.Tensor, counted: torch.Tensor) -> None:
+        """One batch: code [contexts, seq, k], token_ids [contexts, seq]; counted [contexts, seq] marks
+        the tokens that enter the statistics (the others still show in context windows)."""
+        code = SparseCode(code.indices, code.values.float())
+        firing = (code.values > FIRING_THRESHOLD) & counted[..., None]
+        latents, values = code.indices[firing], code.values[firing]
+        self.n_tokens += int(counted.sum())
+        self.fire_count.index_add_(0, latents, torch.ones_like(latents))
+        self.activation_sum.index_add_(0, latents, values.double())
+        self.histograms.update_(latents, values)
+        self.top.update_(code, token_ids, code.values, firing)
+        random_keys = torch.rand(code.values.shape, generator=self.generator)
+        self.random.update_(code, token_ids, random_keys, firing)
+
+
+# ---- logit effects -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def logit_effects(
+    W_dec: torch.Tensor, W_U: torch.Tensor, *, n_tokens: int = 10, chunk_size: int = 1024
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each decoder row read through the unembedding: W_dec [n_latents, d] @ W_U [vocab, d]ᵀ, in chunks of latents.
+
+    Returns (promoted ids, promoted logits, suppressed ids, suppressed logits), each [n_latents, n_tokens];
+    suppressed logits are the most negative first. The [n_latents, vocab] product is never held whole.
+    """
+    n_tokens = min(n_tokens, W_U.shape[0])
+    W_U = W_U.float()
+    promoted, promoted_logits, suppressed, suppressed_logits = [], [], [], []
+    for start in range(0, W_dec.shape[0], chunk_size):
+        logits = W_dec[start : start + chunk_size].float() @ W_U.T  # [chunk, vocab]
+        top = logits.topk(n_tokens, dim=1)
+        bottom = logits.topk(n_tokens, dim=1, largest=False)
+        promoted.append(top.indices)
+        promoted_logits.append(top.values)
+        suppressed.append(bottom.indices)
+        suppressed_logits.append(bottom.values)
+    return torch.cat(promoted), torch.cat(promoted_logits), torch.cat(suppressed), torch.cat(suppressed_logits)
+
+
+# ---- the pass over a corpus --------------------------------------------------------------------------
+
+
+@dataclass
+class AnalysisSettings:
+    """How an analysis was made; saved beside the dataset as analysis.json."""
+
+    n_tokens: int
+    context_size: int
+    hook_point: str
+    base_model: str | None
+    sae: str | None
+    n_latents: int
+    k: int
+    skip_first_token: bool
+    context_before: int
+    context_after: int
+
+
+def token_contexts(texts: Iterable[str], tokenizer, context_size: int) -> Iterator[list[int]]:
+    """Pack the texts' tokens, an end-of-text token between documents, into contexts of context_size tokens."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    buffer: list[int] = []
+    for text in texts:
+        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        buffer.extend(separator)
+        while len(buffer) >= context_size:
+            yield buffer[:context_size]
+            buffer = buffer[context_size:]
+
+
+def _context_batches(texts, tokenizer, context_size: int, batch_size: int, n_contexts: int) -> Iterator[torch.Tensor]:
+    batch: list[list[int]] = []
+    produced = 0
+    for context in token_contexts(texts, tokenizer, context_size):
+        batch.append(context)
+        produced += 1
+        if len(batch) == batch_size or produced == n_contexts:
+            yield torch.tensor(batch)
+            batch = []
+        if produced == n_contexts:
+            return
+    if batch:
+        yield torch.tensor(batch)
+
+
+def _capture(model, input_ids: torch.Tensor, hook_point: str) -> torch.Tensor:
+    from .activations.hook_points import capture
+
+    return capture(model, input_ids, [hook_point], stop_early=True)[hook_point]
+
+
+def _load_base_model(sae: TopKSAE):
+    base = sae.config.base_model
+    if base is None:
+        raise AnalysisError(
+            "The SAE's config names no base_model; pass model= and tokenizer= for the language model it reads."
+        )
+    from .activations import builtin
+
+    if builtin.is_builtin(base):
+        return builtin.load_builtin_model()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+
+
+def _default_texts(sae: TopKSAE) -> Iterable[str]:
+    from .activations import builtin
+
+    dataset = sae.config.dataset
+    if dataset is not None and not builtin.is_builtin(dataset):
+        from .activations.source import TextSource
+
+        return TextSource(dataset)
+    return builtin.builtin_texts()
+
+
+def default_output_dir(sae: TopKSAE) -> Path:
+    """`<model_dir>/analysis` for an SAE loaded from a local folder."""
+    model_dir = Path(str(sae.name_or_path or ""))
+    if not sae.name_or_path or not model_dir.is_dir():
+        raise AnalysisError(
+            f"The SAE was not loaded from a local folder (name_or_path={sae.name_or_path!r}), so there is no "
+            "model folder to write the analysis next to; pass output_dir=."
+        )
+    return model_dir / ANALYSIS_DIR
+
+
+@torch.no_grad()
+def analyze(
+    sae: TopKSAE,
+    *,
+    model=None,
+    tokenizer=None,
+    texts: Iterable[str] | None = None,
+    n_tokens: int = 131_072,
+    context_size: int | None = None,
+    batch_size: int = 16,
+    n_top_examples: int = 12,
+    n_random_examples: int = 6,
+    context_before: int = 19,
+    context_after: int = 4,
+    n_histogram_bins: int = 32,
+    n_logit_tokens: int = 10,
+    skip_first_token: bool = True,
+    output_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+):
+    """Run `sae` over `n_tokens` tokens of text once; write and return its per-latent dataset.
+
+    `model`/`tokenizer` default to the SAE's `config.base_model` (the built-in SmolLM2 for
+    "builtin"), `texts` to its training text (the built-in corpus for "builtin"). The result is
+    saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`.
+    `skip_first_token` leaves each context's first position out of the statistics: the first
+    position of a context is an attention sink whose activations are outliers.
+
+    Example:
+        >>> dataset = analyze(hfsae.load("path/to/sae"), n_tokens=65_536)
+        >>> dataset[123]["top_tokens"][0]        # the tokens around latent 123's strongest firing
+    """
+    config = sae.config
+    if config.hook_point is None:
+        raise AnalysisError("The SAE's config names no hook_point, so it is unknown where to read activations.")
+    context_size = context_size or config.context_size or 64
+    if context_size < 2:
+        raise AnalysisError(f"context_size must be at least 2; got {context_size}.")
+    if n_tokens < 1:
+        raise AnalysisError(f"n_tokens must be positive; got {n_tokens}.")
+    output_dir = Path(output_dir) if output_dir is not None else default_output_dir(sae)
+    if model is None or tokenizer is None:
+        model, tokenizer = _load_base_model(sae)
+    texts = _default_texts(sae) if texts is None else texts
+
+    sae.eval()
+    model.eval()
+    counted_per_context = context_size - int(skip_first_token)
+    n_contexts = math.ceil(n_tokens / counted_per_context)
+    counted = torch.ones(context_size, dtype=torch.bool)
+    counted[0] = not skip_first_token
+    statistics = LatentStatistics(
+        config.n_latents,
+        n_top=n_top_examples,
+        n_random=n_random_examples,
+        before=context_before,
+        after=context_after,
+        n_bins=n_histogram_bins,
+        seed=seed,
+    )
+    progress = tqdm(total=n_contexts * counted_per_context, desc="analysing latents", unit="tok", disable=quiet)
+    for input_ids in _context_batches(texts, tokenizer, context_size, batch_size, n_contexts):
+        activations = _capture(model, input_ids, config.hook_point).to(sae.W_enc.device)
+        code = sae.encode(activations)
+        code = SparseCode(code.indices.cpu(), code.values.cpu())
+        statistics.update_(code, input_ids, counted.expand_as(input_ids))
+        progress.update(len(input_ids) * counted_per_context)
+    progress.close()
+    if statistics.n_tokens == 0:
+        raise AnalysisError(f"The text gave no complete context of {context_size} tokens; pass more text.")
+
+    effects = None
+    W_U = _unembedding(model)
+    if W_U is not None and W_U.shape[1] == config.d_in:
+        effects = logit_effects(sae.W_dec.detach().cpu(), W_U.detach().cpu(), n_tokens=n_logit_tokens)
+    settings = AnalysisSettings(
+        n_tokens=statistics.n_tokens,
+        context_size=context_size,
+        hook_point=config.hook_point,
+        base_model=config.base_model,
+        sae=str(sae.name_or_path) if sae.name_or_path else None,
+        n_latents=config.n_latents,
+        k=config.k,
+        skip_first_token=skip_first_token,
+        context_before=context_before,
+        context_after=context_after,
+    )
+    dataset = latent_dataset(statistics, tokenizer, effects)
+    save_analysis(dataset, settings, output_dir)
+    return dataset
+
+
+def _unembedding(model) -> torch.Tensor | None:
+    """The LM head's weight [vocab, d_model], or None for a model without one."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return None if head is None else head.weight
+
+
+# ---- from accumulators to rows -----------------------------------------------------------------------
+
+
+def _vocabulary(tokenizer, size: int) -> list[str]:
+    """Each token id as the text it decodes to, so that a window's strings concatenate back to its text.
+
+    Ids past the tokenizer's vocabulary (an embedding padded to a round size) read as `<id N>`.
+    """
+    known = min(size, len(tokenizer))
+    return tokenizer.batch_decode([[i] for i in range(known)]) + [f"<id {i}>" for i in range(known, size)]
+
+
+def _example_columns(examples: TopExamples, vocabulary: list[str], prefix: str, valid: torch.Tensor) -> dict:
+    """Per latent, its kept examples (strongest first) as lists: tokens, token ids, activations, peak value."""
+    order = examples.values.argsort(dim=1, descending=True)
+    values = examples.values.gather(1, order)
+    token_ids = examples.token_ids.gather(1, order[:, :, None].expand_as(examples.token_ids))
+    activations = examples.activations.gather(1, order[:, :, None].expand_as(examples.activations)).float()
+    columns = {f"{prefix}_activations": [], f"{prefix}_tokens": [], f"{prefix}_token_ids": [],
+               f"{prefix}_token_activations": [], f"{prefix}_peak": []}
+    for latent in range(len(values)):
+        n_kept = int(valid[latent].sum())
+        rows_ids, rows_tokens, rows_acts, peaks = [], [], [], []
+        for example in range(n_kept):
+            ids = token_ids[latent, example]
+            inside = (ids >= 0).nonzero().squeeze(1)
+            first, last = int(inside[0]), int(inside[-1]) + 1
+            ids_list = ids[first:last].tolist()
+            rows_ids.append(ids_list)
+            rows_tokens.append([vocabulary[i] for i in ids_list])
+            rows_acts.append([round(a, 4) for a in activations[latent, example, first:last].tolist()])
+            peaks.append(examples.before - first)
+        columns[f"{prefix}_activations"].append(values[latent, :n_kept].tolist())
+        columns[f"{prefix}_tokens"].append(rows_tokens)
+        columns[f"{prefix}_token_ids"].append(rows_ids)
+        columns[f"{prefix}_token_activations"].append(rows_acts)
+        columns[f"{prefix}_peak"].append(peaks)
+    return columns
+
+
+def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
+    """The accumulated statistics as a `datasets.Dataset`, one row per latent (see the module docstring)."""
+    from datasets import Dataset
+
+    n_latents = len(statistics.fire_count)
+    vocab_size = max(len(tokenizer), int(statistics.top.token_ids.max()) + 1, int(statistics.random.token_ids.max()) + 1)
+    if effects is not None:
+        vocab_size = max(vocab_size, int(effects[0].max()) + 1, int(effects[2].max()) + 1)
+    vocabulary = _vocabulary(tokenizer, vocab_size)
+    fired = statistics.fire_count.clamp_min(1)
+    histograms = statistics.histograms
+    n_bins = histograms.counts.shape[1]
+    columns = {
+        "latent": list(range(n_latents)),
+        "density": (statistics.fire_count / max(statistics.n_tokens, 1)).tolist(),
+        "mean_activation": (statistics.activation_sum / fired).tolist(),
+        "histogram_counts": histograms.counts.tolist(),
+        "histogram_edges": (histograms.upper[:, None] * torch.linspace(0, 1, n_bins + 1)).tolist(),
+    }
+    top_valid = statistics.top.keys > -math.inf
+    columns["max_activation"] = torch.where(top_valid[:, 0], statistics.top.values.max(dim=1).values, 0.0).tolist()
+    columns.update(_example_columns(statistics.top, vocabulary, "top", top_valid))
+    random_valid = statistics.random.keys > -math.inf
+    columns.update(_example_columns(statistics.random, vocabulary, "random", random_valid))
+    ordered = statistics.random.values.sort(dim=1, descending=True).values
+    quantiles = histograms.quantiles(torch.arange(n_latents), ordered)
+    columns["random_quantiles"] = [
+        [round(q, 4) for q in quantiles[latent, : int(random_valid[latent].sum())].tolist()] for latent in range(n_latents)
+    ]
+    if effects is not None:
+        promoted, promoted_logits, suppressed, suppressed_logits = effects
+        columns["promoted_tokens"] = [[vocabulary[i] for i in row] for row in promoted.tolist()]
+        columns["promoted_logits"] = promoted_logits.tolist()
+        columns["suppressed_tokens"] = [[vocabulary[i] for i in row] for row in suppressed.tolist()]
+        columns["suppressed_logits"] = suppressed_logits.tolist()
+    return Dataset.from_dict(columns)
+
+
+# ---- saving and loading ------------------------------------------------------------------------------
+
+
+def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.PathLike) -> Path:
+    """Write latents.parquet and analysis.json into output_dir, replacing a previous analysis whole."""
+    output_dir = Path(output_dir)
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a sibling temporary folder and rename: a crash mid-write must not leave a parquet
+    # file that loads but belongs to a different analysis.json.
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    try:
+        dataset.to_parquet(str(staging / LATENTS_FILE))
+        (staging / SUMMARY_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        if output_dir.exists():
+            shutil.rmtree(output_dir)
+        staging.rename(output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def load_analysis(path: str | os.PathLike):
+    """Read an analysis folder (or a latents.parquet file) back as (Dataset, settings dict)."""
+    from datasets import Dataset
+
+    path = Path(path)
+    parquet = path / LATENTS_FILE if path.is_dir() else path
+    if not parquet.is_file():
+        raise FileNotFoundError(
+            f"No analysis at {path}: expected {parquet}. Run `hfsae analyze` for this SAE first."
+        )
+    summary_file = parquet.parent / SUMMARY_FILE
+    settings = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    return Dataset.from_parquet(str(parquet), keep_in_memory=True), settings
