@@ -1,0 +1,104 @@
+"""Reading SAE files safely (JSON, safetensors, weights-only pickles) with errors that name the file."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+
+class SAEFileError(ValueError):
+    """A file that should hold an SAE's config or weights is unreadable, malformed or missing a tensor."""
+
+
+class UnsupportedArchitectureError(ValueError):
+    """A foreign SAE whose forward pass a TopKSAE cannot reproduce exactly."""
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object stored at `path`, or an error naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a config file at {path}, but there is none.")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SAEFileError(f"{path} is not valid JSON ({err}). Re-download or re-create it.") from err
+    if not isinstance(value, dict):
+        raise SAEFileError(f"{path} should hold a JSON object; it holds a {type(value).__name__}.")
+    return value
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """All tensors of a .safetensors file, or an error naming the file when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a weights file at {path}, but there is none.")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise SAEFileError(
+            f"{path} is not a readable safetensors file ({err}). It may be truncated: re-download or re-save it."
+        ) from err
+
+
+def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
+    """A `.pt` state dict loaded with `weights_only=True`: tensors and plain values only, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a .pt weights file at {path}, but there is none.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses anything but tensors and plain containers: a pickled module or class
+        # would run code on load, which hfsae never allows.
+        raise SAEFileError(
+            f"{path} holds more than tensors and plain values, so it cannot be loaded safely "
+            f"(torch.load with weights_only=True refused it: {str(err).splitlines()[0]}). "
+            "Ask for a plain state dict, or re-save one with torch.save(model.state_dict(), path)."
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise SAEFileError(f"{path} is not a readable PyTorch file ({err}). It may be truncated.") from err
+    if not isinstance(state, dict):
+        raise SAEFileError(f"{path} should hold a state dict; it holds a {type(state).__name__}.")
+    return state
+
+
+def require_tensors(tensors: dict[str, Any], names: list[str], path: str | os.PathLike) -> None:
+    """Raise naming the file when any of `names` is missing from `tensors`."""
+    missing = [name for name in names if name not in tensors]
+    if missing:
+        raise SAEFileError(
+            f"{path} lacks the tensor(s) {', '.join(missing)}; it holds {', '.join(sorted(tensors)) or 'nothing'}."
+        )
+
+
+@contextmanager
+def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside `destination` and move it into place only when the block succeeds.
+
+    A crash or error mid-write must not leave a folder that loads but holds half an SAE.
+    """
+    destination = Path(destination)
+    if destination.exists() and any(destination.iterdir()):
+        raise FileExistsError(f"{destination} already exists and is not empty; choose a new folder or remove it.")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        yield staging
+        if destination.exists():
+            destination.rmdir()
+        staging.rename(destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

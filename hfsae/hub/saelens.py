@@ -1,0 +1,199 @@
+"""Convert SAELens TopK SAE folders (cfg.json + sae_weights.safetensors) to TopKSAE, and export back.
+
+SAELens (sae_lens/saes/sae.py, topk_sae.py) computes, per token,
+
+    x_n   = norm_in(x)                       # normalize_activations: none | layer_norm | ...
+    h     = (x_n − b_dec · apply_b_dec_to_input) @ W_enc + b_enc        W_enc [d_in, d_sae]
+    h     = h · ‖W_dec_i‖                    # only when rescale_acts_by_decoder_norm
+    z     = ReLU(TopK_k(h))
+    x_hat = norm_out((z / ‖W_dec_i‖ if rescaled) · scaling_factor @ W_dec + b_dec)   W_dec [d_sae, d_in]
+
+Each convention folds exactly into a TopKSAE's weights: the decoder-norm rescaling into W_enc,
+b_enc and W_dec; a fine-tuning scaling factor into W_dec; an input without b_dec into b_enc.
+layer_norm is the same per-token normalisation as hfsae's (PAPER.md §1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..modeling import TopKSAE
+from .build import sae_from_tensors
+from .files import UnsupportedArchitectureError, read_json, read_safetensors, require_tensors
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+# SAELens reads a cfg.json without sae_lens_version ≥ 6 as its older flat format; ours is the v6 layout.
+SAELENS_FORMAT_VERSION = "6.0.0"
+
+# TransformerLens hook names ↔ hfsae hook-point sites.
+TRANSFORMER_LENS_SITES = {
+    "hook_resid_pre": "resid_pre",
+    "hook_resid_mid": "resid_mid",
+    "hook_resid_post": "resid_post",
+    "hook_attn_out": "attn_out",
+    "hook_mlp_out": "mlp_out",
+}
+MODEL_NAMES = {"gpt2-small": "openai-community/gpt2", "gpt2": "openai-community/gpt2"}
+
+
+def hook_point_from_transformer_lens(hook_name: str | None) -> str | None:
+    """'blocks.8.hook_resid_post' → 'layers.8.resid_post'; other names are kept as they are."""
+    match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name or "")
+    if match and match.group(2) in TRANSFORMER_LENS_SITES:
+        return f"layers.{match.group(1)}.{TRANSFORMER_LENS_SITES[match.group(2)]}"
+    return hook_name
+
+
+def hook_point_to_transformer_lens(hook_point: str | None) -> str | None:
+    """'layers.8.resid_post' → 'blocks.8.hook_resid_post'; other names are kept as they are."""
+    sites = {site: hook for hook, site in TRANSFORMER_LENS_SITES.items()}
+    match = re.fullmatch(r"layers\.(\d+)\.(\w+)", hook_point or "")
+    if match and match.group(2) in sites:
+        return f"blocks.{match.group(1)}.{sites[match.group(2)]}"
+    return hook_point
+
+
+def topk_of(cfg: dict[str, Any], path: Path) -> int:
+    """k of a SAELens TopK config (v6 `architecture: topk, k`, or older `activation_fn: topk` + kwargs)."""
+    architecture = cfg.get("architecture") or "standard"
+    activation = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    if architecture == "topk" or (architecture == "standard" and activation == "topk"):
+        k = cfg.get("k", kwargs.get("k"))
+        if k is None:
+            raise UnsupportedArchitectureError(f"{path}: a TopK SAE config without k.")
+        return int(k)
+    name = architecture if architecture != "standard" else f"standard (activation {activation})"
+    raise UnsupportedArchitectureError(
+        f"{path}: unsupported architecture {name}. hfsae converts SAELens TopK SAEs only "
+        "(architecture 'topk', or 'standard' with activation_fn 'topk')."
+    )
+
+
+def normalization_of(cfg: dict[str, Any], path: Path, norm_scaling_factor: float | None) -> dict[str, Any]:
+    """TopKSAEConfig fields reproducing SAELens's normalize_activations."""
+    mode = cfg.get("normalize_activations")
+    if isinstance(mode, bool):  # SAELens's older boolean form
+        mode = "expected_average_only_in" if mode else "none"
+    mode = mode or "none"
+    if mode in ("none", "layer_norm"):
+        return {"normalize": mode}
+    if mode == "expected_average_only_in":
+        factor = norm_scaling_factor if norm_scaling_factor is not None else cfg.get("norm_scaling_factor")
+        if factor is None:
+            # What SAELens itself does without a known factor: apply nothing at run time.
+            warnings.warn(
+                f"{path}: normalize_activations='expected_average_only_in' without a norm_scaling_factor; "
+                "like SAELens, the SAE reads raw activations. Pass norm_scaling_factor= if you know it.",
+                stacklevel=3,
+            )
+            return {"normalize": "none"}
+        # Scaling in, unscaling out is hfsae's dataset_scale; SAELens folds it the same way on load.
+        return {"normalize": "dataset_scale", "dataset_scale": float(factor)}
+    raise UnsupportedArchitectureError(
+        f"{path}: normalize_activations={mode!r} has no hfsae equivalent "
+        "(supported: none, layer_norm, expected_average_only_in)."
+    )
+
+
+def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None = None) -> TopKSAE:
+    """Load a SAELens TopK SAE folder as a TopKSAE with the same outputs.
+
+    Example:
+        >>> sae = from_saelens("GPT2-Small-OAI-v5-32k-resid-post-SAEs/v5_32k_layer_8.pt")   # a folder
+    """
+    path = Path(path)
+    cfg = read_json(path / CONFIG_FILE)
+    metadata = {**cfg, **(cfg.get("metadata") or {})}
+    k = topk_of(cfg, path / CONFIG_FILE)
+    hook_name = metadata.get("hook_name") or metadata.get("hook_point")
+    if cfg.get("reshape_activations", "none") != "none" or (hook_name or "").endswith("hook_z"):
+        raise UnsupportedArchitectureError(
+            f"{path}: unsupported architecture: per-head (hook_z) SAEs reshape their input; hfsae reads flat activations."
+        )
+    normalization = normalization_of(cfg, path / CONFIG_FILE, norm_scaling_factor)
+
+    weights_path = path / WEIGHTS_FILE
+    tensors = {name: tensor.float() for name, tensor in read_safetensors(weights_path).items()}
+    require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], weights_path)
+    W_enc = tensors["W_enc"].T.contiguous()  # [d_sae, d_in]: hfsae keeps one row per latent
+    b_enc, W_dec, b_dec = tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
+
+    scaling = tensors.get("finetuning_scaling_factor", tensors.get("scaling_factor"))
+    if scaling is not None:
+        W_dec = W_dec * scaling[:, None]
+    if cfg.get("rescale_acts_by_decoder_norm"):
+        norms = W_dec.norm(dim=1)
+        W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
+    if not cfg.get("apply_b_dec_to_input", True):
+        # TopKSAE always encodes x − b_pre; adding W_enc b_dec to b_enc cancels that subtraction.
+        b_enc = b_enc + W_enc @ b_dec
+
+    model_name = metadata.get("model_name")
+    return sae_from_tensors(
+        W_enc=W_enc,
+        b_enc=b_enc,
+        W_dec=W_dec,
+        b_pre=b_dec,
+        k=k,
+        hook_point=hook_point_from_transformer_lens(hook_name),
+        base_model=MODEL_NAMES.get(model_name, model_name),
+        context_size=metadata.get("context_size"),
+        dataset=metadata.get("dataset_path"),
+        **normalization,
+    )
+
+
+def to_saelens(sae: TopKSAE, path: str | os.PathLike) -> Path:
+    """Write `sae` as a SAELens v6 TopK folder (cfg.json + sae_weights.safetensors) with the same outputs."""
+    config = sae.config
+    W_enc = sae.W_enc.detach().float()
+    W_dec = sae.W_dec.detach().float()
+    b_pre = sae.b_pre.detach().float()
+    b_enc = sae.b_enc.detach().float() if sae.b_enc is not None else torch.zeros(config.n_latents)
+    normalize = config.normalize
+    if normalize == "dataset_scale":
+        # SAELens folds a constant input scale into the weights (fold_activation_norm_scaling_factor).
+        scale = config.dataset_scale
+        W_enc, W_dec, b_pre = W_enc * scale, W_dec / scale, b_pre / scale
+        normalize = "none"
+    elif normalize not in ("none", "layer_norm"):
+        raise UnsupportedArchitectureError(
+            f"SAELens has no equivalent of normalize={normalize!r}; export works for none, layer_norm and dataset_scale."
+        )
+    cfg = {
+        "architecture": "topk",
+        "d_in": config.d_in,
+        "d_sae": config.n_latents,
+        "k": config.k,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": normalize,
+        "reshape_activations": "none",
+        "rescale_acts_by_decoder_norm": False,
+        "metadata": {
+            "sae_lens_version": SAELENS_FORMAT_VERSION,
+            "sae_lens_training_version": None,
+            "model_name": config.base_model,
+            "hook_name": hook_point_to_transformer_lens(config.hook_point),
+            "context_size": config.context_size,
+            "dataset_path": config.dataset,
+            "converted_from": "hfsae",
+        },
+    }
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = {"W_enc": W_enc.T.contiguous(), "b_enc": b_enc.contiguous(), "W_dec": W_dec.contiguous(), "b_dec": b_pre}
+    save_file(tensors, path / WEIGHTS_FILE)
+    (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    return path
