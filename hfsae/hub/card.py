@@ -12,6 +12,7 @@ whatever the folder holds; every file but `config.json` is optional:
     eval_results.json             the metrics of `hfsae eval` (keys in EVAL_METRICS, `progressive`)
     latent_density.safetensors    tensor "density" [n_latents]: fraction of tokens each latent fires on
     latent_density.json           {"density": [n_latents floats]}, the same as JSON
+    analysis/latents.parquet      `hfsae analyze` output; its "density" column, when neither file above exists
 """
 
 from __future__ import annotations
@@ -122,10 +123,22 @@ def read_latent_density(model_dir: Path):
         return tensors["density"].astype(np.float64)
     data = _read_json(json_path)
     if not data:
-        return None
+        return _analysis_density(model_dir / "analysis" / "latents.parquet")
     if "density" not in data:
         raise CardError(f"{json_path} has no key 'density'; it holds {sorted(data)}.")
     return np.asarray(data["density"], dtype=np.float64)
+
+
+def _analysis_density(parquet_path: Path):
+    """The "density" column of an `hfsae analyze` dataset, or None when there is none."""
+    if not parquet_path.is_file():
+        return None
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    if "density" not in pq.read_schema(parquet_path).names:
+        return None
+    return np.asarray(pq.read_table(parquet_path, columns=["density"]).column("density").to_numpy(), dtype=np.float64)
 
 
 def _progressive(eval_results: dict) -> dict[int, float]:

@@ -20,6 +20,7 @@ from hfsae.hub.card import (
     PROGRESSIVE_FIGURE,
     CardError,
     card_command,
+    read_latent_density,
     usage_code,
     write_card,
 )
@@ -141,6 +142,19 @@ def test_latent_density_is_also_read_from_safetensors(sae_dir):
     save_file({"density": torch.rand(64)}, sae_dir / "latent_density.safetensors")
     write_card(sae_dir)
     assert (sae_dir / DENSITY_FIGURE).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_latent_density_falls_back_to_the_analysis_dataset(sae_dir):
+    from datasets import Dataset
+
+    (sae_dir / "analysis").mkdir()
+    Dataset.from_dict({"latent": list(range(64)), "density": [0.0] * 4 + [0.01] * 60}).to_parquet(
+        str(sae_dir / "analysis" / "latents.parquet")
+    )
+    from hfsae.hub.card import read_latent_density
+
+    assert read_latent_density(sae_dir).tolist() == [0.0] * 4 + [0.01] * 60
+    assert f"]({DENSITY_FIGURE})" in write_card(sae_dir).read_text()
 
 
 def test_a_local_base_model_and_dataset_stay_out_of_the_yaml_but_a_hub_dataset_is_listed(tmp_path):
