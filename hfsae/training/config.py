@@ -205,19 +205,11 @@ class TrainConfig(SAEOptions):
         return list(itertools.product(self.hook_points, self.n_latents, self.k))
 
     def sae_config(self, *, d_in: int, hook_point: str, n_latents: int, k: int, **measured) -> TopKSAEConfig:
-        """The TopKSAEConfig of one SAE of the sweep; `measured` adds dataset_scale and provenance."""
-        options = {name: getattr(self, name) for name in SAE_OPTION_FIELDS}
-        return TopKSAEConfig(
-            d_in=d_in,
-            n_latents=n_latents,
-            k=k,
-            hook_point=hook_point,
-            base_model=self.model,
-            context_size=self.context_size,
-            dataset=self.dataset,
-            **options,
-            **measured,
-        )
+        """The TopKSAEConfig of one SAE of the sweep; `measured` sets dataset_scale or overrides provenance."""
+        fields = {name: getattr(self, name) for name in SAE_OPTION_FIELDS}
+        fields.update(base_model=self.model, context_size=self.context_size, dataset=self.dataset)
+        fields.update(measured)
+        return TopKSAEConfig(d_in=d_in, n_latents=n_latents, k=k, hook_point=hook_point, **fields)
 
     def learning_rate_for(self, n_latents: int) -> float:
         """The learning rate of an SAE with n_latents: the configured one, or 2e-4 / sqrt(n / 2**14)."""
