@@ -69,6 +69,9 @@ TRAINING_METRICS = {
     "dead_fraction": "dead fraction",
     "tokens": "training tokens",
     "steps": "steps",
+    "learning_rate": "learning rate",
+    "dead_tokens": "dead after (tokens without firing)",
+    "heldout_tokens": "held-out tokens",
     "elapsed_seconds": "wall time (s)",
 }
 
