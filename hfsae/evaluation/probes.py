@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import ast
 import keyword
+import math
 import random
 from dataclasses import dataclass
 
@@ -78,11 +79,56 @@ class ProbeResult:
 # ---- fitting ---------------------------------------------------------------------------------------
 
 
-def _loss_terms(z, targets, columns, b, zeros, zero_positives, n_features):
-    """Σ over each feature's stored entries of the logistic loss, plus its zero entries at logit b."""
-    entry_loss = torch.nn.functional.softplus(z) - targets * z
-    total = torch.zeros(n_features, dtype=z.dtype).index_add_(0, columns, entry_loss)
-    return total + zeros * torch.nn.functional.softplus(b) - zero_positives * b
+def _fit(x, targets, spread, reduce, n_examples, n_positives, *, l2, max_iterations, tolerance):
+    """Damped Newton on (w, b) of every feature at once.
+
+    x, targets: the stored entries (already scaled) and their labels; `spread` takes a per-feature
+    vector to the entries, `reduce` sums entries per feature. Entries not stored are zeros: their
+    logit is b alone, so they enter through counts only.
+    """
+    zeros = n_examples - reduce(torch.ones_like(x))
+    zero_positives = n_positives - reduce(targets * torch.ones_like(x))
+    prior = min(max(n_positives / n_examples, 1e-6), 1 - 1e-6)
+    n_features = zeros.shape[0]
+    w = torch.zeros(n_features, dtype=torch.float64)
+    b = torch.full((n_features,), math.log(prior / (1 - prior)), dtype=torch.float64)
+
+    def objective(w, b):
+        z = spread(w) * x + spread(b)
+        data = reduce(torch.nn.functional.softplus(z) - targets * z)
+        data = data + zeros * torch.nn.functional.softplus(b) - zero_positives * b
+        return data / n_examples + 0.5 * l2 * w.pow(2)
+
+    current = objective(w, b)
+    for _ in range(max_iterations):
+        s = torch.sigmoid(spread(w) * x + spread(b))
+        residual, curvature = s - targets, s * (1 - s)
+        s_zero = torch.sigmoid(b)
+        grad_w = reduce(residual * x) / n_examples + l2 * w
+        grad_b = (reduce(residual) + zeros * s_zero - zero_positives) / n_examples
+        h_ww = reduce(curvature * x * x) / n_examples + l2
+        h_wb = reduce(curvature * x) / n_examples
+        h_bb = (reduce(curvature) + zeros * s_zero * (1 - s_zero)) / n_examples + 1e-12
+        det = (h_ww * h_bb - h_wb * h_wb).clamp_min(1e-300)
+        step_w = (h_bb * grad_w - h_wb * grad_b) / det
+        step_b = (h_ww * grad_b - h_wb * grad_w) / det
+        # Damped Newton: each feature takes the first of the halving steps that lowers its loss,
+        # or stays where it is. The full step almost always does, so one evaluation is typical.
+        updated_w, updated_b, updated = w.clone(), b.clone(), current.clone()
+        pending = torch.ones(n_features, dtype=torch.bool)
+        for t in (1.0, 0.5, 0.25, 0.125, 0.0625):
+            trial_w, trial_b = w - t * step_w, b - t * step_b
+            trial = objective(trial_w, trial_b)
+            accept = pending & (trial < current)
+            updated_w[accept], updated_b[accept], updated[accept] = trial_w[accept], trial_b[accept], trial[accept]
+            pending &= ~accept
+            if not pending.any():
+                break
+        converged = (current - updated).max().item() < tolerance
+        w, b, current = updated_w, updated_b, updated
+        if converged:
+            break
+    return w, b, current - 0.5 * l2 * w.pow(2)
 
 
 def fit_probes(
@@ -109,59 +155,42 @@ def fit_probes(
         raise ValueError("A probe needs at least one labelled example; the task has none.")
     rows, columns, values = rows.long(), columns.long(), values.double()
 
-    def per_feature(entry_values):
+    def reduce(entry_values):
         return torch.zeros(n_features, dtype=torch.float64).index_add_(0, columns, entry_values)
 
-    scale = (per_feature(values.pow(2)) / n_examples).sqrt()
+    def spread(per_feature):
+        return per_feature[columns]
+
+    scale = (reduce(values.pow(2)) / n_examples).sqrt()
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    x = values / scale[columns]
-    targets = labels[rows]
-    zeros = n_examples - per_feature(torch.ones_like(x))
-    zero_positives = labels.sum() - per_feature(targets)
-
-    prior = labels.mean().clamp(1e-6, 1 - 1e-6)
-    w = torch.zeros(n_features, dtype=torch.float64)
-    b = torch.full((n_features,), torch.logit(prior).item(), dtype=torch.float64)
-
-    def objective(w, b):
-        data = _loss_terms(w[columns] * x + b[columns], targets, columns, b, zeros, zero_positives, n_features)
-        return data / n_examples + 0.5 * l2 * w.pow(2)
-
-    current = objective(w, b)
-    for _ in range(max_iterations):
-        s = torch.sigmoid(w[columns] * x + b[columns])
-        residual, curvature = s - targets, s * (1 - s)
-        s_zero = torch.sigmoid(b)
-        grad_w = per_feature(residual * x) / n_examples + l2 * w
-        grad_b = (per_feature(residual) + zeros * s_zero - zero_positives) / n_examples
-        h_ww = per_feature(curvature * x * x) / n_examples + l2
-        h_wb = per_feature(curvature * x) / n_examples
-        h_bb = (per_feature(curvature) + zeros * s_zero * (1 - s_zero)) / n_examples + 1e-12
-        det = (h_ww * h_bb - h_wb * h_wb).clamp_min(1e-300)
-        step_w = (h_bb * grad_w - h_wb * grad_b) / det
-        step_b = (h_ww * grad_b - h_wb * grad_w) / det
-        # Damped Newton: try halving step sizes and keep, per feature, the best (never worse than now).
-        best_w, best_b, best = w, b, current
-        for t in (1.0, 0.5, 0.25, 0.125, 0.0625):
-            trial_w, trial_b = w - t * step_w, b - t * step_b
-            trial = objective(trial_w, trial_b)
-            better = trial < best
-            best_w, best_b = torch.where(better, trial_w, best_w), torch.where(better, trial_b, best_b)
-            best = torch.where(better, trial, best)
-        converged = (current - best).max().item() < tolerance
-        w, b, current = best_w, best_b, best
-        if converged:
-            break
-    loss = current - 0.5 * l2 * w.pow(2)
+    w, b, loss = _fit(
+        values / scale[columns], labels[rows], spread, reduce, n_examples, labels.sum().item(),
+        l2=l2, max_iterations=max_iterations, tolerance=tolerance,
+    )  # fmt: skip
     return ProbeFit(loss=loss.float(), weight=(w / scale).float(), bias=b.float())
 
 
-def fit_dense_probes(features: torch.Tensor, labels: torch.Tensor, **options) -> ProbeFit:
+def fit_dense_probes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    l2: float = L2,
+    max_iterations: int = 30,
+    tolerance: float = 1e-7,
+) -> ProbeFit:
     """`fit_probes` on a dense matrix features: [examples, features], labels: [examples] in {0, 1}."""
-    rows, columns = torch.meshgrid(
-        torch.arange(features.shape[0]), torch.arange(features.shape[1]), indexing="ij"
-    )
-    return fit_probes(rows.reshape(-1), columns.reshape(-1), features.reshape(-1), labels, features.shape[1], **options)
+    labels = labels.double()
+    n_examples = labels.shape[0]
+    if n_examples == 0:
+        raise ValueError("A probe needs at least one labelled example; the task has none.")
+    features = features.double()
+    scale = features.pow(2).mean(dim=0).sqrt()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    w, b, loss = _fit(
+        features / scale, labels[:, None], lambda v: v[None, :], lambda v: v.sum(dim=0), n_examples,
+        labels.sum().item(), l2=l2, max_iterations=max_iterations, tolerance=tolerance,
+    )  # fmt: skip
+    return ProbeFit(loss=loss.float(), weight=(w / scale).float(), bias=b.float())
 
 
 # ---- examples from a task ----------------------------------------------------------------------------
