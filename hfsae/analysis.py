@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pyarrow.parquet
 import torch
 from tqdm.auto import tqdm
 
@@ -81,41 +82,62 @@ class TopExamples:
         latent = latents[context, position, slot]
         keep = _best_per_group(latent, context, keys[context, position, slot], n_examples)
         context, position, slot, latent = context[keep], position[keep], slot[keep], latent[keep]
-        key, value = keys[context, position, slot], code.values[context, position, slot]
-        window_tokens, window_activations = self._windows(code, token_ids, context, position, latent)
+        key = keys[context, position, slot]
 
-        # Candidates of each latent, ranked, laid out as [touched, n_examples] next to the kept ones.
+        # Each touched latent's candidates, ranked, laid out as a [touched, n_examples] block beside
+        # the examples it keeps; one topk over both blocks is the merge.
         touched, row = torch.unique(latent, return_inverse=True)
         rank = _rank_within_groups(row, key)
-        def laid_out(tensor: torch.Tensor, fill: float) -> torch.Tensor:
-            out = tensor.new_full((len(touched), n_examples, *tensor.shape[1:]), fill)
-            out[row, rank] = tensor
-            return out
+        candidate_keys = key.new_full((len(touched), n_examples), -math.inf)
+        candidate_keys[row, rank] = key
+        candidate_at = torch.full((len(touched), n_examples), -1)
+        candidate_at[row, rank] = torch.arange(len(key))
+        merged = torch.cat([self.keys[touched], candidate_keys], dim=1)
+        best = merged.topk(n_examples, dim=1).indices  # [touched, n_examples]; ≥ n_examples: a candidate
+        self.keys[touched] = merged.gather(1, best)
 
-        all_keys = torch.cat([self.keys[touched], laid_out(key, -math.inf)], dim=1)
-        best = all_keys.topk(n_examples, dim=1).indices  # [touched, n_examples]
-        self.keys[touched] = all_keys.gather(1, best)
-        self.values[touched] = torch.cat([self.values[touched], laid_out(value, 0.0)], dim=1).gather(1, best)
-        window_index = best[:, :, None].expand(-1, -1, self.token_ids.shape[2])
-        self.token_ids[touched] = torch.cat(
-            [self.token_ids[touched], laid_out(window_tokens, -1)], dim=1
-        ).gather(1, window_index)
-        self.activations[touched] = torch.cat(
-            [self.activations[touched], laid_out(window_activations, 0.0)], dim=1
-        ).gather(1, window_index)
+        # Kept examples move within their rows; only entering candidates get their windows built.
+        entering_at = best >= n_examples
+        entering_rows, entering_slots = entering_at.nonzero(as_tuple=True)
+        entering = candidate_at[entering_rows, best[entering_rows, entering_slots] - n_examples]
+        context, position, slot, latent = context[entering], position[entering], slot[entering], latent[entering]
+        window_tokens, window_activations = self._windows(code, token_ids, context, position, latent)
+        kept = best.clamp(max=n_examples - 1)
+        for store, new in (
+            (self.values, code.values[context, position, slot]),
+            (self.token_ids, window_tokens),
+            (self.activations, window_activations),
+        ):
+            index = kept.view(*kept.shape, *[1] * (store.dim() - 2)).expand(-1, -1, *store.shape[2:])
+            rows = store[touched].gather(1, index)
+            rows[entering_at] = new.to(store.dtype)
+            store[touched] = rows
 
     def _windows(self, code, token_ids, context, position, latent):
         """Token ids [examples, window] around each peak and the latent's activation at each of them."""
         seq = token_ids.shape[1]
-        offsets = torch.arange(-self.before, self.after + 1)
-        positions = position[:, None] + offsets  # [examples, window]
+        positions = position[:, None] + torch.arange(-self.before, self.after + 1)  # [examples, window]
         inside = (positions >= 0) & (positions < seq)
         positions = positions.clamp(0, seq - 1)
-        contexts = context[:, None].expand_as(positions)
-        tokens = torch.where(inside, token_ids[contexts, positions], -1).int()
-        match = code.indices[contexts, positions] == latent[:, None, None]  # [examples, window, k]
-        activations = (code.values[contexts, positions] * match).sum(-1) * inside
-        return tokens, activations.half()
+        tokens = torch.where(inside, token_ids[context[:, None], positions], -1)
+        activations = _code_lookup(code, context[:, None] * seq + positions, latent[:, None], self.keys.shape[0])
+        return tokens, activations * inside
+
+
+def _code_lookup(code: SparseCode, token: torch.Tensor, latent: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """The code's value for (flat token index, latent) pairs, 0 where the latent is not selected.
+
+    A binary search in the code's sorted (token, latent) keys: O(queries · log(tokens · k)),
+    instead of comparing every query with all k entries of its token.
+    """
+    indices = code.indices.reshape(-1, code.indices.shape[-1])
+    entry_keys = (torch.arange(len(indices))[:, None] * n_latents + indices).view(-1)
+    sorted_keys, order = entry_keys.sort()
+    query = (token * n_latents + latent).view(-1)
+    found_at = torch.searchsorted(sorted_keys, query).clamp(max=len(sorted_keys) - 1)
+    found = sorted_keys[found_at] == query
+    values = code.values.reshape(-1)[order[found_at]] * found
+    return values.view(torch.broadcast_shapes(token.shape, latent.shape))
 
 
 def _best_per_group(latent: torch.Tensor, context: torch.Tensor, key: torch.Tensor, n_best: int) -> torch.Tensor:
@@ -525,7 +547,7 @@ def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.Path
     # file that loads but belongs to a different analysis.json.
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
-        dataset.to_parquet(str(staging / LATENTS_FILE))
+        pyarrow.parquet.write_table(dataset.data.table, staging / LATENTS_FILE)
         (staging / SUMMARY_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)
@@ -548,4 +570,4 @@ def load_analysis(path: str | os.PathLike):
         )
     summary_file = parquet.parent / SUMMARY_FILE
     settings = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return Dataset.from_parquet(str(parquet), keep_in_memory=True), settings
+    return Dataset(pyarrow.parquet.read_table(parquet)), settings

@@ -161,8 +161,9 @@ def tiny_sae(hook_point="layers.1.resid_post", **overrides):
     return TopKSAE(config).eval()
 
 
-@pytest.fixture
-def tiny_analysis(tiny_lm, tiny_tokenizer, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_analysis(tiny_lm, tiny_tokenizer, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("tiny-analysis")
     sae = tiny_sae()
     dataset = analyze(
         sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, texts=TEXTS, n_tokens=400, context_size=32,
