@@ -122,7 +122,10 @@ def a_rank_fails(job: str, *, how: str) -> None:
     if grid.rank == dist.get_world_size() - 1:
         if how == "dies":
             os._exit(3)
-        time.sleep(60)  # stuck: alive but never joining the collective
+        # Stuck: alive but never joining the collective, until rank 0 has given up (at most a minute).
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join(job, "error.0.txt")) and time.monotonic() < deadline:
+            time.sleep(0.2)
         os._exit(0)
     start = time.monotonic()
     try:
@@ -130,6 +133,7 @@ def a_rank_fails(job: str, *, how: str) -> None:
     except Exception as err:  # what a training loop would see
         with open(os.path.join(job, f"error.{grid.rank}.txt"), "w") as f:
             f.write(f"{type(err).__name__} after {time.monotonic() - start:.1f}s: {err}")
+        sys.stderr.flush()
         raise
     os._exit(0)
 
