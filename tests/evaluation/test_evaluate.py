@@ -28,6 +28,7 @@ def small_sae():
     return TopKSAE(config).eval()
 
 
+@pytest.mark.slow  # ~12 s alone: reads the whole built-in corpus twice (text split and probe suite)
 def test_evaluate_writes_every_metric_and_the_n2g_explanations(tiny_lm, tiny_tokenizer, small_sae, tmp_path):
     results = evaluate(small_sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, quiet=True, **SMALL)
     path = write_eval_results(tmp_path, results)
@@ -47,18 +48,31 @@ def test_evaluate_writes_every_metric_and_the_n2g_explanations(tiny_lm, tiny_tok
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_evaluated_fvu_is_the_fvu_of_the_held_out_activations(tiny_lm, tiny_tokenizer, small_sae):
+def test_evaluated_fvu_is_the_fvu_of_the_held_out_activations(tiny_lm, tiny_tokenizer, small_sae, tmp_path):
     from hfsae.activations.hook_points import capture
     from hfsae.evaluation.evaluate import _contexts
 
+    documents = tmp_path / "docs.jsonl"
+    documents.write_text("".join(json.dumps({"text": f"document {i}: " + "some words " * 20}) + "\n" for i in range(8)))
     model = tiny_lm("llama")
-    results = evaluate(small_sae, model=model, tokenizer=tiny_tokenizer, quiet=True, skip=["downstream", "ablation", "n2g", "probes"], **SMALL)
-    input_ids = _contexts(results.config, "builtin", tiny_tokenizer, 32)
+    skip = ["downstream", "ablation", "n2g", "probes"]
+    results = evaluate(
+        small_sae, model=model, tokenizer=tiny_tokenizer, quiet=True, dataset=str(documents), split="all", skip=skip, **SMALL
+    )
+    input_ids = _contexts(results.config, str(documents), tiny_tokenizer, 32)
     with torch.no_grad():
         x = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"].reshape(-1, 32)
         expected = fvu(x, small_sae.decode(small_sae.encode(x))).item()
+    assert results.n_tokens == 256 and results.dataset == str(documents)
     assert results.fvu == pytest.approx(expected, rel=1e-5)
     assert results.delta_ce is None and results.probe_loss is None and results.n2g_precision is None
+
+
+def test_too_little_held_out_text_says_how_much_there_is(tiny_lm, tiny_tokenizer, small_sae, tmp_path):
+    documents = tmp_path / "docs.jsonl"
+    documents.write_text(json.dumps({"text": "short"}) + "\n")
+    with pytest.raises(ValueError, match=r"gives 0 context\(s\) of 32 tokens; evaluation needs at least 2"):
+        evaluate(small_sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, dataset=str(documents), split="all", **SMALL)
 
 
 def test_an_unknown_option_or_metric_group_names_the_valid_ones(small_sae, tiny_lm, tiny_tokenizer):
