@@ -107,6 +107,8 @@ class TrainConfig(SAEOptions):
     """Distinct training tokens harvested once from the language model and reused for every epoch."""
     eval_tokens: int = 16_384
     """Held-out tokens (text the SAE never trains on) for the final FVU."""
+    activation_cache: str | None = None
+    """Folder to store harvested activations in and reuse in later runs with the same inputs; None harvests anew."""
 
     # ---- what to train (the sweep) -------------------------------------------------------------------
     n_latents: list[int] = field(default_factory=lambda: [4096])
