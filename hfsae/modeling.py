@@ -11,13 +11,18 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
-from .ops import backend_for, selected_preactivations, sparse_decode
+from .ops import backend_for, selected_preactivations, sparse_decode, subspace_code
 from .training.losses import normalized_mse
 
 # Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (PAPER.md §1).
 LAYER_NORM_EPS = 1e-5
 # A latent "fires" when selected with a value above this (PAPER.md §2).
 FIRING_THRESHOLD = 1e-3
+# AuxK runs as dense matmuls over the dead latents while there are at most this many per k_aux, and as
+# sparse products over the k_aux selected entries otherwise. On the 2-core CPU a dense fp32 product runs
+# ~10x more multiply-adds per second than the sparse gathers (benchmarks/bench_step.py), so dense wins
+# while n_dead < ~10 k_aux; 8 leaves a margin.
+AUX_DENSE_MAX_RATIO = 8
 
 
 @dataclass
@@ -85,10 +90,16 @@ class TopKSAE(PreTrainedModel):
             self.init_tied_()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Load a saved SAE; a corrupt weight file raises an OSError that names it."""
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, hookpoint: str | None = None, **kwargs):
+        """Load an SAE by registry name, Hub repo id or local path (foreign formats are converted).
+
+        `hookpoint=` picks one SAE of a multi-SAE repo or folder; `subfolder=` and `revision=` work as
+        in transformers. A corrupt weight file raises an error that names it.
+        """
+        from .hub.loading import from_pretrained
+
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+            return from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, hookpoint=hookpoint, **kwargs)
         except SafetensorError as err:
             raise OSError(
                 f"Could not read the weights of {pretrained_model_name_or_path} (model.safetensors is "
@@ -178,9 +189,8 @@ class TopKSAE(PreTrainedModel):
         leading = x.shape[:-1]
         x = self._check_input(x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
         x_norm, mean, scale = self._normalize(x)
-        x_centred = x_norm - self.b_pre
-        selection = self._select(x_centred, k)
-        values = torch.relu(self._preactivations(x_centred, selection.indices, selection.values))
+        selection = self._select(x_norm, k)
+        values = torch.relu(self._preactivations(x_norm, selection.indices, selection.values))
         return SparseCode(
             indices=selection.indices.reshape(*leading, k),
             values=values.reshape(*leading, k),
@@ -208,22 +218,22 @@ class TopKSAE(PreTrainedModel):
         leading = x.shape[:-1]
         x = self._check_input(x).reshape(-1, config.d_in).to(self.W_enc.dtype)
         x_norm, mean, scale = self._normalize(x)
-        x_centred = x_norm - self.b_pre
 
         k_multi = min(config.multi_topk_factor * k, config.n_latents) if config.multi_topk_coef > 0 else k
         aux_mask = dead_mask if config.aux_k_coef > 0 else None
         if aux_mask is not None and aux_mask.shape != (config.n_latents,):
             raise ValueError(f"dead_mask must have shape ({config.n_latents},); got {tuple(aux_mask.shape)}.")
-        selection = self._select(x_centred, max(k, k_multi), aux_mask=aux_mask)
+        selection = self._select(x_norm, max(k, k_multi), aux_mask=aux_mask)
+        aux_dense = aux_mask is not None and self._aux_in_dense_subspace(aux_mask, selection.aux_indices)
 
-        # One differentiable gather for every selected pre-activation (main and AuxK): the encoder
-        # gradient is then one sparse scatter instead of one per loss.
+        # With sparse AuxK, one differentiable gather takes every selected pre-activation (main and
+        # AuxK): the encoder gradient is then one sparse scatter instead of one per loss.
         n_main = selection.indices.shape[1]
         indices, preacts = selection.indices, selection.values
-        if selection.aux_indices is not None:
+        if aux_mask is not None and not aux_dense:
             indices = torch.cat([indices, selection.aux_indices], dim=1)
             preacts = torch.cat([preacts, selection.aux_values], dim=1)
-        values = torch.relu(self._preactivations(x_centred, indices, preacts))
+        values = torch.relu(self._preactivations(x_norm, indices, preacts))
 
         # TopK values come sorted descending, so the first k of the top-(factor·k) are the top-k.
         x_hat_norm = sparse_decode(indices[:, :k], values[:, :k], self.W_dec, self.ops) + self.b_pre
@@ -234,8 +244,16 @@ class TopKSAE(PreTrainedModel):
             x_hat_multi = sparse_decode(indices[:, :k_multi], values[:, :k_multi], self.W_dec, self.ops) + self.b_pre
             multi_topk_loss = normalized_mse(x_hat_multi, x_norm)
             loss = loss + config.multi_topk_coef * multi_topk_loss
-        if aux_mask is not None:
-            aux_loss = self._aux_loss(x_norm - x_hat_norm, indices[:, n_main:], values[:, n_main:])
+        if aux_mask is not None and selection.aux_indices.shape[1] == 0:
+            aux_loss = x_norm.new_zeros(())  # no dead latents this step
+        elif aux_mask is not None:
+            residual = (x_norm - x_hat_norm).detach()
+            if aux_dense:
+                residual_hat = self._decode_dead_densely(x_norm, aux_mask, selection.aux_indices, selection.aux_values)
+            else:
+                residual_hat = sparse_decode(indices[:, n_main:], values[:, n_main:], self.W_dec, self.ops)
+            # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
+            aux_loss = torch.nan_to_num(normalized_mse(residual_hat, residual), nan=0.0)
             loss = loss + config.aux_k_coef * aux_loss
 
         code = SparseCode(
@@ -249,14 +267,20 @@ class TopKSAE(PreTrainedModel):
             x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
 
-    def _aux_loss(self, residual: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """AuxK (PAPER.md §2): the top dead latents, decoded without b_pre, reconstruct the detached residual."""
-        if indices.shape[1] == 0:
-            return residual.new_zeros(())
-        residual_hat = sparse_decode(indices, values, self.W_dec, self.ops)
-        aux_loss = normalized_mse(residual_hat, residual.detach())
-        # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
-        return torch.nan_to_num(aux_loss, nan=0.0)
+    @staticmethod
+    def _aux_in_dense_subspace(aux_mask: torch.Tensor, aux_indices: torch.Tensor) -> bool:
+        k_aux = aux_indices.shape[1]
+        return k_aux > 0 and int(aux_mask.sum()) <= AUX_DENSE_MAX_RATIO * k_aux
+
+    def _decode_dead_densely(
+        self, x_norm: torch.Tensor, aux_mask: torch.Tensor, aux_indices: torch.Tensor, aux_preacts: torch.Tensor
+    ) -> torch.Tensor:
+        """AuxK's decode (no b_pre) as dense products over the dead latents only: [batch, d_in]."""
+        dead = aux_mask.nonzero().squeeze(1)  # ascending, so positions within it come from searchsorted
+        positions = torch.searchsorted(dead, aux_indices)
+        b_sub = None if self.b_enc is None else self.b_enc[dead]
+        code = subspace_code(x_norm, self.W_enc[dead], b_sub, positions, aux_preacts, b_pre=self.b_pre)
+        return code @ self.W_dec[dead]
 
     def _check_k(self, k: int | None) -> int:
         if k is None:
@@ -265,14 +289,15 @@ class TopKSAE(PreTrainedModel):
             raise ValueError(f"k must be in 1..{self.config.n_latents}; got k={k}.")
         return k
 
-    def _select(self, x_centred: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None):
+    def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None):
         with torch.no_grad():
+            x_centred = x_norm - self.b_pre
             k_aux = 0
             if aux_mask is not None:
                 k_aux = min(self.config.k_aux_effective, int(aux_mask.sum()))
             b_enc = None if self.b_enc is None else self.b_enc.detach()
             selection = self.ops.encode_topk(
-                x_centred.detach(), self.W_enc.detach(), b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux
+                x_centred, self.W_enc.detach(), b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux
             )
             if aux_mask is not None and selection.aux_indices is None:
                 # No dead latents this step: AuxK contributes an empty selection (loss 0).
@@ -280,8 +305,20 @@ class TopKSAE(PreTrainedModel):
                 selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
             return selection
 
-    def _preactivations(self, x_centred: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return selected_preactivations(x_centred, self.W_enc, self.b_enc, indices, values, self.ops)
+    def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=self.b_pre)
+
+    # ---- Hub ------------------------------------------------------------------------------------------
+
+    def push_to_hub(self, repo_id: str, *, folder: str | None = None, **kwargs):
+        """Upload config, weights and the hfsae model card to `repo_id` (into `folder` of a multi-SAE repo).
+
+        Replaces transformers' push, whose generic card would overwrite ours. Options: commit_message,
+        private, token, revision. Returns the huggingface_hub CommitInfo.
+        """
+        from .hub.push import push_to_hub
+
+        return push_to_hub(self, repo_id, folder=folder, **kwargs)
 
 
 def geometric_median(points: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> torch.Tensor:
