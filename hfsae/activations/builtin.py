@@ -16,6 +16,8 @@ import os
 import shutil
 import sysconfig
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = [
@@ -78,26 +80,34 @@ def _converted_dir() -> Path:
     return builtin_cache_dir() / "models" / f"{BUILTIN_MODEL}-{BUILTIN_VERSION}-float32"
 
 
-def _convert(gguf_path: Path, destination: Path, *, quiet: bool) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+@contextmanager
+def _quiet_transformers(quiet: bool) -> Iterator[None]:
+    """Silence transformers' warnings and loading bars (the GGUF conversion prints hundreds)."""
     from transformers.utils import logging as transformers_logging
 
-    folder, file = str(gguf_path.parent), gguf_path.name
+    if not quiet:
+        yield
+        return
     verbosity = transformers_logging.get_verbosity()
-    if quiet:
-        transformers_logging.set_verbosity_error()
-        transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
     try:
-        # dequantize=True unpacks every block into a plain dense model and drops the quantization
-        # config; without it the model refuses save_pretrained ("quantized with gguf").
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=file, quantization_config=GgufConfig(dequantize=True), dtype="float32"
-        )
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        yield
     finally:
-        if quiet:
-            transformers_logging.set_verbosity(verbosity)
-            transformers_logging.enable_progress_bar()
+        transformers_logging.set_verbosity(verbosity)
+        transformers_logging.enable_progress_bar()
+
+
+def _convert(gguf_path: Path, destination: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    folder, file = str(gguf_path.parent), gguf_path.name
+    # dequantize=True unpacks every block into a plain dense model and drops the quantization
+    # config; without it the model refuses save_pretrained ("quantized with gguf").
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=file, quantization_config=GgufConfig(dequantize=True), dtype="float32"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     destination.parent.mkdir(parents=True, exist_ok=True)
     # Convert into a temporary folder beside the destination and rename it into place: a crash
     # mid-save must not leave a folder that looks complete.
@@ -122,10 +132,11 @@ def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     converted = _converted_dir()
-    if not (converted / "config.json").is_file():
-        _convert(builtin_model_path(), converted, quiet=quiet)
-    model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32").to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(converted)
+    with _quiet_transformers(quiet):
+        if not (converted / "config.json").is_file():
+            _convert(builtin_model_path(), converted)
+        model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32").to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(converted)
     model.name_or_path = BUILTIN_MODEL
     return model, tokenizer
 

@@ -73,8 +73,10 @@ class ActivationSource:
             hook_points: one or more names, e.g. "layers.8.resid_post" (see hook_points.py).
             text: where the documents come from; default: the built-in corpus, "train" split.
             context_size: tokens per context (the paper uses 64).
-            exclude_first_position: leave out position 0 of every context, whose activations are
-                unlike the rest (the model attends to it as a sink, and its norm is far larger).
+            exclude_first_position: leave out position 0 of every context. Its activations are
+                unlike the rest: on the built-in model (layer 8 residual, 64-token contexts) its
+                norm is 4.6× the others' and it holds 28% of the variance from 1/64 of the rows
+                (layer 22: 75×, 98%), which an SAE would spend its capacity on.
             contexts_per_forward: contexts in one forward pass.
             batch_tokens: rows per yielded batch.
             buffer_tokens: rows shuffled together; rounded up to a multiple of batch_tokens.

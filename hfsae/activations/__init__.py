@@ -1,0 +1,32 @@
+"""Activations of causal LMs: hook points, the built-in model and corpus, text and activation sources."""
+
+from hfsae.activations.builtin import BUILTIN_MODEL, builtin_texts, load_builtin_model
+from hfsae.activations.hook_points import (
+    HookPoint,
+    HookPointError,
+    capture,
+    decoder_layers,
+    resolve,
+    splice,
+    valid_hook_points,
+)
+from hfsae.activations.source import ActivationSource
+from hfsae.activations.text import DatasetUnavailableError, TextColumnError, TextSource, token_contexts
+
+__all__ = [
+    "BUILTIN_MODEL",
+    "ActivationSource",
+    "DatasetUnavailableError",
+    "HookPoint",
+    "HookPointError",
+    "TextColumnError",
+    "TextSource",
+    "builtin_texts",
+    "capture",
+    "decoder_layers",
+    "load_builtin_model",
+    "resolve",
+    "splice",
+    "token_contexts",
+    "valid_hook_points",
+]
