@@ -191,6 +191,7 @@ class SweepRun:
     """One trained SAE of a sweep: its size, sparsity, held-out loss and training compute."""
 
     path: Path
+    hook_point: str | None
     n_latents: int
     k: int
     d_in: int
@@ -218,7 +219,7 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
         # The dense encoder matmul dominates a TopK SAE's step (PAPER.md §6): 2 FLOPs per
         # multiply-add, forward plus two backward products, hence 6 · tokens · n · d.
         compute = metrics.get("flops") or (6.0 * tokens * n * d if tokens else None)
-        runs.append(SweepRun(config_path.parent, n, k, d, float(metrics["fvu"]), tokens, compute))
+        runs.append(SweepRun(config_path.parent, config.get("hook_point"), n, k, d, float(metrics["fvu"]), tokens, compute))
     if not runs:
         raise ScalingFitError(
             f"no SAE folder with config.json and training_metrics.json under {str(sweep_dir)!r}; "
@@ -313,8 +314,26 @@ class ScalingReport:
         return "\n".join(parts)
 
 
-def scaling(sweep_dir: str | Path, *, plot_path: str | Path | None = None, quiet: bool = False) -> ScalingReport:
-    """Fit L(n, k) and L(C) to a sweep's SAE folders, write scaling.json and a PNG plot, print the fits.
+def _runs_at(runs: list[SweepRun], hook_point: str | None, sweep_dir: Path) -> list[SweepRun]:
+    """The runs of one hook point: the one asked for, or the only one the sweep has."""
+    hook_points = sorted({str(run.hook_point) for run in runs})
+    if hook_point is None:
+        if len(hook_points) > 1:
+            raise ScalingFitError(
+                f"{str(sweep_dir)!r} holds SAEs at {len(hook_points)} hook points ({', '.join(hook_points)}); "
+                "choose one with --hook-point."
+            )
+        return runs
+    chosen = [run for run in runs if run.hook_point == hook_point]
+    if not chosen:
+        raise ScalingFitError(f"no SAE at hook point {hook_point!r} in {str(sweep_dir)!r}; it has {', '.join(hook_points)}.")
+    return chosen
+
+
+def scaling(
+    sweep_dir: str | Path, *, hook_point: str | None = None, plot_path: str | Path | None = None, quiet: bool = False
+) -> ScalingReport:
+    """Fit L(n, k) and L(C) to a sweep's SAE folders, write the plot (scaling.png) and the fits beside it (scaling.json).
 
     L(C) is fitted to the compute-efficient frontier of the runs at the most common k (PAPER.md §5
     fits compute-optimal runs); it needs at least 4 frontier runs, L(n, k) at least 7 runs.
@@ -324,7 +343,7 @@ def scaling(sweep_dir: str | Path, *, plot_path: str | Path | None = None, quiet
         >>> report.loss_nk.coefficients["alpha"]
     """
     sweep_dir = Path(sweep_dir)
-    runs = read_sweep(sweep_dir)
+    runs = _runs_at(read_sweep(sweep_dir), hook_point, sweep_dir)
     notes = []
     fit_nk = None
     # One degree of freedom beyond the six coefficients, so that errors can be estimated.
@@ -354,9 +373,10 @@ def scaling(sweep_dir: str | Path, *, plot_path: str | Path | None = None, quiet
         "loss_compute": fit_compute.to_dict() if fit_compute else None,
         "notes": notes,
     }
-    temporary = sweep_dir / ".scaling.json.tmp"
+    summary_path = plot.with_suffix(".json")  # scaling.png → scaling.json
+    temporary = summary_path.with_name(f".{summary_path.name}.tmp")
     temporary.write_text(json.dumps(summary, indent=2))
-    temporary.replace(sweep_dir / "scaling.json")
+    temporary.replace(summary_path)
     report = ScalingReport(runs, fit_nk, fit_compute, plot, notes)
     if not quiet:
         print(report)

@@ -90,9 +90,10 @@ def test_a_non_positive_loss_is_rejected_with_its_value():
 # ----- sweep folders -------------------------------------------------------------------------
 
 
-def write_run(folder, *, n_latents, k, fvu, d_in=16, tokens=10_000):
+def write_run(folder, *, n_latents, k, fvu, d_in=16, tokens=10_000, hook_point="layers.3.resid_post"):
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model_type": "topk_sae", "d_in": d_in, "n_latents": n_latents, "k": k}))
+    config = {"model_type": "topk_sae", "d_in": d_in, "n_latents": n_latents, "k": k, "hook_point": hook_point}
+    (folder / "config.json").write_text(json.dumps(config))
     (folder / "training_metrics.json").write_text(json.dumps({"fvu": fvu, "tokens": tokens, "dead_fraction": 0.0}))
 
 
@@ -150,3 +151,11 @@ def test_scaling_on_a_missing_folder_says_what_to_pass(tmp_path):
 def test_scaling_on_a_folder_without_runs_says_how_to_make_them(tmp_path):
     with pytest.raises(ScalingFitError, match="no SAE folder with config.json and training_metrics.json"):
         scaling(tmp_path)
+
+
+def test_a_sweep_over_several_hook_points_asks_which_one_to_fit(paper_sweep):
+    write_run(paper_sweep / "layers.5.resid_post" / "n256_k4", n_latents=256, k=4, fvu=0.3, hook_point="layers.5.resid_post")
+    with pytest.raises(ScalingFitError, match=r"2 hook points \(layers.3.resid_post, layers.5.resid_post\); choose one"):
+        scaling(paper_sweep)
+    report = scaling(paper_sweep, hook_point="layers.3.resid_post", quiet=True)
+    assert len(report.runs) == 12
