@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .training.config import TrainConfig
 
 
@@ -42,6 +43,9 @@ def _train(config: TrainConfig) -> None:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, _train, "Train TopK SAEs on a language model's activations."),
+    "convert": Command(ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens)."),
+    "list": Command(ListArgs, run_list, "List SAEs known by name, and hfsae models on the Hub when online."),
+    "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
 }
 
 
