@@ -30,6 +30,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.parquet
 import torch
 from tqdm.auto import tqdm
@@ -470,70 +472,86 @@ def _vocabulary(tokenizer, size: int) -> list[str]:
     return tokenizer.batch_decode([[i] for i in range(known)]) + [f"<id {i}>" for i in range(known, size)]
 
 
-def _example_columns(examples: TopExamples, vocabulary: list[str], prefix: str, valid: torch.Tensor) -> dict:
-    """Per latent, its kept examples (strongest first) as lists: tokens, token ids, activations, peak value."""
+def _lists(values: np.ndarray, kept: np.ndarray) -> pa.ListArray:
+    """One list per row of values [rows, n, ...] holding the entries where kept [rows, n] (in order)."""
+    offsets = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(np.int32)
+    return pa.ListArray.from_arrays(offsets, _flat(values[kept]))
+
+
+def _flat(values: np.ndarray) -> pa.Array:
+    if values.ndim == 1:
+        return pa.array(values)
+    return _lists(values, np.ones(values.shape[:2], dtype=bool))
+
+
+def _example_columns(examples: TopExamples, vocabulary: pa.Array, prefix: str) -> dict[str, pa.Array]:
+    """Per latent, its kept examples (strongest first): peak activation, window tokens, token ids,
+    per-token activations and the peak's index in the window, windows trimmed to the context."""
     order = examples.values.argsort(dim=1, descending=True)
-    values = examples.values.gather(1, order)
-    token_ids = examples.token_ids.gather(1, order[:, :, None].expand_as(examples.token_ids))
-    activations = examples.activations.gather(1, order[:, :, None].expand_as(examples.activations)).float()
-    columns = {f"{prefix}_activations": [], f"{prefix}_tokens": [], f"{prefix}_token_ids": [],
-               f"{prefix}_token_activations": [], f"{prefix}_peak": []}
-    for latent in range(len(values)):
-        n_kept = int(valid[latent].sum())
-        rows_ids, rows_tokens, rows_acts, peaks = [], [], [], []
-        for example in range(n_kept):
-            ids = token_ids[latent, example]
-            inside = (ids >= 0).nonzero().squeeze(1)
-            first, last = int(inside[0]), int(inside[-1]) + 1
-            ids_list = ids[first:last].tolist()
-            rows_ids.append(ids_list)
-            rows_tokens.append([vocabulary[i] for i in ids_list])
-            rows_acts.append([round(a, 4) for a in activations[latent, example, first:last].tolist()])
-            peaks.append(examples.before - first)
-        columns[f"{prefix}_activations"].append(values[latent, :n_kept].tolist())
-        columns[f"{prefix}_tokens"].append(rows_tokens)
-        columns[f"{prefix}_token_ids"].append(rows_ids)
-        columns[f"{prefix}_token_activations"].append(rows_acts)
-        columns[f"{prefix}_peak"].append(peaks)
-    return columns
+    values = examples.values.gather(1, order).numpy()
+    token_ids = examples.token_ids.gather(1, order[:, :, None].expand_as(examples.token_ids)).numpy()
+    activations = examples.activations.gather(1, order[:, :, None].expand_as(examples.activations)).float().numpy()
+    kept = (examples.keys.gather(1, order) > -math.inf).numpy()  # [n_latents, n_examples]
+    inside = token_ids >= 0  # [n_latents, n_examples, window]: the window positions within the context
+    example_offsets = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(np.int32)
+    token_offsets = np.concatenate([[0], np.cumsum(inside[kept].sum(axis=1))]).astype(np.int32)
+
+    def windows(flat: pa.Array) -> pa.ListArray:
+        """Per latent a list of examples, each the list of its in-context window entries."""
+        return pa.ListArray.from_arrays(example_offsets, pa.ListArray.from_arrays(token_offsets, flat))
+
+    ids = token_ids[kept][inside[kept]]
+    peaks = examples.before - inside.argmax(axis=2)  # the trimmed window starts at the first inside position
+    return {
+        f"{prefix}_activations": _lists(values, kept),
+        f"{prefix}_tokens": windows(vocabulary.take(pa.array(ids.astype(np.int64)))),
+        f"{prefix}_token_ids": windows(pa.array(ids)),
+        f"{prefix}_token_activations": windows(pa.array(activations[kept][inside[kept]])),
+        f"{prefix}_peak": _lists(peaks.astype(np.int32), kept),
+    }
 
 
 def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
-    """The accumulated statistics as a `datasets.Dataset`, one row per latent (see the module docstring)."""
+    """The accumulated statistics as a `datasets.Dataset`, one row per latent (see the module docstring).
+
+    Columns are built as Arrow arrays from whole tensors: at 8192 latents this takes about a
+    second, where building nested Python lists took half a minute.
+    """
     from datasets import Dataset
 
     n_latents = len(statistics.fire_count)
     vocab_size = max(len(tokenizer), int(statistics.top.token_ids.max()) + 1, int(statistics.random.token_ids.max()) + 1)
     if effects is not None:
         vocab_size = max(vocab_size, int(effects[0].max()) + 1, int(effects[2].max()) + 1)
-    vocabulary = _vocabulary(tokenizer, vocab_size)
-    fired = statistics.fire_count.clamp_min(1)
+    vocabulary = pa.array(_vocabulary(tokenizer, vocab_size))
     histograms = statistics.histograms
     n_bins = histograms.counts.shape[1]
+    top_kept = statistics.top.keys[:, 0] > -math.inf
     columns = {
-        "latent": list(range(n_latents)),
-        "density": (statistics.fire_count / max(statistics.n_tokens, 1)).tolist(),
-        "mean_activation": (statistics.activation_sum / fired).tolist(),
-        "histogram_counts": histograms.counts.tolist(),
-        "histogram_edges": (histograms.upper[:, None] * torch.linspace(0, 1, n_bins + 1)).tolist(),
+        "latent": pa.array(np.arange(n_latents)),
+        "density": pa.array((statistics.fire_count / max(statistics.n_tokens, 1)).numpy()),
+        "mean_activation": pa.array((statistics.activation_sum / statistics.fire_count.clamp_min(1)).numpy()),
+        "max_activation": pa.array(torch.where(top_kept, statistics.top.values.max(dim=1).values, 0.0).numpy()),
+        "histogram_counts": _flat(histograms.counts.numpy()),
+        "histogram_edges": _flat((histograms.upper[:, None] * torch.linspace(0, 1, n_bins + 1)).numpy()),
     }
-    top_valid = statistics.top.keys > -math.inf
-    columns["max_activation"] = torch.where(top_valid[:, 0], statistics.top.values.max(dim=1).values, 0.0).tolist()
-    columns.update(_example_columns(statistics.top, vocabulary, "top", top_valid))
-    random_valid = statistics.random.keys > -math.inf
-    columns.update(_example_columns(statistics.random, vocabulary, "random", random_valid))
+    columns.update(_example_columns(statistics.top, vocabulary, "top"))
+    columns.update(_example_columns(statistics.random, vocabulary, "random"))
     ordered = statistics.random.values.sort(dim=1, descending=True).values
-    quantiles = histograms.quantiles(torch.arange(n_latents), ordered)
-    columns["random_quantiles"] = [
-        [round(q, 4) for q in quantiles[latent, : int(random_valid[latent].sum())].tolist()] for latent in range(n_latents)
-    ]
+    quantiles = histograms.quantiles(torch.arange(n_latents), ordered).numpy()
+    columns["random_quantiles"] = _lists(quantiles, (statistics.random.keys > -math.inf).numpy())
     if effects is not None:
-        promoted, promoted_logits, suppressed, suppressed_logits = effects
-        columns["promoted_tokens"] = [[vocabulary[i] for i in row] for row in promoted.tolist()]
-        columns["promoted_logits"] = promoted_logits.tolist()
-        columns["suppressed_tokens"] = [[vocabulary[i] for i in row] for row in suppressed.tolist()]
-        columns["suppressed_logits"] = suppressed_logits.tolist()
-    return Dataset.from_dict(columns)
+        promoted, promoted_logits, suppressed, suppressed_logits = (tensor.numpy() for tensor in effects)
+        every = np.ones(promoted.shape, dtype=bool)
+        columns["promoted_tokens"] = pa.ListArray.from_arrays(
+            np.arange(0, promoted.size + 1, promoted.shape[1], dtype=np.int32), vocabulary.take(pa.array(promoted.ravel()))
+        )
+        columns["promoted_logits"] = _lists(promoted_logits, every)
+        columns["suppressed_tokens"] = pa.ListArray.from_arrays(
+            np.arange(0, suppressed.size + 1, suppressed.shape[1], dtype=np.int32), vocabulary.take(pa.array(suppressed.ravel()))
+        )
+        columns["suppressed_logits"] = _lists(suppressed_logits, every)
+    return Dataset(pa.table(columns))
 
 
 # ---- saving and loading ------------------------------------------------------------------------------
