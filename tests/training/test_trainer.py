@@ -1,0 +1,121 @@
+"""The training loop: resume equivalence, sweeps, the step's invariants (hfsae/training/trainer.py)."""
+
+import pytest
+import torch
+
+from hfsae.training.trainer import Trainer
+
+from training_helpers import synthetic_activations, tiny_config
+
+
+def data(tokens=1024, hooks=("h",)):
+    return {hook: synthetic_activations(tokens, seed=i) for i, hook in enumerate(hooks)}
+
+
+def heldout(hooks=("h",)):
+    return {hook: synthetic_activations(256, seed=100 + i) for i, hook in enumerate(hooks)}
+
+
+def trained_state(trainer):
+    """Everything that must match between two runs: weights, EMA, dead counts, Adam moments."""
+    state = {}
+    for run in trainer.runs:
+        state.update({f"{run.name}/{n}": t.clone() for n, t in run.sae.state_dict().items()})
+        state.update({f"{run.name}/ema/{n}": t.clone() for n, t in run.ema.averaged().items()})
+        state[f"{run.name}/dead"] = run.dead.tokens_since_fired.clone()
+        for i, param_state in run.optimizer.state_dict()["state"].items():
+            state.update({f"{run.name}/adam/{i}/{key}": value.clone() for key, value in param_state.items()})
+    return state
+
+
+def test_a_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path, monkeypatch):
+    config = tiny_config(tmp_path, save_steps=5, train_tokens=128 * 12, dead_tokens=300)
+    uninterrupted = Trainer(config, {"h": 16})
+    uninterrupted.fit(data(), heldout())
+
+    killed = Trainer(tiny_config(tmp_path / "killed", save_steps=5, train_tokens=128 * 12, dead_tokens=300), {"h": 16})
+    original_step = Trainer.train_step
+
+    def train_step_until_killed(self, batch):
+        if self.step == 7:  # two steps after the checkpoint at step 5
+            raise KeyboardInterrupt
+        original_step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step_until_killed)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(data(), heldout())
+    monkeypatch.setattr(Trainer, "train_step", original_step)
+
+    resumed = Trainer(
+        tiny_config(tmp_path / "killed", save_steps=5, train_tokens=128 * 12, dead_tokens=300, resume_from_checkpoint="last"),
+        {"h": 16},
+    )
+    resumed.fit(data(), heldout())
+    expected, actual = trained_state(uninterrupted), trained_state(resumed)
+    assert resumed.step == uninterrupted.step == 12
+    assert actual.keys() == expected.keys()
+    for name in expected:
+        assert torch.equal(actual[name], expected[name]), name
+
+
+def test_a_sweep_trains_each_sae_exactly_as_training_it_alone(tmp_path):
+    hooks = ("h", "g")
+    sweep = Trainer(tiny_config(tmp_path, hook_points=list(hooks), n_latents=[64, 96], k=[4, 8]), {"h": 16, "g": 16})
+    sweep.fit(data(hooks=hooks), heldout(hooks))
+    swept = trained_state(sweep)
+    assert len(sweep.runs) == 8
+    for hook, n_latents, k in [("g", 96, 4), ("h", 64, 8)]:
+        alone = Trainer(tiny_config(tmp_path, hook_points=[hook], n_latents=[n_latents], k=[k]), {hook: 16})
+        alone.fit({hook: data(hooks=hooks)[hook]}, {hook: heldout(hooks)[hook]})
+        for name, tensor in trained_state(alone).items():
+            assert torch.equal(swept[name], tensor), name
+
+
+def test_decoder_rows_stay_unit_norm_and_training_lowers_the_loss(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, train_tokens=128 * 40, learning_rate=1e-2), {"h": 16})
+    trainer.init_runs_(data())
+    sae = trainer.runs[0].sae
+    with torch.no_grad():
+        fvu_before = sae(heldout()["h"]).fvu.item()
+    (result,) = trainer.fit(data(), heldout())
+    torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
+    assert result.metrics["fvu_raw"] < 0.5 * fvu_before
+    assert result.metrics["fvu"] == min(result.metrics["fvu_raw"], result.metrics["fvu_ema"])
+    assert result.metrics["tokens"] == 128 * 40 and result.metrics["steps"] == 40
+
+
+@pytest.mark.parametrize("tied_init", [True, False])
+def test_tied_init_sets_the_encoder_to_the_decoder_only_when_asked(tmp_path, tied_init):
+    trainer = Trainer(tiny_config(tmp_path, tied_init=tied_init), {"h": 16})
+    trainer.init_runs_(data())
+    sae = trainer.runs[0].sae
+    assert torch.equal(sae.W_enc, sae.W_dec) is tied_init
+    torch.testing.assert_close(sae.W_enc.norm(dim=1), torch.ones(64))
+
+
+def test_b_pre_starts_at_the_geometric_median_and_dataset_scale_makes_the_mean_square_norm_d_in(tmp_path):
+    from hfsae.modeling import geometric_median
+
+    x = data()["h"] * 7.0
+    trainer = Trainer(tiny_config(tmp_path, normalize="dataset_scale"), {"h": 16})
+    trainer.init_runs_({"h": x})
+    sae = trainer.runs[0].sae
+    scale = sae.config.dataset_scale
+    assert (x * scale).pow(2).sum(dim=1).mean().item() == pytest.approx(16, rel=1e-4)
+    torch.testing.assert_close(sae.b_pre.detach(), geometric_median(x * scale))
+
+
+def test_a_batch_that_does_not_split_over_accumulation_steps_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="multiple of gradient_accumulation_steps=3"):
+        tiny_config(tmp_path, gradient_accumulation_steps=3)
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_batch(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, train_tokens=128 * 3, gradient_accumulation_steps=4), {"h": 16})
+    trainer.fit(data(), heldout())
+    run = trainer.runs[0]
+    adam_steps = {int(state["step"]) for state in run.optimizer.state_dict()["state"].values()}
+    assert adam_steps == {3}
+    assert run.ema.updates == 3
+    # Every micro-batch's tokens are counted: 3 steps × 128 tokens for a latent that never fired.
+    assert int(run.dead.tokens_since_fired.max()) <= 384
