@@ -105,7 +105,7 @@ def owned_columns(local: torch.Tensor, owned: torch.Tensor) -> tuple[torch.Tenso
     """
     batch = local.shape[0]
     count = owned.sum(dim=1, keepdim=True)  # [batch, 1]
-    width = max(int(count.max()), 1) if batch else 1
+    width = min(max(int(count.max()), 1) if batch else 1, local.shape[1])
     order = torch.argsort((~owned).to(torch.int8), dim=1, stable=True)[:, :width]
     local, owned = local.gather(1, order), owned.gather(1, order)
     # Mark which of 0..width−1 the owned entries use (column `width` collects everything else).
@@ -275,7 +275,8 @@ class ShardedTopKSAE(nn.Module):
 
         # Main, Multi-TopK and AuxK partial reconstructions go out in one all-reduce.
         spans = [(0, k)] + ([(0, k_multi)] if k_multi > k else [])
-        if aux_mask is not None:
+        has_aux = indices.shape[1] > n_main  # no AuxK candidates when no latent is dead
+        if has_aux:
             spans.append((n_main, indices.shape[1]))
         partials = []
         for a, b in spans:
@@ -292,9 +293,8 @@ class ShardedTopKSAE(nn.Module):
             multi_topk_loss = self._normalized_mse(decoded[1] + self.b_pre, x_norm)
             loss = loss + config.multi_topk_coef * multi_topk_loss
         if aux_mask is not None:
-            if indices.shape[1] == n_main:
-                aux_loss = x_norm.new_zeros(())
-            else:
+            aux_loss = x_norm.new_zeros(())
+            if has_aux:
                 # 0/0 when the residual has no variance: the paper sets the term to 0.
                 aux_loss = torch.nan_to_num(self._normalized_mse(decoded[-1], (x_norm - x_hat_norm).detach()), nan=0.0)
             loss = loss + config.aux_k_coef * aux_loss

@@ -71,6 +71,16 @@ def test_one_shard_on_one_process_is_the_unsharded_model():
     torch.testing.assert_close(got.code.indices, expected.code.indices)
 
 
+def test_without_dead_latents_the_aux_loss_is_zero_as_in_the_unsharded_model():
+    model = random_model("odd")
+    x = random_inputs("odd")["x"]
+    alive = torch.zeros(model.config.n_latents, dtype=torch.bool)
+    got = ShardedTopKSAE.from_model(model, ProcessGrid.single())(x, dead_mask=alive)
+    expected = model(x, dead_mask=alive)
+    assert got.aux_loss.item() == expected.aux_loss.item() == 0.0
+    torch.testing.assert_close(got.loss, expected.loss)
+
+
 def test_shard_ranges_cover_every_latent_once_with_sizes_differing_by_at_most_one():
     assert shard_ranges(47, 4) == [(0, 12), (12, 24), (24, 36), (36, 47)]
     assert shard_ranges(10, 3) == [(0, 4), (4, 7), (7, 10)]
