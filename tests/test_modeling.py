@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from hfsae import SparseCode, TopKSAE, TopKSAEConfig
+from hfsae import SparseCode, TopKSAE, TopKSAEConfig, modeling
 from hfsae.modeling import geometric_median
 
 
@@ -62,6 +62,7 @@ def parameter_grads(sae, loss):
     return torch.autograd.grad(loss, [p for p in sae.parameters()])
 
 
+@pytest.mark.parametrize("aux_path", ["dense", "sparse"])
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
 @pytest.mark.parametrize(
     "overrides",
@@ -72,7 +73,9 @@ def parameter_grads(sae, loss):
         {"normalize": "dataset_scale", "dataset_scale": 0.7, "k": 1},
     ],
 )
-def test_forward_losses_and_gradients_equal_the_dense_reference(backend, overrides):
+def test_forward_losses_and_gradients_equal_the_dense_reference(monkeypatch, aux_path, backend, overrides):
+    # AuxK runs densely over the dead latents when they are few, sparsely otherwise: test both.
+    monkeypatch.setattr(modeling, "AUX_DENSE_MAX_RATIO", 1000 if aux_path == "dense" else 0)
     sae = make_sae(**overrides)
     sae.ops_backend = backend
     x = torch.randn(9, 13) * 2 + 1

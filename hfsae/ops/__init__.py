@@ -55,32 +55,67 @@ class _SparseDecode(torch.autograd.Function):
 
 
 class _SelectedPreactivations(torch.autograd.Function):
-    """The pre-activations x @ W_enc.T + b_enc at the selected entries, already computed by encode_topk.
+    """The pre-activations (x − b_pre) @ W_enc.T + b_enc at the selected entries, already computed by encode_topk.
 
-    Forward returns them as given (no recomputation); backward sends their gradient to x, W_enc and
-    b_enc through the selected latents only.
+    Forward returns them as given (no recomputation); backward sends their gradient to x, b_pre, W_enc
+    and b_enc through the selected latents only. b_pre's gradient needs only the batch sum of the input
+    gradient, −(Σ_b G[b]) @ W_enc, an [n] × [n, d] product, so the per-row input gradient (a sparse
+    decode) is computed only when x itself requires a gradient.
     """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, indices, values, backend):
-        ctx.save_for_backward(x, W_enc, indices)
+    def forward(ctx, x, b_pre, W_enc, b_enc, indices, values, backend):
+        ctx.save_for_backward(x, b_pre, W_enc, indices)
         ctx.backend = backend
-        ctx.has_bias = b_enc is not None
+        ctx.has_bias, ctx.has_b_pre = b_enc is not None, b_pre is not None
         return values.clone()
 
     @staticmethod
     def backward(ctx, grad_values):
-        x, W_enc, indices = ctx.saved_tensors
+        x, b_pre, W_enc, indices = ctx.saved_tensors
         grad_values = grad_values.contiguous()
-        grad_x = grad_W_enc = grad_b_enc = None
+        grad_x = grad_b_pre = grad_W_enc = grad_b_enc = None
         if ctx.needs_input_grad[0]:
             grad_x = ctx.backend.decode(indices, grad_values, W_enc).to(x.dtype)
-        if ctx.needs_input_grad[1]:
-            grad_W_enc = ctx.backend.scatter_outer(indices, grad_values, x, W_enc.shape[0]).to(W_enc.dtype)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b_enc = torch.zeros(W_enc.shape[0], dtype=grad_values.dtype, device=grad_values.device)
-            grad_b_enc.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
-        return grad_x, grad_W_enc, grad_b_enc, None, None, None
+        if ctx.needs_input_grad[2]:
+            centred = x - b_pre if ctx.has_b_pre else x
+            grad_W_enc = ctx.backend.scatter_outer(indices, grad_values, centred, W_enc.shape[0]).to(W_enc.dtype)
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:
+            per_latent = torch.zeros(W_enc.shape[0], dtype=grad_values.dtype, device=grad_values.device)
+            per_latent.index_add_(0, indices.reshape(-1), grad_values.reshape(-1))
+            if ctx.has_bias and ctx.needs_input_grad[3]:
+                grad_b_enc = per_latent
+            if ctx.has_b_pre and ctx.needs_input_grad[1]:
+                grad_b_pre = -(per_latent.to(W_enc.dtype) @ W_enc).to(b_pre.dtype)
+        return grad_x, grad_b_pre, grad_W_enc, grad_b_enc, None, None, None
+
+
+class _SubspaceCode(torch.autograd.Function):
+    """A dense [batch, n_sub] code over a subset of latents, from pre-activations already selected in it.
+
+    Used for AuxK when few latents are dead: dense matmuls over the dead subset then cost less than
+    sparse products over k_aux entries a row (see `TopKSAE._aux_loss`). Backward is two dense products
+    over the subset; like `_SelectedPreactivations`, b_pre gets only the batch-summed gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x, b_pre, W_sub, b_sub, positions, preacts):
+        ctx.save_for_backward(x, b_pre, W_sub, positions, preacts)
+        ctx.has_bias = b_sub is not None
+        code = torch.zeros(x.shape[0], W_sub.shape[0], dtype=preacts.dtype, device=preacts.device)
+        return code.scatter_(1, positions, preacts.relu())
+
+    @staticmethod
+    def backward(ctx, grad_code):
+        x, b_pre, W_sub, positions, preacts = ctx.saved_tensors
+        selected = grad_code.gather(1, positions) * (preacts > 0)
+        grad_pre = torch.zeros_like(grad_code).scatter_(1, positions, selected)  # [batch, n_sub]
+        grad_x = grad_pre @ W_sub if ctx.needs_input_grad[0] else None
+        grad_W_sub = grad_pre.T @ (x - b_pre) if ctx.needs_input_grad[2] else None
+        per_latent = grad_pre.sum(0)
+        grad_b_pre = -(per_latent @ W_sub) if ctx.needs_input_grad[1] else None
+        grad_b_sub = per_latent if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return grad_x, grad_b_pre, grad_W_sub, grad_b_sub, None, None
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, backend: ModuleType) -> torch.Tensor:
@@ -95,9 +130,27 @@ def selected_preactivations(
     indices: torch.Tensor,
     values: torch.Tensor,
     backend: ModuleType,
+    *,
+    b_pre: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Differentiable view of pre-activations `values` [batch, k] = (x @ W_enc.T + b_enc)[b, indices[b, j]]."""
-    return _SelectedPreactivations.apply(x, W_enc, b_enc, indices, values, backend)
+    """Differentiable view of pre-activations `values` [batch, k] = ((x − b_pre) @ W_enc.T + b_enc)[b, indices[b, j]]."""
+    return _SelectedPreactivations.apply(x, b_pre, W_enc, b_enc, indices, values, backend)
 
 
-__all__ = ["BACKENDS", "TopKSelection", "backend_for", "selected_preactivations", "sparse_decode", "triton_available"]
+def subspace_code(
+    x: torch.Tensor,
+    W_sub: torch.Tensor,
+    b_sub: torch.Tensor | None,
+    positions: torch.Tensor,
+    preacts: torch.Tensor,
+    *,
+    b_pre: torch.Tensor,
+) -> torch.Tensor:
+    """Dense code [batch, n_sub] over latents W_sub [n_sub, d]: ReLU(preacts) at `positions` [batch, k], 0 elsewhere.
+
+    `preacts` must equal ((x − b_pre) @ W_sub.T + b_sub) at those positions (they come from encode_topk).
+    """
+    return _SubspaceCode.apply(x, b_pre, W_sub, b_sub, positions, preacts)
+
+
+__all__ = ["BACKENDS", "TopKSelection", "backend_for", "selected_preactivations", "sparse_decode", "subspace_code", "triton_available"]
