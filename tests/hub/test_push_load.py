@@ -166,3 +166,16 @@ emit([[item.name, item.source] for item in list_saes()])
 """)
     assert [repo, "hub"] in listed
     assert ["gpt2-small-v5-32k-resid-post-layer-8", "registry"] in listed
+
+
+def test_hfsae_push_uploads_a_saved_folder_with_a_card(hub):
+    repo = new_repo()
+    result = hub.run(MAKE_SAE + f"""
+from huggingface_hub import HfApi
+from hfsae.cli import main
+make_sae(10).save_pretrained("saved")
+status = main(["push", "--folder", "saved", "--repo-id", {repo!r}])
+emit({{"status": status, "files": sorted(HfApi().list_repo_files({repo!r}))}})
+""")
+    assert result["status"] == 0
+    assert {"config.json", "model.safetensors", "README.md"} <= set(result["files"])
