@@ -24,7 +24,9 @@ import torch
 class TopKSelection:
     """The k largest pre-activations of each row, and optionally the k_aux largest among masked latents.
 
-    Values are pre-activations (before ReLU), sorted in descending order along the last dimension.
+    Values are pre-activations (before ReLU); `values` are sorted in descending order along the last
+    dimension (Multi-TopK reads the top-k as a prefix of the top-(factor·k)); the AuxK pair may come in
+    any order.
     """
 
     values: torch.Tensor  # [batch, k]
