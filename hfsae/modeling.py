@@ -276,8 +276,10 @@ class TopKSAE(PreTrainedModel):
         self, x_norm: torch.Tensor, aux_mask: torch.Tensor, aux_indices: torch.Tensor, aux_preacts: torch.Tensor
     ) -> torch.Tensor:
         """AuxK's decode (no b_pre) as dense products over the dead latents only: [batch, d_in]."""
-        dead = aux_mask.nonzero().squeeze(1)  # ascending, so positions within it come from searchsorted
-        positions = torch.searchsorted(dead, aux_indices)
+        dead = aux_mask.nonzero().squeeze(1)
+        position_in_dead = torch.empty(aux_mask.shape[0], dtype=torch.int64, device=dead.device)
+        position_in_dead[dead] = torch.arange(dead.numel(), device=dead.device)
+        positions = position_in_dead[aux_indices]
         b_sub = None if self.b_enc is None else self.b_enc[dead]
         code = subspace_code(x_norm, self.W_enc[dead], b_sub, positions, aux_preacts, b_pre=self.b_pre)
         return code @ self.W_dec[dead]
