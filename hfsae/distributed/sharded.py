@@ -218,6 +218,26 @@ class ShardedTopKSAE(nn.Module):
     project_decoder_grad_ = TopKSAE.project_decoder_grad_
 
     @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float) -> torch.Tensor:
+        """Scale the gradients so that the whole model's gradient norm is at most max_norm.
+
+        As torch.nn.utils.clip_grad_norm_ on the unsharded model: the squared norms of the shards
+        are summed over the latent group, b_pre (replicated) counted once. Returns the norm before
+        clipping. Call it after `sync_gradients_`.
+        """
+        sharded = [p.grad for name, p in self.named_parameters() if name != "b_pre" and p.grad is not None]
+        squares = torch.stack([grad.float().pow(2).sum() for grad in sharded]).sum() if sharded else self.b_pre.new_zeros(())
+        all_reduce_(squares, self.grid.latent_group)
+        if self.b_pre.grad is not None:
+            squares = squares + self.b_pre.grad.float().pow(2).sum()
+        norm = squares.sqrt()
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)  # torch's formula, so the results agree
+        for parameter in self.parameters():
+            if parameter.grad is not None:
+                parameter.grad.mul_(scale.to(parameter.grad.dtype))
+        return norm
+
+    @torch.no_grad()
     def sync_gradients_(self) -> None:
         """Average every gradient over the data group (replicas of this shard fed other batches).
 

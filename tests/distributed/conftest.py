@@ -19,6 +19,7 @@ from .launch import run_job
 
 BATCH = 12  # divisible by every data-parallel size used here
 STEPS = 5
+MAX_GRAD_NORM = 0.05  # below the gradient norms of the first steps, so that clipping acts
 
 CONFIGS = {
     # n_latents divisible by 2 shards, layer-norm inputs
@@ -99,7 +100,8 @@ def four_processes(two_processes):
         forward_case("forward_odd_4_shards", "odd", 4),
         forward_case("forward_tiny_4_shards", "tiny", 4),
         forward_case("forward_odd_2x2", "odd", 2),
-        dict(train, name="train_2x2", kind="train", latent_shards=2, steps=[0, 3], save="state_2x2"),
+        dict(train, name="train_2x2", kind="train", latent_shards=2, steps=[0, 3], save="state_2x2",
+             max_grad_norm=MAX_GRAD_NORM),
         dict(train, name="resume_4_shards", kind="train", latent_shards=4, steps=[3, STEPS], resume=True,
              model="state_2_data", save="state_resumed"),
     ]

@@ -10,6 +10,7 @@ from .launch import run_job
 
 
 # gloo reports a dead peer at once (its socket closes), a silent one after the 5 s timeout.
+@pytest.mark.slow  # starts worker processes
 @pytest.mark.parametrize(("how", "reported"), [("dies", "Connection"), ("hangs", "Timed out")])
 def test_when_one_rank_dies_or_hangs_the_others_exit_with_an_error(how, reported, tmp_path):
     # run_job raises TimeoutExpired if the job is still running after 120 s, i.e. if anything hangs.

@@ -41,6 +41,7 @@ def assert_same_forward(got: dict, expected: dict) -> None:
         torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
 
 
+@pytest.mark.slow  # starts worker processes (~5–20 s of imports each)
 @pytest.mark.parametrize(
     ("case", "config"),
     [
@@ -54,10 +55,12 @@ def test_sharded_forward_losses_and_gradients_equal_the_unsharded_model(case, co
     assert_same_forward(results(four_processes, case), single_process_forward(four_processes, config))
 
 
+@pytest.mark.slow  # starts worker processes (~5–20 s of imports each)
 def test_data_parallel_forward_and_averaged_gradients_equal_one_process_on_the_whole_batch(two_processes):
     assert_same_forward(results(two_processes, "forward_odd_2_data"), single_process_forward(two_processes, "odd"))
 
 
+@pytest.mark.slow  # starts worker processes (~5–20 s of imports each)
 def test_a_two_by_two_grid_of_data_and_latent_shards_equals_one_process(four_processes):
     assert_same_forward(results(four_processes, "forward_odd_2x2"), single_process_forward(four_processes, "odd"))
 

@@ -63,9 +63,14 @@ def forward_case(case: dict, job: str, grid) -> dict[str, torch.Tensor]:
     return result
 
 
-def train_steps_(sae: ShardedTopKSAE, optimizer, inputs: dict, steps: range, grid) -> list[torch.Tensor]:
-    """Adam steps with the decoder-norm step (PAPER.md §1); returns each step's loss."""
-    losses = []
+def train_steps_(
+    sae: ShardedTopKSAE, optimizer, inputs: dict, steps: range, grid, max_grad_norm: float | None = None
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Adam steps with the decoder-norm step (PAPER.md §1) and optional clipping, in the trainer's order.
+
+    Returns each step's loss and gradient norm before clipping (0 without clipping).
+    """
+    losses, norms = [], []
     for step in steps:
         x = my_rows(inputs[f"x.{step}"], grid)
         out = sae(x, dead_mask=inputs[f"dead_mask.{step}"].bool())
@@ -73,10 +78,11 @@ def train_steps_(sae: ShardedTopKSAE, optimizer, inputs: dict, steps: range, gri
         out.loss.backward()
         sae.sync_gradients_()
         sae.project_decoder_grad_()
+        norms.append(sae.clip_grad_norm_(max_grad_norm) if max_grad_norm is not None else torch.zeros(()))
         optimizer.step()
         sae.normalize_decoder_()
         losses.append(out.loss.detach())
-    return losses
+    return losses, norms
 
 
 def train_case(case: dict, job: str, grid) -> dict[str, torch.Tensor]:
@@ -88,9 +94,9 @@ def train_case(case: dict, job: str, grid) -> dict[str, torch.Tensor]:
     else:
         sae = ShardedTopKSAE.from_pretrained(source, grid)
         optimizer = adam(sae.parameters())
-    losses = train_steps_(sae, optimizer, inputs, range(*case["steps"]), grid)
+    losses, norms = train_steps_(sae, optimizer, inputs, range(*case["steps"]), grid, case.get("max_grad_norm"))
     save_training_state(sae, optimizer, os.path.join(job, case["save"]))
-    return {"losses": torch.stack(losses)}
+    return {"losses": torch.stack(losses), "grad_norms": torch.stack(norms)}
 
 
 def any_rank_case(case: dict, job: str, grid) -> dict[str, torch.Tensor]:
