@@ -103,9 +103,9 @@ class TrainConfig(SAEOptions):
     """Dataset split to train on; held-out FVU uses text outside it."""
     context_size: int = 64
     """Tokens per context (the paper uses 64)."""
-    harvest_tokens: int = 300_000
+    harvest_tokens: int = 120_000
     """Distinct training tokens harvested once from the language model and reused for every epoch."""
-    eval_tokens: int = 16_384
+    eval_tokens: int = 8192
     """Held-out tokens (text the SAE never trains on) for the final FVU."""
     activation_cache: str | None = None
     """Folder to store harvested activations in and reuse in later runs with the same inputs; None harvests anew."""
@@ -139,9 +139,9 @@ class TrainConfig(SAEOptions):
     """Tokens per optimiser step (over all processes and accumulation steps)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches whose gradients add up to one step."""
-    train_tokens: int = 3_000_000
+    train_tokens: int = 1_500_000
     """Tokens to train on in total (epochs over the harvested tokens)."""
-    dead_tokens: int = 250_000
+    dead_tokens: int = 100_000
     """A latent that has not fired for this many tokens is dead and trained by AuxK (paper: 10M)."""
 
     # ---- run ----------------------------------------------------------------------------------------
