@@ -151,7 +151,11 @@ class TopKSAE(PreTrainedModel):
         return x
 
     def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x [tokens, d_in] → (normalised x, mean [tokens, 1] or None, scale [tokens, 1] or None)."""
+        """x [tokens, d_in] → (normalised x, mean [tokens, 1] or None, scale [tokens, 1] or None).
+
+        `scale` is what decoding multiplies by. For layer_norm it is the std itself although encoding
+        divides by std + eps: OpenAI's released SAEs (and SAELens's port of them) undo it that way.
+        """
         mode = self.config.normalize
         if mode == "none":
             return x, None, None
@@ -162,9 +166,9 @@ class TopKSAE(PreTrainedModel):
         mean = x.mean(dim=-1, keepdim=True)
         centred = x - mean
         if mode == "layer_norm":
-            scale = centred.std(dim=-1, keepdim=True) + LAYER_NORM_EPS
-        else:  # unit_norm
-            scale = centred.norm(dim=-1, keepdim=True).clamp_min(LAYER_NORM_EPS)
+            std = centred.std(dim=-1, keepdim=True)
+            return centred / (std + LAYER_NORM_EPS), mean, std
+        scale = centred.norm(dim=-1, keepdim=True).clamp_min(LAYER_NORM_EPS)  # unit_norm
         return centred / scale, mean, scale
 
     def _denormalize(self, y: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-# OpenAI's and SAELens's layer norm divide by (std + 1e-5) but undo it by multiplying by std alone;
-# TopKSAE._denormalize multiplies by std + 1e-5, a relative error of 1e-5/std (PAPER.md §1 says "the
-# same per-token mean/std"). The fix belongs in hfsae/modeling.py; strict, so this flips once fixed.
-LAYER_NORM_DECODE_XFAIL = pytest.mark.xfail(
-    strict=True, reason="TopKSAE decodes layer_norm inputs with std + eps; OpenAI and SAELens use std"
-)
 
 
 def random_weights(*, d_in: int = 16, n_latents: int = 64, seed: int = 0) -> dict[str, torch.Tensor]:

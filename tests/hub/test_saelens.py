@@ -10,7 +10,7 @@ from hfsae.hub.files import SAEFileError, UnsupportedArchitectureError
 from hfsae.hub.build import sae_from_tensors
 from hfsae.hub.saelens import from_saelens, hook_point_from_transformer_lens, to_saelens
 
-from hub_formats import LAYER_NORM_DECODE_XFAIL, assert_same_codes, dense_topk, random_activations, random_weights
+from hub_formats import assert_same_codes, dense_topk, random_activations, random_weights
 
 K = 4
 
@@ -111,13 +111,7 @@ def test_a_converted_saelens_sae_selects_the_same_latents_with_the_same_values(t
     assert_same_codes(sae.encode(x), indices, values)
 
 
-@pytest.mark.parametrize(
-    "convention",
-    [
-        pytest.param(name, marks=LAYER_NORM_DECODE_XFAIL) if CONVENTIONS[name]["normalize_activations"] == "layer_norm" else name
-        for name in CONVENTIONS
-    ],
-)
+@pytest.mark.parametrize("convention", list(CONVENTIONS))
 def test_a_converted_saelens_sae_reproduces_saelens_reconstruction(tmp_path, convention):
     cfg, tensors = CONVENTIONS[convention], tensors_for(convention)
     x = random_activations()
