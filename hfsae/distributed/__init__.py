@@ -8,7 +8,7 @@
 
 from .checkpoint import load_optimizer_state_, load_sharded_model, load_training_state, save_sharded_model, save_training_state
 from .grid import ProcessGrid, ProcessGridError, build_grid, init_process_grid, shard_ranges
-from .sharded import ShardedTopKSAE, global_topk
+from .sharded import ShardedTopKSAE, data_parallel_sae, full_model, global_topk
 from .stats import any_rank, global_count, global_normalized_mse
 
 __all__ = [
@@ -17,6 +17,8 @@ __all__ = [
     "ShardedTopKSAE",
     "any_rank",
     "build_grid",
+    "data_parallel_sae",
+    "full_model",
     "global_count",
     "global_normalized_mse",
     "global_topk",

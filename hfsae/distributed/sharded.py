@@ -360,3 +360,25 @@ class ShardedTopKSAE(nn.Module):
         """normalized_mse over the global batch of the data group, carrying this rank's gradient share."""
         return global_normalized_mse(x_hat, x, self.grid.data_group)
 
+
+
+def data_parallel_sae(sae: TopKSAE) -> TopKSAE | ShardedTopKSAE:
+    """What a data-parallel trainer should train: `sae` itself on one process; else a one-shard copy.
+
+    The one-shard ShardedTopKSAE computes the FVU and AuxK denominators over the global batch, and
+    its gradient, averaged by DDP (accelerator.prepare), is exactly the one-process gradient on the
+    whole batch. With TopKSAE under DDP each process would normalise by its own batch's variance.
+    Every process must call this (it creates process groups).
+    """
+    import torch.distributed as dist
+
+    from .grid import build_grid
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return sae
+    return ShardedTopKSAE.from_model(sae, build_grid(latent_shards=1))
+
+
+def full_model(sae: TopKSAE | ShardedTopKSAE) -> TopKSAE:
+    """An ordinary TopKSAE: `sae` itself, or the gathered shards (collective over the latent group)."""
+    return sae.to_full_model() if isinstance(sae, ShardedTopKSAE) else sae

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from hfsae import TopKSAE
-from hfsae.distributed import ProcessGrid, ProcessGridError, ShardedTopKSAE, shard_ranges
+from hfsae.distributed import ProcessGrid, ProcessGridError, ShardedTopKSAE, data_parallel_sae, full_model, shard_ranges
 
 from .conftest import random_inputs, random_model, results
 
@@ -82,6 +82,14 @@ def test_without_dead_latents_the_aux_loss_is_zero_as_in_the_unsharded_model():
     expected = model(x, dead_mask=alive)
     assert got.aux_loss.item() == expected.aux_loss.item() == 0.0
     torch.testing.assert_close(got.loss, expected.loss)
+
+
+def test_on_one_process_data_parallel_training_uses_the_model_itself_and_gathering_round_trips():
+    model = random_model("odd")
+    assert data_parallel_sae(model) is model
+    gathered = full_model(ShardedTopKSAE.from_model(model, ProcessGrid.single()))
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(getattr(gathered, name), parameter)
 
 
 def test_shard_ranges_cover_every_latent_once_with_sizes_differing_by_at_most_one():
