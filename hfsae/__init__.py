@@ -1,6 +1,35 @@
-"""hfsae: TopK sparse autoencoders as first-class Hugging Face models."""
+"""hfsae: TopK sparse autoencoders as first-class Hugging Face models.
+
+    >>> import hfsae
+    >>> sae = hfsae.load("path/or/org/repo/or/registry-name")
+    >>> code = sae.encode(activations)          # code.indices, code.values: [..., k]
+    >>> x_hat = sae.decode(code)
+
+`load`, `train` and `evaluate` import their heavier dependencies (accelerate, datasets) when called,
+so `import hfsae` stays light and needs no network.
+"""
 
 from .configuration import TopKSAEConfig
+from .hub.loading import load, load_many
 from .modeling import SparseCode, TopKSAE, TopKSAEOutput
 
-__all__ = ["SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput"]
+
+def train(config=None, **options):
+    """Train SAEs as `hfsae train` does: a `TrainConfig`, or its fields as keywords. Returns the results.
+
+    Example: `hfsae.train(n_latents=[4096], k=[32], output_dir="my-sae")`.
+    """
+    from .training.config import TrainConfig
+    from .training.run import train as run_training
+
+    return run_training(config if config is not None else TrainConfig(**options))
+
+
+def evaluate(sae, **options):
+    """Measure an SAE with the paper's metrics (FVU, ΔCE/KL, probes, N2G, …); see `hfsae.evaluation.evaluate`."""
+    from .evaluation.evaluate import evaluate as run_evaluation
+
+    return run_evaluation(sae, **options)
+
+
+__all__ = ["SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "evaluate", "load", "load_many", "train"]
