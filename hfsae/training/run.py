@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import TrainConfig
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer, TrainResult, make_accelerator
 
 INDEX_FILE = "index.json"
 TRAINING_CONFIG_FILE = "training_config.json"
@@ -87,14 +87,14 @@ def train(config: TrainConfig) -> list[TrainResult]:
         >>> results[0].metrics["fvu"]
     """
     started = time.perf_counter()
-    trainer = Trainer(config, d_in={})
-    model, tokenizer = load_language_model(config.model, device=trainer.accelerator.device, quiet=config.quiet)
+    accelerator = make_accelerator(config)
+    model, tokenizer = load_language_model(config.model, device=accelerator.device, quiet=config.quiet)
     train_tables = harvest(model, tokenizer, config, split="train", n_tokens=config.harvest_tokens)
     heldout_tables = harvest(model, tokenizer, config, split="test", n_tokens=config.eval_tokens)
     base_model = getattr(model, "name_or_path", None) or config.model
     del model  # the SAEs need the memory more than the language model now
-    trainer.d_in = {name: table.shape[1] for name, table in train_tables.items()}
-    trainer.base_model = base_model
+    d_in = {name: table.shape[1] for name, table in train_tables.items()}
+    trainer = Trainer(config, d_in, accelerator=accelerator, base_model=base_model)
     results = trainer.fit(train_tables, heldout_tables)
     harvest_seconds = time.perf_counter() - started - results[0].metrics["elapsed_seconds"]
     for result in results:

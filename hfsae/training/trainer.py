@@ -33,7 +33,7 @@ from ..training.losses import normalized_mse
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
 from .config import TrainConfig
 from .data import EpochBatches, split_batch
-from .dead import DeadLatents
+from .dead import DeadLatents, fired_latents
 from .ema import EMA
 
 # Tokens used to initialise b_pre (geometric median) and dataset_scale (PAPER.md §1: ~32k).
@@ -77,7 +77,8 @@ class TrainResult:
     metrics: dict
 
 
-def _accelerator(config: TrainConfig):
+def make_accelerator(config: TrainConfig):
+    """The Accelerator for a run: bf16 autocast on a GPU unless told otherwise, accumulation, trackers."""
     from accelerate import Accelerator
 
     mixed_precision = config.mixed_precision
@@ -111,7 +112,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, d_in: dict[str, int], *, accelerator=None, base_model: str | None = None):
         self.config = config
-        self.accelerator = accelerator if accelerator is not None else _accelerator(config)
+        self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self.base_model = base_model or config.model
         self.d_in = d_in
         self.step = 0
@@ -230,6 +231,9 @@ class Trainer:
             from .checkpoint import resolve_checkpoint
 
             self.load_state_(resolve_checkpoint(config.output_dir, config.resume_from_checkpoint))
+        if config.report_to:
+            hyperparameters = {name: str(value) if isinstance(value, list) else value for name, value in vars(config).items()}
+            self.accelerator.init_trackers("hfsae", config=hyperparameters)
         started = time.perf_counter()
         progress = tqdm(
             total=config.steps, initial=self.step, desc="training", unit="step", disable=config.quiet
@@ -271,10 +275,18 @@ class Trainer:
     # ---- evaluation and the model to keep -----------------------------------------------------------
 
     @torch.no_grad()
-    def _heldout_fvu(self, sae: TopKSAE, x: torch.Tensor) -> float:
-        """FVU on held-out activations [tokens, d_in], in the activation's own scale (what is spliced back)."""
-        x_hat = torch.cat([sae(chunk.to(self.accelerator.device)).x_hat.float().cpu() for chunk in x.split(EVAL_CHUNK)])
-        return normalized_mse(x_hat.double(), x.double()).item()
+    def _evaluate(self, sae: TopKSAE, x: torch.Tensor) -> tuple[float, float]:
+        """(FVU, fraction of latents that never fire) on held-out activations x [tokens, d_in].
+
+        FVU is measured in the activation's own scale: x_hat is what would be spliced back.
+        """
+        x_hats, fired = [], torch.zeros(sae.config.n_latents, dtype=torch.bool, device=self.accelerator.device)
+        for chunk in x.split(EVAL_CHUNK):
+            output = sae(chunk.to(self.accelerator.device))
+            x_hats.append(output.x_hat.float().cpu())
+            fired |= fired_latents(output.code.indices, output.code.values, sae.config.n_latents)
+        fvu = normalized_mse(torch.cat(x_hats).double(), x.double()).item()
+        return fvu, 1.0 - fired.float().mean().item()
 
     def _finish(self, run: SAERun, heldout: torch.Tensor, elapsed: float) -> TrainResult:
         """Evaluate raw and EMA weights on held-out data; keep the better (the paper reports the better)."""
@@ -282,7 +294,7 @@ class Trainer:
         ema = TopKSAE(raw.config).to(self.accelerator.device)
         ema.load_state_dict(raw.state_dict())
         run.ema.copy_to_(ema)
-        fvu_raw, fvu_ema = self._heldout_fvu(raw, heldout), self._heldout_fvu(ema, heldout)
+        (fvu_raw, unfired_raw), (fvu_ema, unfired_ema) = self._evaluate(raw, heldout), self._evaluate(ema, heldout)
         kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
         metrics = {
             "fvu": min(fvu_raw, fvu_ema),
@@ -291,6 +303,7 @@ class Trainer:
             "weights": weights,
             "dead_fraction": run.dead.dead_fraction(),
             "dead_tokens": self.config.dead_tokens,
+            "heldout_unfired_fraction": unfired_ema if weights == "ema" else unfired_raw,
             "tokens": self.step * self.config.batch_size,
             "steps": self.step,
             "heldout_tokens": heldout.shape[0],
