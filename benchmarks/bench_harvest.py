@@ -52,8 +52,13 @@ def main() -> None:
                 seconds[stop_early].append(time.perf_counter() - start)
 
     source = ActivationSource(
-        model, tokenizer, [args.hook_point], text=text, context_size=args.context_size,
-        contexts_per_forward=args.contexts_per_forward, n_tokens=args.source_tokens,
+        model,
+        tokenizer,
+        [args.hook_point],
+        text=text,
+        context_size=args.context_size,
+        contexts_per_forward=args.contexts_per_forward,
+        n_tokens=args.source_tokens,
     )
     start = time.perf_counter()
     rows = sum(len(batch[args.hook_point]) for batch in source)
@@ -74,8 +79,10 @@ def main() -> None:
         "source_rows_per_s": round(rows / source_seconds, 1),
         "source_rows": rows,
     }
-    print(f"early stop {early:.0f} tok/s, full forward {full:.0f} tok/s: {early / full:.2f}×; "
-          f"ActivationSource {rows / source_seconds:.0f} rows/s")
+    print(
+        f"early stop {early:.0f} tok/s, full forward {full:.0f} tok/s: {early / full:.2f}×; "
+        f"ActivationSource {rows / source_seconds:.0f} rows/s"
+    )
     print(json.dumps(result))
 
 

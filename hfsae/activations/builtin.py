@@ -144,11 +144,7 @@ def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
 def _stdlib_sources() -> list[Path]:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     skipped = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
-    files = [
-        path
-        for path in stdlib.rglob("*.py")
-        if not skipped.intersection(path.relative_to(stdlib).parts)
-    ]
+    files = [path for path in stdlib.rglob("*.py") if not skipped.intersection(path.relative_to(stdlib).parts)]
     return sorted(files, key=lambda path: path.relative_to(stdlib).as_posix())
 
 

@@ -130,7 +130,7 @@ class ActivationCache:
                 lo, hi = max(start, shard_start) - shard_start, min(stop, shard_stop) - shard_start
                 try:
                     with safe_open(self.folder / shard["file"], framework="pt") as handle:
-                        for name in handle.keys():
+                        for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
                             pieces.setdefault(name, []).append(handle.get_slice(name)[lo:hi])
                 except Exception as err:  # safetensors raises its own error types for bad files
                     raise CorruptCacheError(

@@ -88,8 +88,12 @@ class ActivationSource:
         self.hook_points: list[HookPoint] = [resolve(model, name) for name in names]
         if len({point.name for point in self.hook_points}) != len(self.hook_points):
             raise ValueError(f"Hook points repeat: {names}. Name each once.")
-        for name, value in [("context_size", context_size), ("contexts_per_forward", contexts_per_forward),
-                            ("batch_tokens", batch_tokens), ("buffer_tokens", buffer_tokens)]:
+        for name, value in [
+            ("context_size", context_size),
+            ("contexts_per_forward", contexts_per_forward),
+            ("batch_tokens", batch_tokens),
+            ("buffer_tokens", buffer_tokens),
+        ]:
             if value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value}.")
         if exclude_first_position and context_size < 2:
@@ -184,9 +188,7 @@ class ActivationSource:
         device = next(self.model.parameters()).device
         activations = capture(self.model, input_ids.to(device), self.hook_points)
         first = int(self.exclude_first_position)
-        return {
-            name: act[:, first:, :].reshape(-1, act.shape[-1]).float() for name, act in activations.items()
-        }
+        return {name: act[:, first:, :].reshape(-1, act.shape[-1]).float() for name, act in activations.items()}
 
     def _rows(self, forward_index: int, start: TextPosition) -> Iterator[tuple[int, TextPosition, dict]]:
         """(forward index, its text position, its rows) from a forward pass onward."""
@@ -256,8 +258,9 @@ class ActivationSource:
         if self.cache is not None and not self.cache.complete:
             self._build_cache()
         blocks = self._cached_blocks() if self.cache is not None else self._harvested_blocks()
-        with tqdm(total=self.n_tokens, initial=self._tokens_yielded, desc="harvesting", unit="tok",
-                  disable=not self.progress) as bar:
+        with tqdm(
+            total=self.n_tokens, initial=self._tokens_yielded, desc="harvesting", unit="tok", disable=not self.progress
+        ) as bar:
             for block, rows, next_anchor in blocks:
                 for batch in self._shuffled_batches(block, rows, next_anchor):
                     bar.update(_n_rows(batch))

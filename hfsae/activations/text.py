@@ -142,9 +142,7 @@ class TextSource:
         files = _local_files(self.dataset)
         if files is not None:
             if not files:
-                raise DatasetUnavailableError(
-                    f"{self.dataset!r} holds no {'/'.join(FILE_BUILDERS)} files."
-                )
+                raise DatasetUnavailableError(f"{self.dataset!r} holds no {'/'.join(FILE_BUILDERS)} files.")
             builders = {FILE_BUILDERS.get(Path(f).suffix.lower()) for f in files}
             if len(builders) != 1 or None in builders:
                 raise DatasetUnavailableError(
@@ -153,9 +151,7 @@ class TextSource:
                 )
             return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=self.streaming)
         try:
-            return datasets.load_dataset(
-                self.dataset, self.hub_config, split=self.hub_split, streaming=self.streaming
-            )
+            return datasets.load_dataset(self.dataset, self.hub_config, split=self.hub_split, streaming=self.streaming)
         except (ConnectionError, OSError) as err:
             if _hub_offline():
                 raise DatasetUnavailableError(
@@ -222,7 +218,6 @@ def token_contexts(
         raise ValueError(f"context_size must be at least 2; got {context_size}.")
     separator = _separator(tokenizer)
     pending: list[int] = []
-    pending_start: TextPosition | None = None
     # `origins` marks where each document's tokens begin in `pending`, to name a context's start.
     origins: list[tuple[int, int, int]] = []  # (offset in pending, document index, first token)
     documents = text.documents(start.document)
@@ -230,9 +225,7 @@ def token_contexts(
         batch = [doc for _, doc in zip(range(DOCUMENT_BATCH), documents)]
         if not batch:
             return
-        encoded = tokenizer(
-            [doc_text for _, doc_text in batch], add_special_tokens=False, verbose=False
-        )["input_ids"]
+        encoded = tokenizer([doc_text for _, doc_text in batch], add_special_tokens=False, verbose=False)["input_ids"]
         for (index, _), ids in zip(batch, encoded):
             ids = list(ids) + separator
             skip = start.token if index == start.document else 0

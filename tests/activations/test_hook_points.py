@@ -37,9 +37,7 @@ def test_decoder_layers_are_found_from_the_config_layer_count(tiny_lm, family):
 def test_residual_stream_captured_with_early_stopping_equals_the_full_hidden_states(tiny_lm, family):
     model, ids = tiny_lm(family), random_ids()
     hidden_states = full_hidden_states(model, ids)  # [embeddings, layer 0 out, ..., final norm(last)]
-    names = [f"layers.{i}.resid_pre" for i in range(N_LAYERS)] + [
-        f"layers.{i}.resid_post" for i in range(N_LAYERS - 1)
-    ]
+    names = [f"layers.{i}.resid_pre" for i in range(N_LAYERS)] + [f"layers.{i}.resid_post" for i in range(N_LAYERS - 1)]
     with torch.no_grad():
         captured = capture(model, ids, names)
     for i in range(N_LAYERS):
@@ -64,8 +62,9 @@ def test_the_last_layer_output_is_the_hidden_state_before_the_final_norm(tiny_lm
 def test_early_stopping_skips_the_layers_after_the_deepest_hook_point(tiny_lm, family):
     model, ids = tiny_lm(family), random_ids()
     ran = []
-    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in
-               enumerate(decoder_layers(model))]
+    handles = [
+        layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, layer in enumerate(decoder_layers(model))
+    ]
     try:
         with torch.no_grad():
             capture(model, ids, ["layers.1.attn_out", "layers.0.resid_post"])
@@ -115,8 +114,11 @@ def test_a_layer_past_the_last_one_names_the_valid_range(tiny_lm):
 
 
 def test_an_unknown_hook_point_lists_the_valid_names_and_the_nearest(tiny_lm):
-    with pytest.raises(HookPointError, match=r"layers\.\{0–2\}\.\{resid_pre,resid_post,attn_out,mlp_out\}.*"
-                       r"Nearest: .*model\.layers\.1\.mlp"):
+    with pytest.raises(
+        HookPointError,
+        match=r"layers\.\{0–2\}\.\{resid_pre,resid_post,attn_out,mlp_out\}.*"
+        r"Nearest: .*model\.layers\.1\.mlp",
+    ):
         resolve(tiny_lm("llama"), "model.layers.1.mpl")
 
 

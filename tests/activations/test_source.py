@@ -22,7 +22,14 @@ def text(tmp_path):
 
 
 def make_source(tiny_lm, tiny_tokenizer, text, **options):
-    defaults = dict(text=text, context_size=16, contexts_per_forward=5, batch_tokens=40, buffer_tokens=100, n_tokens=1000)
+    defaults = {
+        "text": text,
+        "context_size": 16,
+        "contexts_per_forward": 5,
+        "batch_tokens": 40,
+        "buffer_tokens": 100,
+        "n_tokens": 1000,
+    }
     return ActivationSource(tiny_lm("llama"), tiny_tokenizer, HOOK_POINTS, **{**defaults, **options})
 
 
@@ -83,9 +90,9 @@ def test_the_same_seed_gives_the_same_batches_and_another_seed_a_different_order
 def test_a_resumed_source_yields_exactly_the_remaining_batches(tiny_lm, tiny_tokenizer, text, buffer_tokens):
     # 5 contexts of 15 rows per forward pass = 75 rows; blocks of 120 or 160 rows.
     if buffer_tokens == 150:
-        options = dict(buffer_tokens=150, batch_tokens=75)  # blocks of 150 = 2 forward passes exactly
+        options = {"buffer_tokens": 150, "batch_tokens": 75}  # blocks of 150 = 2 forward passes exactly
     else:
-        options = dict(buffer_tokens=100)
+        options = {"buffer_tokens": 100}
     full = list(make_source(tiny_lm, tiny_tokenizer, text, n_tokens=600, **options))
     # Cuts inside a block, on the last batch of a block, and on the first batch of the next.
     for cut in sorted({1, 2, 3, 4, 5, len(full) - 1}):
@@ -146,10 +153,18 @@ def test_a_cached_source_resumes_exactly(tiny_lm, tiny_tokenizer, text, tmp_path
 def test_a_different_hook_point_or_token_count_uses_a_different_cache_entry(tiny_lm, tiny_tokenizer, text, tmp_path):
     base = make_source(tiny_lm, tiny_tokenizer, text, cache_dir=tmp_path).cache.folder
     other_count = make_source(tiny_lm, tiny_tokenizer, text, cache_dir=tmp_path, n_tokens=999).cache.folder
-    other_point = ActivationSource(tiny_lm("llama"), tiny_tokenizer, ["layers.2.resid_post"], text=text,
-                                   context_size=16, n_tokens=1000, cache_dir=tmp_path).cache.folder
-    other_model = ActivationSource(tiny_lm("qwen2"), tiny_tokenizer, HOOK_POINTS, text=text, context_size=16,
-                                   n_tokens=1000, cache_dir=tmp_path).cache.folder
+    other_point = ActivationSource(
+        tiny_lm("llama"),
+        tiny_tokenizer,
+        ["layers.2.resid_post"],
+        text=text,
+        context_size=16,
+        n_tokens=1000,
+        cache_dir=tmp_path,
+    ).cache.folder
+    other_model = ActivationSource(
+        tiny_lm("qwen2"), tiny_tokenizer, HOOK_POINTS, text=text, context_size=16, n_tokens=1000, cache_dir=tmp_path
+    ).cache.folder
     assert len({base, other_count, other_point, other_model}) == 4
 
 

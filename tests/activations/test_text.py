@@ -48,14 +48,21 @@ def test_a_folder_of_files_and_streaming_give_the_same_documents(tmp_path, jsonl
 
 
 def test_shuffling_is_a_seeded_permutation_of_the_documents(jsonl_corpus):
-    shuffled = [doc for _, doc in TextSource(str(jsonl_corpus), text_column="body", split="all", shuffle_seed=3).documents()]
-    again = [doc for _, doc in TextSource(str(jsonl_corpus), text_column="body", split="all", shuffle_seed=3).documents()]
+    shuffled = [
+        doc for _, doc in TextSource(str(jsonl_corpus), text_column="body", split="all", shuffle_seed=3).documents()
+    ]
+    again = [
+        doc for _, doc in TextSource(str(jsonl_corpus), text_column="body", split="all", shuffle_seed=3).documents()
+    ]
     assert shuffled == again and shuffled != DOCUMENTS and sorted(shuffled) == sorted(DOCUMENTS)
 
 
 def test_train_and_test_splits_partition_the_documents(jsonl_corpus):
     def split(name):
-        return {doc for _, doc in TextSource(str(jsonl_corpus), text_column="body", split=name, test_fraction=0.3).documents()}
+        return {
+            doc
+            for _, doc in TextSource(str(jsonl_corpus), text_column="body", split=name, test_fraction=0.3).documents()
+        }
 
     train, test = split("train"), split("test")
     assert train.isdisjoint(test)
@@ -102,7 +109,7 @@ def test_contexts_pack_documents_separated_by_end_of_text(jsonl_corpus, tiny_tok
         stream += tiny_tokenizer(doc, add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]
     assert all(len(ids) == 16 for ids in contexts)
     assert len(contexts) == len(stream) // 16
-    assert sum(contexts, []) == stream[: 16 * len(contexts)]
+    assert [token for ids in contexts for token in ids] == stream[: 16 * len(contexts)]
 
 
 def test_a_context_position_names_its_first_token(jsonl_corpus, tiny_tokenizer):
