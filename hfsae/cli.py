@@ -17,8 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .evaluation.scaling import ScalingArgs, run_scaling
+from .hub.card import CardArgs, run_card
 from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .training.config import TrainConfig
+from .training.sweep import SweepConfig, sweep
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,9 @@ COMMANDS: dict[str, Command] = {
     "convert": Command(ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens)."),
     "list": Command(ListArgs, run_list, "List SAEs known by name, and hfsae models on the Hub when online."),
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
+    "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
+    "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
+    "scaling": Command(ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them."),
 }
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -381,3 +381,17 @@ def scaling(
     if not quiet:
         print(report)
     return report
+
+
+@dataclass
+class ScalingArgs:
+    """Options of `hfsae scaling`."""
+
+    sweep_dir: str = field(metadata={"help": "The --output-dir of `hfsae sweep` (SAE folders with training_metrics.json)."})
+    hook_point: str | None = field(default=None, metadata={"help": "Fit the SAEs of this hook point (needed when the sweep has several)."})
+    plot_path: str | None = field(default=None, metadata={"help": "Where to write the PNG plot; default SWEEP_DIR/scaling.png."})
+
+
+def run_scaling(args: ScalingArgs) -> ScalingReport:
+    """`hfsae scaling --sweep-dir DIR`: fit, print coefficients ± standard errors, write the plot and scaling.json."""
+    return scaling(args.sweep_dir, hook_point=args.hook_point, plot_path=args.plot_path)

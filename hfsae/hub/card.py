@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -405,8 +406,17 @@ def usage_code(card_text: str) -> str:
     return "\n".join(re.findall(r"```python\n(.*?)```", card_text, flags=re.DOTALL))
 
 
-def card_command(model_dir: str, *, repo_id: str | None = None, license: str = "apache-2.0") -> Path:
-    """`hfsae card DIR`: regenerate the README.md card and figures of a saved SAE folder, print its path."""
-    path = write_card(model_dir, repo_id=repo_id, license=license)
+@dataclass
+class CardArgs:
+    """Options of `hfsae card`."""
+
+    model_dir: str = field(metadata={"help": "A saved SAE folder (config.json) whose README.md card to write or rewrite."})
+    repo_id: str | None = field(default=None, metadata={"help": "The Hub repo 'org/name' the usage snippet loads; default: the folder."})
+    license: str = field(default="apache-2.0", metadata={"help": "The license in the card's metadata (a Hub license id)."})
+
+
+def run_card(args: CardArgs) -> Path:
+    """`hfsae card --model-dir DIR`: regenerate the README.md card and figures of a saved SAE folder, print its path."""
+    path = write_card(args.model_dir, repo_id=args.repo_id, license=args.license)
     print(path)
     return path

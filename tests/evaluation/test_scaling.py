@@ -159,3 +159,14 @@ def test_a_sweep_over_several_hook_points_asks_which_one_to_fit(paper_sweep):
         scaling(paper_sweep)
     report = scaling(paper_sweep, hook_point="layers.3.resid_post", quiet=True)
     assert len(report.runs) == 12
+
+
+def test_hfsae_scaling_prints_the_coefficients_and_writes_the_plot(paper_sweep, tmp_path, capsys):
+    from hfsae.cli import main
+
+    plot = tmp_path / "plots" / "fit.png"
+    assert main(["scaling", "--sweep-dir", str(paper_sweep), "--plot-path", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert "α =" in printed and "±" in printed and f"plot: {plot}" in printed
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+    assert json.loads((tmp_path / "plots" / "fit.json").read_text())["loss_nk"]["n_points"] == 12

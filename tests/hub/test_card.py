@@ -19,8 +19,9 @@ from hfsae.hub.card import (
     DENSITY_FIGURE,
     PROGRESSIVE_FIGURE,
     CardError,
-    card_command,
+    CardArgs,
     read_latent_density,
+    run_card,
     usage_code,
     write_card,
 )
@@ -225,7 +226,7 @@ def test_a_malformed_progressive_entry_quotes_the_value(sae_dir):
 def test_regenerating_a_card_replaces_it_and_prints_its_path(sae_dir, capsys):
     write_card(sae_dir)
     write_json(sae_dir / "eval_results.json", {"fvu": 0.25})
-    path = card_command(str(sae_dir))
+    path = run_card(CardArgs(model_dir=str(sae_dir)))
     assert capsys.readouterr().out.strip() == str(path)
     assert "| FVU | 0.25 |" in path.read_text()
     assert not list(sae_dir.glob(".*.tmp"))
@@ -237,3 +238,20 @@ def test_the_card_template_ships_inside_the_package():
     patterns = pyproject["tool"]["setuptools"]["package-data"]["hfsae"]
     relative = CARD_TEMPLATE.relative_to(package_dir).as_posix()
     assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), (relative, patterns)
+
+
+def test_hfsae_card_rewrites_the_card_from_the_command_line(sae_dir, capsys):
+    from hfsae.cli import main
+
+    write_json(sae_dir / "eval_results.json", {"fvu": 0.5})
+    assert main(["card", "--model-dir", str(sae_dir), "--repo-id", "someone/tiny"]) == 0
+    assert capsys.readouterr().out.strip() == str(sae_dir / "README.md")
+    assert 'TopKSAE.from_pretrained("someone/tiny")' in (sae_dir / "README.md").read_text()
+
+
+def test_hfsae_card_on_a_folder_without_config_fails_in_one_line(tmp_path, capsys):
+    from hfsae.cli import main
+
+    assert main(["card", "--model-dir", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "has no config.json" in error
