@@ -44,8 +44,9 @@ def sparsity(delta: torch.Tensor) -> torch.Tensor:
 
 
 def _ablated_logits(sae, model, ids: torch.Tensor, hook_point: str, position: int, latents: torch.Tensor) -> torch.Tensor:
-    """Logits [1 + len(latents), seq, vocab] for ids [seq]: row 0 the plain splice, row r without latents[r−1] at position."""
-    rows = 1 + len(latents)
+    """Logits [1 + len(latents), seq − position, vocab] for ids [seq] from `position` on: row 0 the
+    plain splice, row r without latents[r−1] at position."""
+    rows, keep = 1 + len(latents), ids.shape[0] - position
 
     def ablate(x: torch.Tensor) -> torch.Tensor:
         code = sae.encode(x)
@@ -55,7 +56,12 @@ def _ablated_logits(sae, model, ids: torch.Tensor, hook_point: str, position: in
         return sae.decode(dataclasses.replace(code, values=values.masked_fill(ablated, 0))).to(x.dtype)
 
     with splice(model, hook_point, ablate):
-        return model(input_ids=ids.expand(rows, -1), use_cache=False).logits
+        try:
+            # Only the last positions' logits are needed: at V = 49k the rest would be most of the memory.
+            logits = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=keep).logits
+        except TypeError:  # a model class without logits_to_keep
+            logits = model(input_ids=ids.expand(rows, -1), use_cache=False).logits
+    return logits[:, -keep:]
 
 
 @torch.no_grad()
@@ -91,7 +97,7 @@ def ablation_sparsity(
         latents = code.indices[code.values > FIRING_THRESHOLD]
         if len(latents) == 0:
             continue
-        logits = _ablated_logits(sae, model, ids, hook_point, position, latents)[:, position:]
+        logits = _ablated_logits(sae, model, ids, hook_point, position, latents)
         values.extend(sparsity(logits[1:] - logits[:1]).tolist())
     finite = [value for value in values if value == value]
     mean = sum(finite) / len(finite) if finite else float("nan")

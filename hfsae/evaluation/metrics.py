@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-# A latent "fires" when it is selected with a value above this (PAPER.md §2); the same threshold
-# decides which latents are dead.
-FIRING_THRESHOLD = 1e-3
+from hfsae.modeling import FIRING_THRESHOLD  # a latent fires when selected with a value above it
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
@@ -78,14 +76,14 @@ class ReconstructionMetrics:
     """
 
     n_latents: int
-    n_tokens: int = 0
-    fired: torch.Tensor | None = None  # [n_latents] bool
-    _sum_x: torch.Tensor | None = None  # [d] float64
-    _sum_x_squared: float = 0.0
-    _sum_error: float = 0.0
-    _sum_cosine: float = 0.0
-    _sum_l0: float = 0.0
-    _progressive_error: dict[int, float] = field(default_factory=dict)
+    n_tokens: int = field(default=0, init=False)
+    fired: torch.Tensor | None = field(default=None, init=False)  # [n_latents] bool
+    _sum_x: torch.Tensor | None = field(default=None, init=False)  # [d] float64
+    _sum_x_squared: float = field(default=0.0, init=False)
+    _sum_error: float = field(default=0.0, init=False)
+    _sum_cosine: float = field(default=0.0, init=False)
+    _sum_l0: float = field(default=0.0, init=False)
+    _progressive_error: dict[int, float] = field(default_factory=dict, init=False)
 
     def update(self, x: torch.Tensor, code, x_hat: torch.Tensor, progressive: dict[int, torch.Tensor] | None = None) -> None:
         """Add one batch: x, x_hat [tokens, d]; code with indices, values [tokens, k]; progressive {k': x_hat}."""
