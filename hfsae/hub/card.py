@@ -338,7 +338,14 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def render_card(model_dir: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0", figures: bool = True) -> ModelCard:
+def render_card(
+    model_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    subfolder: str | None = None,
+    license: str = "apache-2.0",
+    figures: bool = True,
+) -> ModelCard:
     """The card of the SAE in model_dir, as a ModelCard; with figures, its PNGs are written into model_dir."""
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
@@ -368,6 +375,7 @@ def render_card(model_dir: str | Path, *, repo_id: str | None = None, license: s
         title=model_name,
         sae=config,
         load_name=repo_id or str(model_dir),
+        subfolder=subfolder if repo_id else None,
         base_model_name=_base_model_id(config) or base_model,
         base_model_is_builtin=_is_builtin(base_model),
         base_model_loadable=bool(base_model) and (_is_builtin(base_model) or _hub_id(base_model) or Path(base_model).is_dir()),
@@ -384,18 +392,26 @@ def render_card(model_dir: str | Path, *, repo_id: str | None = None, license: s
     )
 
 
-def write_card(model_dir: str | Path, *, repo_id: str | None = None, license: str = "apache-2.0", figures: bool = True) -> Path:
+def write_card(
+    model_dir: str | Path,
+    *,
+    repo_id: str | None = None,
+    subfolder: str | None = None,
+    license: str = "apache-2.0",
+    figures: bool = True,
+) -> Path:
     """Write README.md (and its PNG figures) into a saved SAE folder; returns the card's path.
 
-    repo_id ("org/name") is where the folder will be pushed: the usage snippet loads it from
-    there. Without it the snippet loads the folder itself.
+    repo_id ("org/name") is where the folder will be pushed, and subfolder its folder inside a
+    multi-SAE repo: the usage snippet loads it from there. Without repo_id the snippet loads the
+    folder itself.
 
     Example:
         >>> sae.save_pretrained("my-sae")
         >>> write_card("my-sae", repo_id="me/my-sae")        # my-sae/README.md
     """
     model_dir = Path(model_dir)
-    card = render_card(model_dir, repo_id=repo_id, license=license, figures=figures)
+    card = render_card(model_dir, repo_id=repo_id, subfolder=subfolder, license=license, figures=figures)
     path = model_dir / CARD_FILE
     _atomic_write_text(path, str(card))
     return path

@@ -166,22 +166,40 @@ def test_a_local_base_model_and_dataset_stay_out_of_the_yaml_but_a_hub_dataset_i
     assert metadata["datasets"] == ["someone/some-text"]
 
 
-def test_the_usage_snippet_runs_as_written_from_the_hub_cache(sae_dir, capsys):
-    # The card names the repo it will be pushed to; put the folder where an offline download of that
-    # repo looks for it (HUB_TESTING.md: refs/main + snapshots/<commit>).
-    write_card(sae_dir, repo_id="hfsae-tests/tiny-card")
-    repo_cache = Path(constants.HF_HUB_CACHE) / "models--hfsae-tests--tiny-card"
+def cache_repo(repo_id: str, files: dict[str, Path]) -> Path:
+    """Put files where an offline download of repo_id finds them (HUB_TESTING.md: refs/main + snapshots/<commit>)."""
+    repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo_cache / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo_cache / "refs").mkdir()
+    (repo_cache / "refs").mkdir(parents=True)
     (repo_cache / "refs" / "main").write_text(commit)
-    for name in ("config.json", "model.safetensors", "README.md"):
-        (snapshot / name).write_bytes((sae_dir / name).read_bytes())
+    for name, source in files.items():
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).write_bytes(source.read_bytes())
+    return snapshot
 
-    code = usage_code((snapshot / "README.md").read_text())
-    assert 'TopKSAE.from_pretrained("hfsae-tests/tiny-card")' in code
-    exec(compile(code.split("from hfsae.activations")[0], "README.md", "exec"), {})
+
+def run_first_block(card_text: str) -> None:
+    """Execute the card's first snippet (the second needs the built-in model)."""
+    exec(compile(usage_code(card_text).split("from hfsae.activations")[0], "README.md", "exec"), {})
+
+
+def test_the_usage_snippet_runs_as_written_from_the_hub_cache(sae_dir, capsys):
+    write_card(sae_dir, repo_id="hfsae-tests/tiny-card")
+    snapshot = cache_repo("hfsae-tests/tiny-card", {name: sae_dir / name for name in ("config.json", "model.safetensors", "README.md")})
+    card_text = (snapshot / "README.md").read_text()
+    assert 'TopKSAE.from_pretrained("hfsae-tests/tiny-card")' in card_text
+    run_first_block(card_text)
+    assert "torch.Size([8, 4]) torch.Size([8, 16])" in capsys.readouterr().out
+
+
+def test_the_usage_snippet_of_a_folder_in_a_multi_sae_repo_loads_that_folder(sae_dir, capsys):
+    folder = "layers.1.resid_post/n64_k4"
+    write_card(sae_dir, repo_id="hfsae-tests/many", subfolder=folder)
+    snapshot = cache_repo("hfsae-tests/many", {f"{folder}/{name}": sae_dir / name for name in ("config.json", "model.safetensors", "README.md")})
+    card_text = (snapshot / folder / "README.md").read_text()
+    assert f'TopKSAE.from_pretrained("hfsae-tests/many", subfolder="{folder}")' in card_text
+    run_first_block(card_text)
     assert "torch.Size([8, 4]) torch.Size([8, 16])" in capsys.readouterr().out
 
 
