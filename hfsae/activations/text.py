@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
@@ -104,6 +105,8 @@ class TextSource:
     def describe(self) -> dict:
         """What determines the documents this source yields (part of activation-cache keys)."""
         described = asdict(self)
+        if is_builtin(self.dataset):  # the corpus is this Python's own docs and sources
+            described["python"] = sys.version
         files = None if is_builtin(self.dataset) else _local_files(self.dataset)
         if files:  # a local file that changes must not reuse a cache built from its old content
             described["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in files]
