@@ -84,6 +84,7 @@ def ablation_sparsity(
     hook_point = hook_point or sae.config.hook_point
     if hook_point is None:
         raise ValueError("The SAE's config names no hook_point; pass hook_point= (e.g. 'layers.8.resid_post').")
+    input_ids = input_ids.to(next(model.parameters()).device)
     contexts, seq = input_ids.shape
     if not 1 <= horizon <= seq:
         raise ValueError(f"horizon must be in 1..{seq} (the context length); got horizon={horizon}.")

@@ -181,13 +181,14 @@ def _reconstruction(sae, model, input_ids: torch.Tensor, hook_point: str, batch_
     metrics = ReconstructionMetrics(n_latents=sae.config.n_latents)
     ks = progressive_ks(sae.config.k, sae.config.n_latents)
     indices, values = [], []
+    device = next(model.parameters()).device
     for ids in tqdm(input_ids.split(batch_size), desc="reconstruction", disable=quiet):
-        x = capture(model, ids, [hook_point])[hook_point].float()
+        x = capture(model, ids.to(device), [hook_point])[hook_point].float()
         code = sae.encode(x)
         progressive = {k_prime: sae.decode(sae.encode(x, k=k_prime)) for k_prime in ks}
         metrics.update(x, code, sae.decode(code), progressive)
-        indices.append(code.indices)
-        values.append(code.values)
+        indices.append(code.indices.cpu())
+        values.append(code.values.cpu())
     code = dataclasses.replace(code, indices=torch.cat(indices), values=torch.cat(values), input_mean=None, input_scale=None)
     return metrics, code
 
@@ -225,8 +226,9 @@ def evaluate(
 ) -> EvalResults:
     """Measure `sae` on held-out text the way the paper does (PAPER.md §4).
 
-    model / tokenizer default to sae.config.base_model; keyword `options` override `EvalConfig`
-    fields; `probe_tasks` adds ready-made tasks to the configured ones.
+    model / tokenizer default to sae.config.base_model (the SAE must sit on the model's device);
+    keyword `options` override `EvalConfig` fields; `probe_tasks` adds ready-made tasks to the
+    configured ones.
 
     Example:
         >>> results = evaluate(sae, n_tokens=4096, skip=["ablation"])

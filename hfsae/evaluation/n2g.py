@@ -213,9 +213,10 @@ def sae_activation_fn(sae, model, hook_point: str, latent: int) -> ActivationFn:
     from hfsae.activations.hook_points import capture
 
     def activation_fn(input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        x = capture(model, input_ids, [hook_point])[hook_point]
-        code = sae.encode(x[torch.arange(len(positions)), positions])
-        return (code.values * (code.indices == latent)).sum(dim=-1)
+        device = next(model.parameters()).device
+        x = capture(model, input_ids.to(device), [hook_point])[hook_point]
+        code = sae.encode(x[torch.arange(len(positions), device=device), positions.to(device)])
+        return (code.values * (code.indices == latent)).sum(dim=-1).cpu()
 
     return activation_fn
 

@@ -30,6 +30,7 @@ residual stream carries:
 from __future__ import annotations
 
 import ast
+import dataclasses
 import keyword
 import math
 import random
@@ -379,7 +380,8 @@ def _activations(model, input_ids: torch.Tensor, hook_point: str, batch_size: in
     """Activations at hook_point for every token of input_ids [contexts, seq] → [contexts·seq, d]."""
     from hfsae.activations.hook_points import capture
 
-    chunks = [capture(model, ids, [hook_point])[hook_point] for ids in input_ids.split(batch_size)]
+    device = next(model.parameters()).device
+    chunks = [capture(model, ids.to(device), [hook_point])[hook_point].cpu() for ids in input_ids.split(batch_size)]
     return torch.cat(chunks).reshape(input_ids.numel(), -1).float()
 
 
@@ -403,7 +405,8 @@ def evaluate_probes(
             continue
         if id(task.input_ids) not in cache:
             x = _activations(model, task.input_ids, hook_point, batch_size)
-            cache[id(task.input_ids)] = (x, sae.encode(x))
+            code = sae.encode(x.to(sae.device))
+            cache[id(task.input_ids)] = (x, dataclasses.replace(code, indices=code.indices.cpu(), values=code.values.cpu()))
         x, code = cache[id(task.input_ids)]
         rows, columns, values = sparse_examples(pool, code.indices, code.values, sae.config.n_latents)
         latents = fit_probes(rows, columns, values, labels, sae.config.n_latents)
