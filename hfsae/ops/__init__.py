@@ -8,6 +8,7 @@ Their backward passes touch only the selected latents: O(batch · k · d), never
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import torch
@@ -18,8 +19,10 @@ BACKENDS = ("reference", "cpu", "triton")
 
 
 def triton_available() -> bool:
-    """Whether the Triton kernels can run here: a CUDA device, or the CPU interpreter (TRITON_INTERPRET=1)."""
-    return importlib.util.find_spec("triton") is not None
+    """Whether the Triton kernels can run here: triton installed, and a CUDA device or the CPU interpreter."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def backend_for(device: torch.device | str, name: str | None = None) -> ModuleType:
@@ -29,7 +32,10 @@ def backend_for(device: torch.device | str, name: str | None = None) -> ModuleTy
     if name not in BACKENDS:
         raise ValueError(f"Unknown ops backend {name!r}; choose one of {', '.join(BACKENDS)}.")
     if name == "triton" and not triton_available():
-        raise ImportError("The 'triton' backend needs the triton package: pip install 'hfsae[dev]' or triton.")
+        raise ImportError(
+            "The 'triton' backend needs the triton package and a CUDA device (or TRITON_INTERPRET=1 to "
+            "interpret its kernels on the CPU): pip install triton."
+        )
     return importlib.import_module(f"{__name__}.{'triton_kernels' if name == 'triton' else name}")
 
 
