@@ -255,6 +255,9 @@ class ActivationSource:
         self._tokens_yielded, self._block_anchor = saved
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches from the current data position on: a second loop continues where one stopped."""
+        if self.n_tokens is not None and self._tokens_yielded >= self.n_tokens:
+            return
         if self.cache is not None and not self.cache.complete:
             self._build_cache()
         blocks = self._cached_blocks() if self.cache is not None else self._harvested_blocks()

@@ -213,3 +213,13 @@ def test_an_unknown_hook_point_fails_when_the_source_is_built(tiny_lm, tiny_toke
 
     with pytest.raises(HookPointError, match=r"has 3 layers \(0–2\); got layer 3"):
         ActivationSource(tiny_lm("llama"), tiny_tokenizer, "layers.3.resid_post", text=text)
+
+
+def test_a_second_loop_continues_where_the_first_stopped(tiny_lm, tiny_tokenizer, text):
+    full = list(make_source(tiny_lm, tiny_tokenizer, text, n_tokens=400))
+    source = make_source(tiny_lm, tiny_tokenizer, text, n_tokens=400)
+    batches = iter(source)
+    first = [next(batches) for _ in range(3)]
+    rest = list(source)
+    assert len(first) + len(rest) == len(full) and list(source) == []
+    assert all(torch.equal(a["layers.1.resid_post"], b["layers.1.resid_post"]) for a, b in zip(first + rest, full))
