@@ -12,6 +12,7 @@ sampled (token, latent) pairs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ def sparsity(delta: torch.Tensor) -> torch.Tensor:
     return ((l1 / l2).pow(2) / flat.shape[-1]).float()
 
 
-def _ablated_logits(sae, model, ids: torch.Tensor, hook_point: str, position: int, latents: torch.Tensor) -> torch.Tensor:
+def _ablated_logits(
+    sae, model, ids: torch.Tensor, hook_point: str, position: int, latents: torch.Tensor
+) -> torch.Tensor:
     """Logits [1 + len(latents), seq − position, vocab] for ids [seq] from `position` on: row 0 the
     plain splice, row r without latents[r−1] at position."""
     rows, keep = 1 + len(latents), ids.shape[0] - position
@@ -100,6 +103,6 @@ def ablation_sparsity(
             continue
         logits = _ablated_logits(sae, model, ids, hook_point, position, latents)
         values.extend(sparsity(logits[1:] - logits[:1]).tolist())
-    finite = [value for value in values if value == value]
+    finite = [value for value in values if not math.isnan(value)]
     mean = sum(finite) / len(finite) if finite else float("nan")
     return AblationSparsity(mean=mean, values=values, horizon=horizon, n_positions=n_positions)

@@ -44,9 +44,7 @@ def reconstruct(sae) -> Callable[[torch.Tensor], torch.Tensor]:
 
 def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each next token: logits [batch, seq, vocab], input_ids [batch, seq] → [batch, seq − 1]."""
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none"
-    )
+    return torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2).float(), input_ids[:, 1:], reduction="none")
 
 
 def kl_per_token(clean_logits: torch.Tensor, spliced_logits: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ class EvalConfig:
     """How an SAE is evaluated: which text, how many tokens for each metric, what to skip."""
 
     dataset: str | None = None
-    """Text to evaluate on ("builtin", a Hub dataset or local files); None: the SAE's training dataset, else "builtin"."""
+    """Text to evaluate on ("builtin", a Hub dataset or local files); None: the SAE's training dataset."""
     text_column: str = "text"
     """Column holding the text of each document."""
     split: str = "test"
@@ -64,7 +64,7 @@ class EvalConfig:
     probe_contexts: int = 48
     """Contexts of the built-in probe suite (half Python source, half prose)."""
     probe_datasets: list[str] = field(default_factory=list)
-    """Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet files or Hub names) with columns text, label."""
+    """Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet or Hub names), columns text, label."""
     builtin_probes: bool = True
     """Run the built-in probe suite (see hfsae.evaluation.probes)."""
     skip: list[str] = field(default_factory=list)
@@ -189,14 +189,18 @@ def _reconstruction(sae, model, input_ids: torch.Tensor, hook_point: str, batch_
         metrics.update(x, code, sae.decode(code), progressive)
         indices.append(code.indices.cpu())
         values.append(code.values.cpu())
-    code = dataclasses.replace(code, indices=torch.cat(indices), values=torch.cat(values), input_mean=None, input_scale=None)
+    code = dataclasses.replace(
+        code, indices=torch.cat(indices), values=torch.cat(values), input_mean=None, input_scale=None
+    )
     return metrics, code
 
 
 def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[ProbeTask]:
     tasks = []
     if config.builtin_probes:
-        tasks += builtin_probe_tasks(tokenizer, n_contexts=config.probe_contexts, context_size=context_size, seed=config.seed)
+        tasks += builtin_probe_tasks(
+            tokenizer, n_contexts=config.probe_contexts, context_size=context_size, seed=config.seed
+        )
     for name in config.probe_datasets:
         import datasets
 
@@ -243,7 +247,9 @@ def evaluate(
         config = dataclasses.replace(config, **options)
     hook_point = sae.config.hook_point
     if hook_point is None:
-        raise ValueError("The SAE's config names no hook_point; set sae.config.hook_point (e.g. 'layers.8.resid_post').")
+        raise ValueError(
+            "The SAE's config names no hook_point; set sae.config.hook_point (e.g. 'layers.8.resid_post')."
+        )
     if model is None or tokenizer is None:
         if sae.config.base_model is None:
             raise ValueError("The SAE's config names no base_model; pass model= and tokenizer= to evaluate it.")
@@ -272,22 +278,38 @@ def evaluate(
     )
     downstream_ids = input_ids[: max(1, math.ceil(config.n_downstream_tokens / context_size))]
     if "downstream" not in config.skip:
-        loss = downstream_loss(sae, model, downstream_ids, hook_point=hook_point, batch_size=config.batch_size, quiet=quiet)
+        loss = downstream_loss(
+            sae, model, downstream_ids, hook_point=hook_point, batch_size=config.batch_size, quiet=quiet
+        )
         for name in ("ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_loss_recovered"):
             setattr(results, name, getattr(loss, name))
         results.n_downstream_tokens = loss.n_tokens
     if "ablation" not in config.skip:
         horizon = min(config.ablation_horizon, context_size)
         results.ablation_sparsity = ablation_sparsity(
-            sae, model, downstream_ids, hook_point=hook_point, n_positions=config.ablation_positions,
-            horizon=horizon, seed=config.seed, quiet=quiet,
+            sae,
+            model,
+            downstream_ids,
+            hook_point=hook_point,
+            n_positions=config.ablation_positions,
+            horizon=horizon,
+            seed=config.seed,
+            quiet=quiet,
         ).mean
     if "n2g" not in config.skip:
         pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         n2g = n2g_evaluate(
-            sae, model, input_ids, code, hook_point=hook_point, pad_token_id=pad_token_id or 0,
-            n_latents_explained=config.n2g_latents, n_examples=config.n2g_examples,
-            max_suffix=config.n2g_max_suffix, seed=config.seed, quiet=quiet,
+            sae,
+            model,
+            input_ids,
+            code,
+            hook_point=hook_point,
+            pad_token_id=pad_token_id or 0,
+            n_latents_explained=config.n2g_latents,
+            n_examples=config.n2g_examples,
+            max_suffix=config.n2g_max_suffix,
+            seed=config.seed,
+            quiet=quiet,
         )
         results.n2g_precision, results.n2g_recall = n2g.precision, n2g.recall
         results.n2g_explanations = [explanation.to_dict(tokenizer) for explanation in n2g.explanations]

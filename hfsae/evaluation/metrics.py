@@ -1,4 +1,4 @@
-"""Reconstruction metrics of an SAE on activations: FVU, explained variance, L0, dead fraction, cosine, progressive recovery.
+"""Reconstruction metrics of an SAE: FVU, explained variance, L0, dead fraction, cosine, progressive recovery.
 
 Each metric exists as a function of tensors for one batch, and `ReconstructionMetrics` accumulates
 the same quantities over a stream of batches (PAPER.md §4). All of them are measured in the
@@ -16,7 +16,7 @@ from hfsae.modeling import FIRING_THRESHOLD  # a latent fires when selected with
 
 
 def fvu(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Fraction of variance unexplained ‖x − x_hat‖² / ‖x − mean(x)‖² over a batch x, x_hat: [tokens, d]."""
+    """Fraction of variance unexplained ‖x − x_hat‖² / ‖x − mean(x)‖² over x, x_hat: [tokens, d]."""
     x, x_hat = x.reshape(-1, x.shape[-1]).double(), x_hat.reshape(-1, x.shape[-1]).double()
     return ((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).float()
 
@@ -85,7 +85,9 @@ class ReconstructionMetrics:
     _sum_l0: float = field(default=0.0, init=False)
     _progressive_error: dict[int, float] = field(default_factory=dict, init=False)
 
-    def update(self, x: torch.Tensor, code, x_hat: torch.Tensor, progressive: dict[int, torch.Tensor] | None = None) -> None:
+    def update(
+        self, x: torch.Tensor, code, x_hat: torch.Tensor, progressive: dict[int, torch.Tensor] | None = None
+    ) -> None:
         """Add one batch: x, x_hat [tokens, d]; code with indices, values [tokens, k]; progressive {k': x_hat}."""
         x = x.reshape(-1, x.shape[-1])
         x64 = x.double()

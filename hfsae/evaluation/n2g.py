@@ -85,7 +85,7 @@ class PatternTrie:
         return best
 
     def predict(self, token_ids) -> torch.Tensor:
-        """Predicted activation at each position of token_ids [seq]: the largest of the patterns ending there, else 0."""
+        """Predicted activation at each position of token_ids [seq]: the best pattern ending there, else 0."""
         token_ids = list(map(int, token_ids))
         predicted = torch.zeros(len(token_ids))
         for position, token in enumerate(token_ids):
@@ -164,7 +164,9 @@ def explain(
     if not suffixes:
         return []
     # 2. Each token replaced by the pad in turn, all suffixes in one batch.
-    padded_rows = [suffix[:i] + [pad_token_id] + suffix[i + 1 :] for suffix, _, _ in suffixes for i in range(len(suffix))]
+    padded_rows = [
+        suffix[:i] + [pad_token_id] + suffix[i + 1 :] for suffix, _, _ in suffixes for i in range(len(suffix))
+    ]
     padded_acts = _last_token_activations(activation_fn, padded_rows, pad_token_id).tolist()
     patterns, offset = [], 0
     for suffix, suffix_act, activation in suffixes:
@@ -189,7 +191,7 @@ def precision_recall(predicted: torch.Tensor, actual: torch.Tensor) -> tuple[flo
 
 
 def score(explanation: N2GExplanation, input_ids: torch.Tensor, activations: torch.Tensor) -> N2GExplanation:
-    """Set the explanation's precision and recall on held-out input_ids [contexts, seq] with the latent's activations [contexts, seq]."""
+    """Set precision and recall on held-out input_ids [contexts, seq]; activations: the latent's, [contexts, seq]."""
     trie = explanation.trie()
     predicted = torch.stack([trie.predict(row) for row in input_ids]) > 0
     explanation.precision, explanation.recall = precision_recall(predicted, activations > FIRING_THRESHOLD)
@@ -254,7 +256,9 @@ def n2g_evaluate(
     """
     hook_point = hook_point or sae.config.hook_point
     if input_ids.shape[0] < 2:
-        raise ValueError(f"N2G needs at least 2 contexts (half to explain from, half to score on); got {input_ids.shape[0]}.")
+        raise ValueError(
+            f"N2G needs at least 2 contexts (half to explain from, half to score on); got {input_ids.shape[0]}."
+        )
     half = input_ids.shape[0] // 2
     harvest_indices, harvest_values = code.indices[:half], code.values[:half]
     fired = harvest_indices[harvest_values > FIRING_THRESHOLD].unique().tolist()

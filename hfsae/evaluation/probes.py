@@ -229,7 +229,9 @@ def sparse_examples(pool: torch.Tensor, indices: torch.Tensor, values: torch.Ten
     rows = pool_rows.repeat_interleave(k)
     columns = indices[pool_tokens].reshape(-1)
     entries = (pool.values()[:, None] * values[pool_tokens].double()).reshape(-1)
-    summed = torch.sparse_coo_tensor(torch.stack([rows, columns]), entries, (pool.shape[0], n_latents), check_invariants=False).coalesce()
+    summed = torch.sparse_coo_tensor(
+        torch.stack([rows, columns]), entries, (pool.shape[0], n_latents), check_invariants=False
+    ).coalesce()
     return summed.indices()[0], summed.indices()[1], summed.values()
 
 
@@ -340,7 +342,13 @@ def builtin_probe_tasks(
     input_ids = torch.tensor(contexts, dtype=torch.long)
     strings = _token_strings(tokenizer, input_ids)
     return [
-        ProbeTask(name, input_ids, torch.tensor(labels, dtype=torch.long), per_sequence=name == "python_source", description=why)
+        ProbeTask(
+            name,
+            input_ids,
+            torch.tensor(labels, dtype=torch.long),
+            per_sequence=name == "python_source",
+            description=why,
+        )
         for name, why, labels in _builtin_labels(strings, is_source)
     ]
 
@@ -406,7 +414,10 @@ def evaluate_probes(
         if id(task.input_ids) not in cache:
             x = _activations(model, task.input_ids, hook_point, batch_size)
             code = sae.encode(x.to(sae.device))
-            cache[id(task.input_ids)] = (x, dataclasses.replace(code, indices=code.indices.cpu(), values=code.values.cpu()))
+            cache[id(task.input_ids)] = (
+                x,
+                dataclasses.replace(code, indices=code.indices.cpu(), values=code.values.cpu()),
+            )
         x, code = cache[id(task.input_ids)]
         rows, columns, values = sparse_examples(pool, code.indices, code.values, sae.config.n_latents)
         latents = fit_probes(rows, columns, values, labels, sae.config.n_latents)

@@ -30,10 +30,14 @@ def test_an_ablated_row_equals_a_forward_without_that_latent_s_decoder_contribut
         latents = code.indices[0, position, :2]
         logits = _ablated_logits(tiny_sae, tiny_llama, ids, "layers.0.resid_pre", position, latents)
         reconstruction = tiny_sae.decode(code)
-        torch.testing.assert_close(logits[0], tiny_llama(inputs_embeds=reconstruction).logits[0, position:], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            logits[0], tiny_llama(inputs_embeds=reconstruction).logits[0, position:], atol=1e-5, rtol=1e-5
+        )
         for row, slot in ((1, 0), (2, 1)):
             # layer_norm SAE: a latent adds value · W_dec[latent] · the token's input scale.
-            contribution = code.values[0, position, slot] * tiny_sae.W_dec[latents[slot]] * code.input_scale[0, position]
+            contribution = (
+                code.values[0, position, slot] * tiny_sae.W_dec[latents[slot]] * code.input_scale[0, position]
+            )
             edited = reconstruction.clone()
             edited[0, position] -= contribution
             expected = tiny_llama(inputs_embeds=edited).logits[0, position:]

@@ -34,9 +34,11 @@ def test_spliced_ce_equals_a_forward_with_the_reconstruction_in_place_of_the_act
         clean = manual_ce(tiny_llama, tokens, embeddings)
         spliced = manual_ce(tiny_llama, tokens, reconstruction)
         zero = manual_ce(tiny_llama, tokens, torch.zeros_like(embeddings))
-        kl = kl_per_token(
-            tiny_llama(inputs_embeds=embeddings).logits, tiny_llama(inputs_embeds=reconstruction).logits
-        ).mean().item()
+        kl = (
+            kl_per_token(tiny_llama(inputs_embeds=embeddings).logits, tiny_llama(inputs_embeds=reconstruction).logits)
+            .mean()
+            .item()
+        )
     assert loss.ce_clean == pytest.approx(clean, rel=1e-5)
     assert loss.ce_spliced == pytest.approx(spliced, rel=1e-5)
     assert loss.delta_ce == pytest.approx(spliced - clean, abs=1e-5)

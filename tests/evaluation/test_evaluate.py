@@ -15,16 +15,18 @@ REQUIRED_KEYS = {
     "probe_loss", "probe_loss_baseline", "n_tokens",
 }  # fmt: skip
 
-SMALL = dict(
-    n_tokens=256, n_downstream_tokens=128, ablation_positions=1, ablation_horizon=2, n2g_latents=2,
-    n2g_examples=2, n2g_max_suffix=4, probe_contexts=8, context_size=32,
-)  # fmt: skip
+SMALL = {
+    "n_tokens": 256, "n_downstream_tokens": 128, "ablation_positions": 1, "ablation_horizon": 2, "n2g_latents": 2,
+    "n2g_examples": 2, "n2g_max_suffix": 4, "probe_contexts": 8, "context_size": 32,
+}  # fmt: skip
 
 
 @pytest.fixture()
 def small_sae():
     torch.manual_seed(0)
-    config = TopKSAEConfig(d_in=32, n_latents=64, k=4, hook_point="layers.1.resid_post", base_model="tiny", normalize="layer_norm")
+    config = TopKSAEConfig(
+        d_in=32, n_latents=64, k=4, hook_point="layers.1.resid_post", base_model="tiny", normalize="layer_norm"
+    )
     return TopKSAE(config).eval()
 
 
@@ -57,7 +59,14 @@ def test_evaluated_fvu_is_the_fvu_of_the_held_out_activations(tiny_lm, tiny_toke
     model = tiny_lm("llama")
     skip = ["downstream", "ablation", "n2g", "probes"]
     results = evaluate(
-        small_sae, model=model, tokenizer=tiny_tokenizer, quiet=True, dataset=str(documents), split="all", skip=skip, **SMALL
+        small_sae,
+        model=model,
+        tokenizer=tiny_tokenizer,
+        quiet=True,
+        dataset=str(documents),
+        split="all",
+        skip=skip,
+        **SMALL,
     )
     input_ids = _contexts(results.config, str(documents), tiny_tokenizer, 32)
     with torch.no_grad():
@@ -72,7 +81,9 @@ def test_too_little_held_out_text_says_how_much_there_is(tiny_lm, tiny_tokenizer
     documents = tmp_path / "docs.jsonl"
     documents.write_text(json.dumps({"text": "short"}) + "\n")
     with pytest.raises(ValueError, match=r"gives 0 context\(s\) of 32 tokens; evaluation needs at least 2"):
-        evaluate(small_sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, dataset=str(documents), split="all", **SMALL)
+        evaluate(
+            small_sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, dataset=str(documents), split="all", **SMALL
+        )
 
 
 def test_an_unknown_option_or_metric_group_names_the_valid_ones(small_sae, tiny_lm, tiny_tokenizer):

@@ -86,4 +86,4 @@ def test_accumulated_metrics_over_batches_equal_the_metrics_of_the_whole_stream(
 
 def test_metrics_before_any_batch_say_so():
     with pytest.raises(ValueError, match="No tokens"):
-        ReconstructionMetrics(n_latents=3).fvu
+        _ = ReconstructionMetrics(n_latents=3).fvu

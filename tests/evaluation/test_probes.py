@@ -63,9 +63,7 @@ def test_the_sparse_fit_treats_absent_entries_as_zeros():
 
 
 def test_per_sequence_examples_average_the_code_over_each_context_s_labelled_tokens():
-    task = ProbeTask(
-        "t", torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, -1], [0, 0, 0]]), per_sequence=True
-    )
+    task = ProbeTask("t", torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, -1], [0, 0, 0]]), per_sequence=True)
     pool, labels = task_examples(task)
     assert labels.tolist() == [1, 0]
     # Tokens 0..5 in row-major order; token t has latent t % 2 active with value t + 1.
@@ -101,8 +99,16 @@ class CharTokenizer:
 def test_builtin_tasks_label_genre_keywords_parentheses_newlines_and_capitals():
     source = "def f(x):\n    return x\n" * 3
     prose = "The Quick fox (jumps)\nover Dogs.\n" * 3
-    tasks = {task.name: task for task in builtin_probe_tasks(CharTokenizer(), [source, prose], n_contexts=2, context_size=20)}
-    assert set(tasks) == {"python_source", "python_keyword", "inside_parentheses", "next_token_newline", "capitalised_word"}
+    tasks = {
+        task.name: task for task in builtin_probe_tasks(CharTokenizer(), [source, prose], n_contexts=2, context_size=20)
+    }
+    assert set(tasks) == {
+        "python_source",
+        "python_keyword",
+        "inside_parentheses",
+        "next_token_newline",
+        "capitalised_word",
+    }
     source_row = 0 if tasks["python_source"].labels[0, 0] == 1 else 1
     assert tasks["python_source"].per_sequence
     text = "".join(chr(i) for i in tasks["python_source"].input_ids[source_row].tolist())
