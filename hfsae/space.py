@@ -12,6 +12,8 @@ makes no outbound calls: analytics are off and the default theme's fonts are ser
 
 from __future__ import annotations
 
+import functools
+import html
 import json
 import os
 from dataclasses import dataclass, field
@@ -19,8 +21,14 @@ from pathlib import Path
 
 import torch
 
-from .analysis import ANALYSIS_DIR, load_analysis
-from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
+# Gradio reads these when it is imported: no usage statistics, no update check, nothing leaves
+# the machine. (hfsae/__init__ never imports this module, so `import hfsae` stays free of gradio.)
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+import gradio as gr  # noqa: E402
+
+from .analysis import ANALYSIS_DIR, load_analysis  # noqa: E402
+from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE  # noqa: E402
 
 MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
 MAX_NEW_TOKENS = 64
@@ -28,6 +36,9 @@ TOP_LATENTS_PER_TOKEN = 3
 EVAL_RESULTS_FILE = "eval_results.json"
 TRAINING_METRICS_FILE = "training_metrics.json"
 N2G_FILE = "n2g_explanations.json"
+# Inline styles: Gradio 6 takes custom CSS only at launch(), and the contexts must look right however the app is served.
+CONTEXT_STYLE = "font-family: var(--font-mono); font-size: 0.9em; line-height: 1.9; white-space: nowrap; overflow-x: auto"
+LABEL_STYLE = "color: var(--body-text-color-subdued); margin-right: 0.8em; display: inline-block; min-width: 6.5em"
 
 
 class ExplorerError(ValueError):
@@ -142,9 +153,12 @@ class Explorer:
         return self.sae.config.n_latents
 
     def check_latent(self, latent) -> int:
-        if latent is None or latent == "":
-            raise ExplorerError(f"Choose a latent: a number in 0–{self.n_latents - 1}.")
-        latent = int(latent)
+        """The latent as an int in range (numbers and text from the page both arrive here)."""
+        text = "" if latent is None else str(latent).strip()
+        try:
+            latent = int(float(text))
+        except ValueError:
+            raise ExplorerError(f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}.") from None
         if not 0 <= latent < self.n_latents:
             raise ExplorerError(f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}.")
         return latent
@@ -187,7 +201,7 @@ class Explorer:
         input_ids, message = self.tokenize(text)
         code = self.code_of(input_ids)
         tokens = self.token_strings(input_ids)
-        if latent is None or latent == "":
+        if latent is None or not str(latent).strip():
             latent = int(code.indices.view(-1)[code.values.view(-1).argmax()])
         latent = self.check_latent(latent)
         activations = (code.values * (code.indices == latent)).sum(-1)  # [seq]
@@ -211,7 +225,7 @@ class Explorer:
     # ---- Latent ------------------------------------------------------------------------------------
 
     def latent_view(self, latent):
-        """(markdown summary, histogram rows [(bin, count)], top contexts, random contexts, logit rows)."""
+        """(markdown summary, histogram rows [(bin, count)], top contexts HTML, random contexts HTML, logit rows)."""
         latent = self.check_latent(latent)
         row = self.row(latent)
         lines = [f"## Latent {latent}"]
@@ -241,23 +255,28 @@ class Explorer:
             histogram = [
                 (f"{(low + high) / 2:.3g}", count) for low, high, count in zip(edges, edges[1:], row["histogram_counts"])
             ]
-        top = self._contexts(row, "top", latent) if row else []
-        random = self._contexts(row, "random", latent) if row else []
+        top = self._contexts(row, "top", latent) if row else ""
+        random = self._contexts(row, "random", latent) if row else ""
         return "\n\n".join(lines), histogram, top, random, self.logit_rows(latent, row)
 
-    def _contexts(self, row: dict, prefix: str, latent: int) -> list[tuple[str, float | None]]:
-        """Examples as one highlighted token list, one example a line, scores relative to the latent's max."""
+    def _contexts(self, row: dict, prefix: str, latent: int) -> str:
+        """Examples as HTML, one line each: a label, then the tokens shaded by activation / the latent's max."""
         scale = max(float(row["max_activation"]), FIRING_THRESHOLD)
-        highlighted: list[tuple[str, float | None]] = []
         quantiles = row.get("random_quantiles") if prefix == "random" else None
+        lines = []
         for number, (tokens, activations) in enumerate(zip(row[f"{prefix}_tokens"], row[f"{prefix}_token_activations"])):
             label = f"{row[f'{prefix}_activations'][number]:.2f}"
             if quantiles:
-                label += f", q{quantiles[number]:.2f}"
-            highlighted.append((f"[{label}]  ", None))
-            highlighted.extend((_visible(token), round(a / scale, 4)) for token, a in zip(tokens, activations))
-            highlighted.append(("\n", None))
-        return highlighted
+                label += f" · q{quantiles[number]:.2f}"
+            spans = "".join(
+                f'<span class="token" style="white-space: pre; border-radius: 2px; background-color: '
+                f'rgba(239, 68, 60, {min(a / scale, 1.0):.3f})" title="{a:.3f}">{html.escape(_visible(token))}</span>'
+                for token, a in zip(tokens, activations)
+            )
+            lines.append(f'<div class="context" style="{CONTEXT_STYLE}"><span style="{LABEL_STYLE}">{label}</span>{spans}</div>')
+        if not lines:
+            return "<p><em>No firing in the analysed text.</em></p>"
+        return "".join(lines)
 
     @torch.no_grad()
     def logit_rows(self, latent: int, row: dict | None = None, n_tokens: int = 10) -> list[list]:
@@ -425,15 +444,11 @@ def build_app(sae_name_or_path="builtin", analysis_path=None, *, model=None, tok
 
 
 def _blocks(explorer: Explorer):
-    # Gradio reads these when it is imported and when an app is built: no usage statistics, no
-    # update check, nothing leaves the machine.
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import gradio as gr
-
     def shown(fn):
         """Run a view; a user error becomes a visible message instead of a stack trace."""
 
+        # wraps keeps fn's signature visible: Gradio injects SelectData by its annotation.
+        @functools.wraps(fn)
         def wrapped(*args):
             try:
                 return fn(*args)
@@ -461,9 +476,10 @@ def _blocks(explorer: Explorer):
             with gr.Tab("Text", id="text"):
                 text_in = gr.Textbox(label="Text", lines=3, placeholder="Type text to see which latents fire", elem_id="text-input")
                 with gr.Row():
-                    text_latent = gr.Number(label="Latent (empty: the strongest in this text)", precision=0, value=None, elem_id="text-latent")
+                    # A textbox, not a Number: empty must stay empty (the strongest latent), not become 0.
+                    text_latent = gr.Textbox(label="Latent (empty: the strongest in this text)", value="", elem_id="text-latent")
                     text_button = gr.Button("Show activations", variant="primary", elem_id="text-button")
-                text_message = gr.Markdown()
+                text_message = gr.Markdown(elem_id="text-message")
                 text_tokens = gr.HighlightedText(label="Tokens coloured by the latent's activation", elem_id="text-tokens",
                                                  show_legend=False, combine_adjacent=False)
                 text_table = gr.Dataframe(
@@ -477,10 +493,10 @@ def _blocks(explorer: Explorer):
                 latent_summary = gr.Markdown(elem_id="latent-summary")
                 latent_histogram = gr.BarPlot(x="activation", y="count", title="Activation histogram (firing tokens)",
                                               elem_id="latent-histogram", sort=None)
-                latent_top = gr.HighlightedText(label="Top activating contexts [activation]", show_legend=False,
-                                                combine_adjacent=False, elem_id="latent-top")
-                latent_random = gr.HighlightedText(label="Random activating contexts [activation, quantile]", show_legend=False,
-                                                   combine_adjacent=False, elem_id="latent-random")
+                gr.Markdown("**Top activating contexts** (activation at the shaded peak)")
+                latent_top = gr.HTML(elem_id="latent-top")
+                gr.Markdown("**Random activating contexts** (activation · quantile among the latent's firings)")
+                latent_random = gr.HTML(elem_id="latent-random")
                 latent_logits = gr.Dataframe(headers=["promoted", "logit", "suppressed", "logit"], interactive=False,
                                              label="Logit effects (decoder direction through the unembedding)", elem_id="latent-logits")
             with gr.Tab("Search", id="search"):
@@ -507,11 +523,13 @@ def _blocks(explorer: Explorer):
         latent_outputs = [tabs, latent_in, latent_summary, latent_histogram, latent_top, latent_random, latent_logits]
 
         def show_text(text, latent):
-            highlighted, latent, rows, message = explorer.text_view(text, latent)
-            return highlighted, latent, rows, message
+            highlighted, shown_latent, rows, message = explorer.text_view(text, latent)
+            strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
+            message = f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
+            return highlighted, rows, message
 
         text_event = dict(fn=shown(show_text), inputs=[text_in, text_latent],
-                          outputs=[text_tokens, text_latent, text_table, text_message], api_name="text")
+                          outputs=[text_tokens, text_table, text_message], api_name="text")
         text_button.click(**text_event)
         text_in.submit(**{**text_event, "api_name": False})
 
