@@ -158,17 +158,32 @@ def write_eval_results(directory: str | os.PathLike, results: EvalResults) -> Pa
 # ---- the pieces of an evaluation -------------------------------------------------------------------------
 
 
-def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int) -> torch.Tensor:
-    """The first ceil(n_tokens / context_size) held-out contexts: [contexts, context_size]."""
+def _packed(texts: list[str], tokenizer, context_size: int, wanted: int) -> list[list[int]]:
+    """Texts tokenised end to end, separated by the end-of-text token, cut into contexts."""
+    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    stream = []
+    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
+        stream += list(ids) + separator
+        if len(stream) >= wanted * context_size:
+            break
+    return [stream[i : i + context_size] for i in range(0, len(stream) - context_size + 1, context_size)][:wanted]
+
+
+def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, texts=None) -> torch.Tensor:
+    """The first ceil(n_tokens / context_size) held-out contexts (or contexts of `texts`): [contexts, context_size]."""
     from hfsae.activations.text import TextSource, token_contexts
 
-    text = TextSource(dataset=dataset, text_column=config.text_column, split=config.split)
     wanted = math.ceil(config.n_tokens / context_size)
-    rows = [ids for _, (_, ids) in zip(range(wanted), token_contexts(text, tokenizer, context_size))]
+    if texts is not None:
+        rows, where = _packed(texts, tokenizer, context_size, wanted), f"{len(texts)} given texts"
+    else:
+        text = TextSource(dataset=dataset, text_column=config.text_column, split=config.split)
+        rows = [ids for _, (_, ids) in zip(range(wanted), token_contexts(text, tokenizer, context_size))]
+        where = f"the {config.split!r} split of {dataset!r}"
     if len(rows) < 2:
         raise ValueError(
-            f"The {config.split!r} split of {dataset!r} gives {len(rows)} context(s) of {context_size} tokens; "
-            f"evaluation needs at least 2. Use more text, split='all', or a smaller context_size."
+            f"{where[0].upper()}{where[1:]} gives {len(rows)} context(s) of {context_size} tokens; evaluation needs "
+            f"at least 2. Use more text, split='all', or a smaller context_size."
         )
     return torch.tensor(rows, dtype=torch.long)
 
@@ -223,6 +238,7 @@ def evaluate(
     *,
     model=None,
     tokenizer=None,
+    texts: list[str] | None = None,
     config: EvalConfig | None = None,
     probe_tasks: list[ProbeTask] | None = None,
     quiet: bool = False,
@@ -231,8 +247,8 @@ def evaluate(
     """Measure `sae` on held-out text the way the paper does (PAPER.md §4).
 
     model / tokenizer default to sae.config.base_model (the SAE must sit on the model's device);
-    keyword `options` override `EvalConfig` fields; `probe_tasks` adds ready-made tasks to the
-    configured ones.
+    `texts` replaces the configured dataset with these documents (all of them, no split); keyword
+    `options` override `EvalConfig` fields; `probe_tasks` adds ready-made tasks to the configured ones.
 
     Example:
         >>> results = evaluate(sae, n_tokens=4096, skip=["ablation"])
@@ -259,7 +275,9 @@ def evaluate(
     sae.eval()
     context_size = config.context_size or sae.config.context_size or 64
     dataset = config.dataset or sae.config.dataset or "builtin"
-    input_ids = _contexts(config, dataset, tokenizer, context_size)
+    input_ids = _contexts(config, dataset, tokenizer, context_size, texts)
+    if texts is not None:
+        dataset = f"{len(texts)} texts given to evaluate()"
 
     metrics, code = _reconstruction(sae, model, input_ids, hook_point, config.batch_size, quiet)
     results = EvalResults(

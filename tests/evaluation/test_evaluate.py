@@ -97,3 +97,21 @@ def test_an_sae_without_a_base_model_asks_for_one(small_sae):
     small_sae.config.base_model = None
     with pytest.raises(ValueError, match="names no base_model; pass model= and tokenizer="):
         evaluate(small_sae)
+
+
+def test_given_texts_are_packed_into_contexts_separated_by_end_of_text(tiny_lm, tiny_tokenizer, small_sae):
+    from hfsae.evaluation.evaluate import _packed
+
+    rows = _packed(["abc", "defgh"], tiny_tokenizer, context_size=4, wanted=5)
+    ids = tiny_tokenizer("abcdefgh")["input_ids"]
+    assert rows == [ids[:3] + [tiny_tokenizer.eos_token_id], ids[3:7]]
+    results = evaluate(
+        small_sae,
+        model=tiny_lm("llama"),
+        tokenizer=tiny_tokenizer,
+        texts=["some text " * 10],
+        skip=["downstream", "ablation", "n2g", "probes"],
+        quiet=True,
+        **SMALL,
+    )
+    assert results.n_tokens == 3 * 32  # 101 tokens with the separator: 3 full contexts of 32
