@@ -28,6 +28,31 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
         return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (batch, n_cols))
 
 
+# Group sizes tried by grouped_topk, largest first (measured at n 131072, k 32: 64 → 63 ms, 16 → 204 ms,
+# against 170 ms for torch.topk; one thread).
+TOPK_GROUP_SIZES = (64, 32)
+
+
+def grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(scores, k, dim=1) for a [rows, n] block, exact, ~2–3x faster when n is large.
+
+    Split each row into groups of g columns. The k-th largest group maximum t is at most the row's
+    k-th largest value (k different groups each hold a value ≥ t), and every other group's maximum
+    is ≤ t; so the row's top k lie in the k groups with the largest maxima (up to ties), and topk
+    only has to look at k·g candidates after one cheap max-reduction over the row.
+    """
+    rows, n = scores.shape
+    group = next((g for g in TOPK_GROUP_SIZES if n % g == 0 and n // g >= 4 * k), None)
+    if group is None:
+        return scores.topk(k, dim=1)
+    groups = scores.view(rows, n // group, group)
+    chosen = groups.amax(dim=2).topk(k, dim=1, sorted=False).indices  # [rows, k]
+    candidates = groups.gather(1, chosen[:, :, None].expand(rows, k, group)).reshape(rows, k * group)
+    values, positions = candidates.topk(k, dim=1)
+    indices = chosen.gather(1, positions // group) * group + positions % group
+    return values, indices
+
+
 _scratch_buffers: dict[tuple, torch.Tensor] = {}
 
 
@@ -69,7 +94,7 @@ def encode_topk(
             torch.mm(x[rows], W_enc.T, out=block)
         else:
             torch.addmm(b_enc, x[rows], W_enc.T, out=block)
-        torch.topk(block, k, dim=1, out=(values[rows], indices[rows]))
+        values[rows], indices[rows] = grouped_topk(block, k)
         if want_aux:
             dead_values, dead_positions = block.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
             aux_values[rows], aux_indices[rows] = dead_values, dead[dead_positions]

@@ -103,3 +103,19 @@ def test_autograd_pieces_give_the_gradients_of_dense_torch(backend):
 def test_an_unknown_backend_names_the_valid_ones():
     with pytest.raises(ValueError, match="reference, cpu, triton"):
         backend_for("cpu", "cuda-magic")
+
+
+@pytest.mark.parametrize("n,k", [(64 * 128, 32), (32 * 40, 5), (1000, 3), (256, 1)])
+def test_grouped_topk_equals_torch_topk(n, k):
+    scores = torch.randn(17, n, generator=torch.Generator().manual_seed(n))
+    values, indices = cpu.grouped_topk(scores, k)
+    expected = scores.topk(k, dim=1)
+    torch.testing.assert_close(values, expected.values, rtol=0, atol=0)
+    assert torch.equal(indices, expected.indices)
+
+
+def test_grouped_topk_with_ties_returns_the_top_values():
+    scores = torch.zeros(3, 64 * 64)
+    scores[:, ::7] = 1.0  # many equal maxima across groups
+    values, indices = cpu.grouped_topk(scores, 8)
+    assert torch.equal(values, torch.ones(3, 8)) and torch.equal(scores.gather(1, indices), values)
