@@ -10,25 +10,18 @@ tested without a browser; `build_app` only lays out components and wires events 
 makes no outbound calls: analytics are off and the default theme's fonts are served locally.
 """
 
-from __future__ import annotations
-
 import functools
 import html
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-# Gradio reads these when it is imported: no usage statistics, no update check, nothing leaves
-# the machine. (hfsae/__init__ never imports this module, so `import hfsae` stays free of gradio.)
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-import gradio as gr  # noqa: E402
-
-from .analysis import ANALYSIS_DIR, load_analysis  # noqa: E402
-from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE  # noqa: E402
+from .analysis import ANALYSIS_DIR, load_analysis
+from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
 MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
 MAX_NEW_TOKENS = 64
@@ -114,9 +107,12 @@ class Explorer:
     eval_results: dict | None = None
     training_metrics: dict | None = None
     name: str = "SAE"
+    # One forward at a time: a steering hook spliced into the shared model must never reach another
+    # request's generation (the app serves requests from several threads).
+    model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None) -> Explorer:
+    def load(cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None) -> "Explorer":
         """Load the SAE (a name, Hub repo or folder), its base model unless given, and what lies beside it."""
         sae = _load_sae(sae_name_or_path).eval()
         if model is None or tokenizer is None:
@@ -180,7 +176,8 @@ class Explorer:
         from .activations.hook_points import capture
 
         hook_point = self.sae.config.hook_point
-        activations = capture(self.model, input_ids, [hook_point])[hook_point][0]
+        with self.model_lock:
+            activations = capture(self.model, input_ids, [hook_point])[hook_point][0]
         code = self.sae.encode(activations.to(self.sae.W_enc.device))
         return SparseCode(code.indices.cpu(), code.values.float().cpu())
 
@@ -353,9 +350,10 @@ class Explorer:
             direction = self.sae.decode(with_latent) - self.sae.decode(without)
             return activation + direction.to(activation.dtype)
 
-        unsteered = self._generate(input_ids, max_new_tokens)
-        with splice(self.model, self.sae.config.hook_point, add_direction):
-            steered = self._generate(input_ids, max_new_tokens)
+        with self.model_lock:
+            unsteered = self._generate(input_ids, max_new_tokens)
+            with splice(self.model, self.sae.config.hook_point, add_direction):
+                steered = self._generate(input_ids, max_new_tokens)
         return unsteered, steered, message
 
     def _generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> str:
@@ -444,6 +442,17 @@ def build_app(sae_name_or_path="builtin", analysis_path=None, *, model=None, tok
 
 
 def _blocks(explorer: Explorer):
+    # Gradio reads these when it is imported: no usage statistics, no update check, nothing leaves
+    # the machine. (This module does not import gradio at the top, so that `hfsae --help` and the
+    # views work without the [space] extra; the SelectData annotations below need this module not
+    # to use postponed annotations, since `gr` exists only in this function.)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise ImportError("The explorer needs gradio: pip install 'hfsae[space]'.") from err
+
     def shown(fn):
         """Run a view; a user error becomes a visible message instead of a stack trace."""
 
