@@ -27,7 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -304,9 +304,15 @@ def token_contexts(texts: Iterable[str], tokenizer, context_size: int) -> Iterat
 
 
 def _context_batches(texts, tokenizer, context_size: int, batch_size: int, n_contexts: int) -> Iterator[torch.Tensor]:
+    from .activations.text import TextSource, token_contexts as source_contexts
+
+    if isinstance(texts, TextSource):
+        contexts = (ids for _, ids in source_contexts(texts, tokenizer, context_size))
+    else:
+        contexts = token_contexts(texts, tokenizer, context_size)
     batch: list[list[int]] = []
     produced = 0
-    for context in token_contexts(texts, tokenizer, context_size):
+    for context in contexts:
         batch.append(context)
         produced += 1
         if len(batch) == batch_size or produced == n_contexts:
@@ -339,15 +345,12 @@ def _load_base_model(sae: TopKSAE):
     return AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
 
 
-def _default_texts(sae: TopKSAE) -> Iterable[str]:
-    from .activations import builtin
+def _default_texts(sae: TopKSAE):
+    """The SAE's training text (the built-in corpus when it names none), all of it, documents shuffled:
+    read in stored order, the first tokens of the built-in corpus would all be pydoc topics."""
+    from .activations.text import TextSource
 
-    dataset = sae.config.dataset
-    if dataset is not None and not builtin.is_builtin(dataset):
-        from .activations.source import TextSource
-
-        return TextSource(dataset)
-    return builtin.builtin_texts()
+    return TextSource(dataset=sae.config.dataset or "builtin", split="all")
 
 
 def default_output_dir(sae: TopKSAE) -> Path:
@@ -367,7 +370,7 @@ def analyze(
     *,
     model=None,
     tokenizer=None,
-    texts: Iterable[str] | None = None,
+    texts=None,
     n_tokens: int = 131_072,
     context_size: int | None = None,
     batch_size: int = 16,
@@ -385,7 +388,8 @@ def analyze(
     """Run `sae` over `n_tokens` tokens of text once; write and return its per-latent dataset.
 
     `model`/`tokenizer` default to the SAE's `config.base_model` (the built-in SmolLM2 for
-    "builtin"), `texts` to its training text (the built-in corpus for "builtin"). The result is
+    "builtin"); `texts` (strings, or a `TextSource`) to its training text (the built-in corpus for
+    "builtin"). The result is
     saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`.
     `skip_first_token` leaves each context's first position out of the statistics: the first
     position of a context is an attention sink whose activations are outliers.
@@ -589,3 +593,51 @@ def load_analysis(path: str | os.PathLike):
     summary_file = parquet.parent / SUMMARY_FILE
     settings = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return Dataset(pyarrow.parquet.read_table(parquet)), settings
+
+
+# ---- the `hfsae analyze` command ---------------------------------------------------------------------
+
+DEFAULT_SAE = "sae"  # where `hfsae train` with no arguments writes the built-in default
+
+
+@dataclass
+class AnalyzeArgs:
+    """Options of `hfsae analyze`."""
+
+    sae: str = field(default=DEFAULT_SAE, metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."})
+    dataset: str | None = field(default=None, metadata={"help": "Text to run over: 'builtin', a Hub dataset or local files (default: the SAE's training text)."})
+    n_tokens: int = field(default=131_072, metadata={"help": "Tokens to analyse."})
+    context_size: int | None = field(default=None, metadata={"help": "Tokens per context (default: the SAE's, else 64)."})
+    batch_size: int = field(default=16, metadata={"help": "Contexts per forward pass."})
+    n_top_examples: int = field(default=12, metadata={"help": "Top-activating contexts kept per latent."})
+    n_random_examples: int = field(default=6, metadata={"help": "Random activating contexts kept per latent."})
+    output_dir: str | None = field(default=None, metadata={"help": "Where to write (default: <SAE folder>/analysis)."})
+    push_to_hub: str | None = field(default=None, metadata={"help": "Also push the dataset to this Hub dataset repo, 'org/name'."})
+    quiet: bool = field(default=False, metadata={"help": "No progress bar."})
+
+
+def run_analyze(args: AnalyzeArgs):
+    """`hfsae analyze`: load the SAE, analyse it, save (and optionally push) the dataset."""
+    from .hub.loading import load
+
+    if args.sae == DEFAULT_SAE and not Path(DEFAULT_SAE).is_dir():
+        raise FileNotFoundError(
+            f"No SAE folder {DEFAULT_SAE!r} here: train the built-in default with `hfsae train`, or name one with --sae."
+        )
+    sae = load(args.sae)
+    texts = None
+    if args.dataset is not None:
+        from .activations.text import TextSource
+
+        texts = TextSource(dataset=args.dataset, split="all")
+    dataset = analyze(
+        sae, texts=texts, n_tokens=args.n_tokens, context_size=args.context_size, batch_size=args.batch_size,
+        n_top_examples=args.n_top_examples, n_random_examples=args.n_random_examples,
+        output_dir=args.output_dir, quiet=args.quiet,
+    )
+    where = args.output_dir or default_output_dir(sae)
+    print(f"analysed {len(dataset):,} latents → {where}")
+    if args.push_to_hub:
+        dataset.push_to_hub(args.push_to_hub)
+        print(f"pushed the analysis to the dataset repo {args.push_to_hub}")
+    return dataset

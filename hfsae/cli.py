@@ -17,9 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .analysis import AnalyzeArgs, run_analyze
 from .evaluation.scaling import ScalingArgs, run_scaling
 from .hub.card import CardArgs, run_card
 from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
+from .space import SpaceArgs, run_space
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig, sweep
 
@@ -52,6 +54,8 @@ COMMANDS: dict[str, Command] = {
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
     "scaling": Command(ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them."),
+    "analyze": Command(AnalyzeArgs, run_analyze, "Run an SAE over text once and save per-latent statistics (a parquet dataset)."),
+    "space": Command(SpaceArgs, run_space, "Explore an SAE in the browser: text, latents, search, steering, metrics."),
 }
 
 

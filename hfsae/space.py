@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .analysis import ANALYSIS_DIR, load_analysis
+from .analysis import ANALYSIS_DIR, DEFAULT_SAE, load_analysis
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
 MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
@@ -44,10 +44,8 @@ class ExplorerError(ValueError):
 def _load_sae(name_or_path: str | os.PathLike | TopKSAE) -> TopKSAE:
     if isinstance(name_or_path, TopKSAE):
         return name_or_path
-    try:
-        from .hub.loading import load
-    except ImportError:  # the name registry is optional: plain folders and Hub repos still load
-        return TopKSAE.from_pretrained(name_or_path)
+    from .hub.loading import load
+
     return load(str(name_or_path))
 
 
@@ -588,3 +586,25 @@ def launch(sae_name_or_path="builtin", analysis_path=None, *, host: str = "127.0
     demo = build_app(sae_name_or_path, analysis_path)
     demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
     return demo
+
+
+# ---- the `hfsae space` command -----------------------------------------------------------------------
+
+
+@dataclass
+class SpaceArgs:
+    """Options of `hfsae space`."""
+
+    sae: str = field(default=DEFAULT_SAE, metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."})
+    analysis: str | None = field(default=None, metadata={"help": "Its analysis: a folder or Hub dataset repo (default: <SAE folder>/analysis)."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on."})
+    port: int | None = field(default=None, metadata={"help": "Port to serve on (default: Gradio's, 7860 or the next free one)."})
+
+
+def run_space(args: SpaceArgs):
+    """`hfsae space`: serve the explorer until interrupted."""
+    if args.sae == DEFAULT_SAE and not Path(DEFAULT_SAE).is_dir():
+        raise FileNotFoundError(
+            f"No SAE folder {DEFAULT_SAE!r} here: train the built-in default with `hfsae train`, or name one with --sae."
+        )
+    return launch(args.sae, args.analysis, host=args.host, port=args.port)
