@@ -76,6 +76,12 @@ TRAINING_METRICS = {
     "elapsed_seconds": "wall time (s)",
 }
 
+# TrainConfig options that describe the machine or the session, not how the SAE was trained: a
+# card is read elsewhere, where local paths and progress settings mean nothing.
+LOCAL_TRAINING_OPTIONS = (
+    "output_dir", "activation_cache", "resume_from_checkpoint", "save_steps", "logging_steps", "report_to", "quiet",
+)  # fmt: skip
+
 # TopKSAEConfig fields shown in the architecture table, in this order.
 ARCHITECTURE_FIELDS = (
     "d_in", "n_latents", "k", "k_aux", "normalize", "dataset_scale", "latent_bias",
@@ -245,7 +251,8 @@ def _finite_number(value) -> bool:
 def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics: dict) -> list[EvalResult]:
     """The card's model-index entries: every finite metric of eval_results.json and its progressive FVUs.
 
-    Without eval_results.json, the held-out FVU and dead fraction measured during training stand in.
+    Without eval_results.json, the held-out FVU measured at the end of training stands in (the
+    trainer's dead fraction is counted on training tokens, so it stays out of a held-out entry).
     """
     dataset_id = _hub_id(config.dataset)
     dataset_type = dataset_id or ("hfsae-builtin-corpus" if _is_builtin(config.dataset) or config.dataset is None else config.dataset)
@@ -256,7 +263,7 @@ def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics
         dataset_name=config.dataset or "builtin",
         dataset_split="held-out",
     )
-    source = eval_results or {key: training_metrics[key] for key in ("fvu", "dead_fraction") if key in training_metrics}
+    source = eval_results or {key: training_metrics[key] for key in ("fvu",) if key in training_metrics}
     results = [
         EvalResult(metric_type=key, metric_name=name, metric_value=float(source[key]), **common)
         for key, (name, _) in EVAL_METRICS.items()
@@ -320,9 +327,10 @@ def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, 
         rows = [(name, _format(eval_results[key]), meaning) for key, (name, meaning) in EVAL_METRICS.items() if key in eval_results]
         rows += [(f"FVU at k'={k_prime}", _format(fvu), "progressive recovery") for k_prime, fvu in _progressive(eval_results).items()]
         return rows
+    where = {"fvu": "on held-out text at the end of training", "dead_fraction": "over the last training tokens"}
     return [
-        (EVAL_METRICS[key][0], _format(training_metrics[key]), EVAL_METRICS[key][1] + " (held out during training)")
-        for key in ("fvu", "dead_fraction")
+        (EVAL_METRICS[key][0], _format(training_metrics[key]), f"{EVAL_METRICS[key][1]} ({where[key]})")
+        for key in where
         if key in training_metrics
     ]
 
@@ -385,7 +393,9 @@ def render_card(
         tokens=training_metrics.get("tokens"),
         delta_ce=eval_results.get("delta_ce"),
         architecture_rows=[(field, _format(getattr(config, field))) for field in ARCHITECTURE_FIELDS if getattr(config, field) is not None],
-        training_rows=[(key, _format(value)) for key, value in _flatten(training_config).items()],
+        training_rows=[
+            (key, _format(value)) for key, value in _flatten(training_config).items() if key not in LOCAL_TRAINING_OPTIONS
+        ],
         training_metric_rows=[(label, _format(training_metrics[key])) for key, label in TRAINING_METRICS.items() if key in training_metrics],
         metric_rows=_metric_rows(eval_results, training_metrics),
         figures=figure_links,
