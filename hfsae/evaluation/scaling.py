@@ -86,7 +86,9 @@ def _covariance_errors(result, n_points: int) -> np.ndarray:
 
 def _check_losses(loss: np.ndarray, n_params: int, law: str) -> None:
     if loss.size < n_params:
-        raise ScalingFitError(f"{law} has {n_params} coefficients; got {loss.size} runs. Sweep at least {n_params} runs.")
+        raise ScalingFitError(
+            f"{law} has {n_params} coefficients; got {loss.size} runs. Sweep at least {n_params} runs."
+        )
     if not np.all(np.isfinite(loss)) or np.any(loss <= 0):
         raise ScalingFitError(f"losses must be positive and finite to fit {law}; got {loss.tolist()}.")
 
@@ -204,7 +206,9 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
     """Every SAE folder under sweep_dir with both config.json and training_metrics.json, sorted by (k, n)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
-        raise FileNotFoundError(f"sweep folder {str(sweep_dir)!r} does not exist; pass the --output-dir of `hfsae sweep`.")
+        raise FileNotFoundError(
+            f"sweep folder {str(sweep_dir)!r} does not exist; pass the --output-dir of `hfsae sweep`."
+        )
     runs = []
     for config_path in sorted(sweep_dir.rglob("config.json")):
         metrics_path = config_path.with_name("training_metrics.json")
@@ -219,7 +223,9 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
         # The dense encoder matmul dominates a TopK SAE's step (PAPER.md §6): 2 FLOPs per
         # multiply-add, forward plus two backward products, hence 6 · tokens · n · d.
         compute = metrics.get("flops") or (6.0 * tokens * n * d if tokens else None)
-        runs.append(SweepRun(config_path.parent, config.get("hook_point"), n, k, d, float(metrics["fvu"]), tokens, compute))
+        runs.append(
+            SweepRun(config_path.parent, config.get("hook_point"), n, k, d, float(metrics["fvu"]), tokens, compute)
+        )
     if not runs:
         raise ScalingFitError(
             f"no SAE folder with config.json and training_metrics.json under {str(sweep_dir)!r}; "
@@ -243,7 +249,9 @@ def compute_frontier(runs: list[SweepRun]) -> list[SweepRun]:
 # ---------------------------------------------------------------------------------------------
 
 
-def plot_loss_nk(runs: list[SweepRun], fit: ScalingFit | None, path: str | Path, *, compute_fit: ScalingFit | None = None) -> Path:
+def plot_loss_nk(
+    runs: list[SweepRun], fit: ScalingFit | None, path: str | Path, *, compute_fit: ScalingFit | None = None
+) -> Path:
     """Write a PNG of held-out loss against n_latents, one colour per k, with the fitted L(n, k) curves.
 
     With compute_fit, a second panel shows loss against training compute and the fitted L(C).
@@ -263,7 +271,9 @@ def plot_loss_nk(runs: list[SweepRun], fit: ScalingFit | None, path: str | Path,
     n_grid = np.geomspace(n_all.min() / 1.5, n_all.max() * 1.5, 100)
     for k, colour in zip(ks, colours):
         at_k = [run for run in runs if run.k == k]
-        axis.scatter([run.n_latents for run in at_k], [run.loss for run in at_k], color=colour, label=f"k = {k}", zorder=3)
+        axis.scatter(
+            [run.n_latents for run in at_k], [run.loss for run in at_k], color=colour, label=f"k = {k}", zorder=3
+        )
         if fit is not None:
             axis.plot(n_grid, loss_nk(n_grid, k, **fit.coefficients), color=colour, lw=1.2)
     axis.set(xscale="log", yscale="log", xlabel="n_latents", ylabel="held-out FVU", title="L(n, k)")
@@ -275,7 +285,9 @@ def plot_loss_nk(runs: list[SweepRun], fit: ScalingFit | None, path: str | Path,
         compute = np.array([run.compute for run in with_compute])
         axis.scatter(compute, [run.loss for run in with_compute], color="0.6", label="runs", zorder=2)
         frontier = compute_frontier(with_compute)
-        axis.scatter([run.compute for run in frontier], [run.loss for run in frontier], color="C3", label="frontier", zorder=3)
+        axis.scatter(
+            [run.compute for run in frontier], [run.loss for run in frontier], color="C3", label="frontier", zorder=3
+        )
         grid = np.geomspace(compute.min() / 1.5, compute.max() * 1.5, 100)
         axis.plot(grid, loss_compute(grid, **compute_fit.coefficients), color="C3", lw=1.2, label="fit")
         axis.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="held-out FVU", title="L(C)")
@@ -307,7 +319,9 @@ class ScalingReport:
     notes: list[str]
 
     def __str__(self) -> str:
-        parts = [f"{len(self.runs)} runs: n_latents {sorted({r.n_latents for r in self.runs})}, k {sorted({r.k for r in self.runs})}"]
+        parts = [
+            f"{len(self.runs)} runs: n_latents {sorted({r.n_latents for r in self.runs})}, k {sorted({r.k for r in self.runs})}"
+        ]
         parts += [str(fit) for fit in (self.loss_nk, self.loss_compute) if fit is not None]
         parts += self.notes
         parts.append(f"plot: {self.plot}")
@@ -326,7 +340,9 @@ def _runs_at(runs: list[SweepRun], hook_point: str | None, sweep_dir: Path) -> l
         return runs
     chosen = [run for run in runs if run.hook_point == hook_point]
     if not chosen:
-        raise ScalingFitError(f"no SAE at hook point {hook_point!r} in {str(sweep_dir)!r}; it has {', '.join(hook_points)}.")
+        raise ScalingFitError(
+            f"no SAE at hook point {hook_point!r} in {str(sweep_dir)!r}; it has {', '.join(hook_points)}."
+        )
     return chosen
 
 
@@ -347,7 +363,11 @@ def scaling(
     notes = []
     fit_nk = None
     # One degree of freedom beyond the six coefficients, so that errors can be estimated.
-    if len(runs) > len(LOSS_NK_COEFFICIENTS) and len({run.k for run in runs}) >= 2 and len({run.n_latents for run in runs}) >= 2:
+    if (
+        len(runs) > len(LOSS_NK_COEFFICIENTS)
+        and len({run.k for run in runs}) >= 2
+        and len({run.n_latents for run in runs}) >= 2
+    ):
         fit_nk = fit_loss_nk([r.n_latents for r in runs], [r.k for r in runs], [r.loss for r in runs])
     else:
         notes.append(
@@ -368,7 +388,9 @@ def scaling(
         )
     plot = plot_loss_nk(runs, fit_nk, plot_path or sweep_dir / "scaling.png", compute_fit=fit_compute)
     summary = {
-        "runs": [{"path": str(r.path), "n_latents": r.n_latents, "k": r.k, "fvu": r.loss, "compute": r.compute} for r in runs],
+        "runs": [
+            {"path": str(r.path), "n_latents": r.n_latents, "k": r.k, "fvu": r.loss, "compute": r.compute} for r in runs
+        ],
         "loss_nk": fit_nk.to_dict() if fit_nk else None,
         "loss_compute": fit_compute.to_dict() if fit_compute else None,
         "notes": notes,
@@ -387,9 +409,15 @@ def scaling(
 class ScalingArgs:
     """Options of `hfsae scaling`."""
 
-    sweep_dir: str = field(metadata={"help": "The --output-dir of `hfsae sweep` (SAE folders with training_metrics.json)."})
-    hook_point: str | None = field(default=None, metadata={"help": "Fit the SAEs of this hook point (needed when the sweep has several)."})
-    plot_path: str | None = field(default=None, metadata={"help": "Where to write the PNG plot; default SWEEP_DIR/scaling.png."})
+    sweep_dir: str = field(
+        metadata={"help": "The --output-dir of `hfsae sweep` (SAE folders with training_metrics.json)."}
+    )
+    hook_point: str | None = field(
+        default=None, metadata={"help": "Fit the SAEs of this hook point (needed when the sweep has several)."}
+    )
+    plot_path: str | None = field(
+        default=None, metadata={"help": "Where to write the PNG plot; default SWEEP_DIR/scaling.png."}
+    )
 
 
 def run_scaling(args: ScalingArgs) -> ScalingReport:

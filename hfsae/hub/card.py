@@ -105,7 +105,9 @@ def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise CardError(f"{path} is not valid JSON ({err}); regenerate it or delete it to leave it off the card.") from err
+        raise CardError(
+            f"{path} is not valid JSON ({err}); regenerate it or delete it to leave it off the card."
+        ) from err
     if not isinstance(data, dict):
         raise CardError(f"{path} must hold a JSON object; got {type(data).__name__}.")
     return data
@@ -154,9 +156,14 @@ def _analysis_density(parquet_path: Path):
 def _progressive(eval_results: dict) -> dict[int, float]:
     """eval_results["progressive"] as {k': fvu} with integer k' (JSON keys are strings)."""
     try:
-        return {int(k): float(fvu) for k, fvu in sorted(eval_results.get("progressive", {}).items(), key=lambda kv: int(kv[0]))}
+        return {
+            int(k): float(fvu)
+            for k, fvu in sorted(eval_results.get("progressive", {}).items(), key=lambda kv: int(kv[0]))
+        }
     except (TypeError, ValueError, AttributeError) as err:
-        raise CardError(f"eval_results.json 'progressive' must map k' to FVU, like {{\"8\": 0.3}}; got {eval_results['progressive']!r}.") from err
+        raise CardError(
+            f"eval_results.json 'progressive' must map k' to FVU, like {{\"8\": 0.3}}; got {eval_results['progressive']!r}."
+        ) from err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +262,9 @@ def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics
     trainer's dead fraction is counted on training tokens, so it stays out of a held-out entry).
     """
     dataset_id = _hub_id(config.dataset)
-    dataset_type = dataset_id or ("hfsae-builtin-corpus" if _is_builtin(config.dataset) or config.dataset is None else config.dataset)
+    dataset_type = dataset_id or (
+        "hfsae-builtin-corpus" if _is_builtin(config.dataset) or config.dataset is None else config.dataset
+    )
     common = dict(
         task_type="feature-extraction",
         task_name="Sparse autoencoder reconstruction",
@@ -271,11 +280,17 @@ def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics
     ]
     for k_prime, fvu in _progressive(eval_results).items():
         if _finite_number(fvu):
-            results.append(EvalResult(metric_type=f"fvu_k{k_prime}", metric_name=f"FVU at k'={k_prime}", metric_value=fvu, **common))
+            results.append(
+                EvalResult(
+                    metric_type=f"fvu_k{k_prime}", metric_name=f"FVU at k'={k_prime}", metric_value=fvu, **common
+                )
+            )
     return results
 
 
-def card_data_for(config: TopKSAEConfig, eval_results: list[EvalResult], *, model_name: str, license: str) -> ModelCardData:
+def card_data_for(
+    config: TopKSAEConfig, eval_results: list[EvalResult], *, model_name: str, license: str
+) -> ModelCardData:
     """The card's YAML metadata."""
     dataset_id = _hub_id(config.dataset)
     tags = ["sparse-autoencoder", "topk", "hfsae"] + ([config.hook_point] if config.hook_point else [])
@@ -324,8 +339,15 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, str, str]]:
     if eval_results:
-        rows = [(name, _format(eval_results[key]), meaning) for key, (name, meaning) in EVAL_METRICS.items() if key in eval_results]
-        rows += [(f"FVU at k'={k_prime}", _format(fvu), "progressive recovery") for k_prime, fvu in _progressive(eval_results).items()]
+        rows = [
+            (name, _format(eval_results[key]), meaning)
+            for key, (name, meaning) in EVAL_METRICS.items()
+            if key in eval_results
+        ]
+        rows += [
+            (f"FVU at k'={k_prime}", _format(fvu), "progressive recovery")
+            for k_prime, fvu in _progressive(eval_results).items()
+        ]
         return rows
     where = {"fvu": "on held-out text at the end of training", "dead_fraction": "over the last training tokens"}
     return [
@@ -386,17 +408,28 @@ def render_card(
         subfolder=subfolder if repo_id else None,
         base_model_name=_base_model_id(config) or base_model,
         base_model_is_builtin=_is_builtin(base_model),
-        base_model_loadable=bool(base_model) and (_is_builtin(base_model) or _hub_id(base_model) or Path(base_model).is_dir()),
+        base_model_loadable=bool(base_model)
+        and (_is_builtin(base_model) or _hub_id(base_model) or Path(base_model).is_dir()),
         dataset_description=BUILTIN_CORPUS_DESCRIPTION if _is_builtin(config.dataset) else config.dataset,
         fvu=eval_results.get("fvu", training_metrics.get("fvu")),
         dead_fraction=eval_results.get("dead_fraction", training_metrics.get("dead_fraction")),
         tokens=training_metrics.get("tokens"),
         delta_ce=eval_results.get("delta_ce"),
-        architecture_rows=[(field, _format(getattr(config, field))) for field in ARCHITECTURE_FIELDS if getattr(config, field) is not None],
-        training_rows=[
-            (key, _format(value)) for key, value in _flatten(training_config).items() if key not in LOCAL_TRAINING_OPTIONS
+        architecture_rows=[
+            (field, _format(getattr(config, field)))
+            for field in ARCHITECTURE_FIELDS
+            if getattr(config, field) is not None
         ],
-        training_metric_rows=[(label, _format(training_metrics[key])) for key, label in TRAINING_METRICS.items() if key in training_metrics],
+        training_rows=[
+            (key, _format(value))
+            for key, value in _flatten(training_config).items()
+            if key not in LOCAL_TRAINING_OPTIONS
+        ],
+        training_metric_rows=[
+            (label, _format(training_metrics[key]))
+            for key, label in TRAINING_METRICS.items()
+            if key in training_metrics
+        ],
         metric_rows=_metric_rows(eval_results, training_metrics),
         figures=figure_links,
     )
@@ -436,9 +469,15 @@ def usage_code(card_text: str) -> str:
 class CardArgs:
     """Options of `hfsae card`."""
 
-    model_dir: str = field(metadata={"help": "A saved SAE folder (config.json) whose README.md card to write or rewrite."})
-    repo_id: str | None = field(default=None, metadata={"help": "The Hub repo 'org/name' the usage snippet loads; default: the folder."})
-    license: str = field(default="apache-2.0", metadata={"help": "The license in the card's metadata (a Hub license id)."})
+    model_dir: str = field(
+        metadata={"help": "A saved SAE folder (config.json) whose README.md card to write or rewrite."}
+    )
+    repo_id: str | None = field(
+        default=None, metadata={"help": "The Hub repo 'org/name' the usage snippet loads; default: the folder."}
+    )
+    license: str = field(
+        default="apache-2.0", metadata={"help": "The license in the card's metadata (a Hub license id)."}
+    )
 
 
 def run_card(args: CardArgs) -> Path:

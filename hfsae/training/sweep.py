@@ -38,10 +38,11 @@ class SweepConfig(TrainConfig):
         default_factory=lambda: list(DEFAULT_K),
         metadata={"help": "Latents kept per token of the grid; one SAE per (hook point, n_latents, k)."},
     )
-    # Nine SAEs share each step (21,504 latents in all: ~5× the encoder matmul of the single default SAE), so the
-    # sweep harvests and trains on less. Measured: this grid with 131,072 training tokens took
-    # 753 s on 2 cores shared with ~5 other jobs (load ~11); the runs are far from converged there
-    # (PAPER.md §3: tokens to convergence grow ~ n^0.6), so raise train_tokens for a real fit.
+    # Nine SAEs share each step (21,504 latents in all: ~5× the encoder matmul of the single
+    # default SAE), so the sweep harvests and trains on less. Measured: this grid with 131,072
+    # training tokens took 753 s on 2 cores shared with ~5 other jobs (load ~11); the runs are far
+    # from converged there (PAPER.md §3: tokens to convergence grow ~ n^0.6), so raise
+    # train_tokens for a fit of converged losses.
     harvest_tokens: int = field(
         default=50_000, metadata={"help": "Distinct training tokens harvested once and reused for every epoch."}
     )

@@ -59,7 +59,9 @@ def test_standard_errors_grow_with_the_noise():
         assert noisy_fit.standard_errors[name] > 5 * quiet_fit.standard_errors[name], name
 
 
-@pytest.mark.parametrize(("a", "b", "c", "compute_range"), [(0.09, 0.056, 0.084, (1, 1e6)), (0.09, 2.8, 0.084, (1e12, 1e20))])
+@pytest.mark.parametrize(
+    ("a", "b", "c", "compute_range"), [(0.09, 0.056, 0.084, (1, 1e6)), (0.09, 2.8, 0.084, (1e12, 1e20))]
+)
 def test_fit_loss_compute_recovers_known_coefficients(a, b, c, compute_range):
     compute = np.geomspace(*compute_range, 12)
     rng = np.random.default_rng(0)
@@ -154,8 +156,12 @@ def test_scaling_on_a_folder_without_runs_says_how_to_make_them(tmp_path):
 
 
 def test_a_sweep_over_several_hook_points_asks_which_one_to_fit(paper_sweep):
-    write_run(paper_sweep / "layers.5.resid_post" / "n256_k4", n_latents=256, k=4, fvu=0.3, hook_point="layers.5.resid_post")
-    with pytest.raises(ScalingFitError, match=r"2 hook points \(layers.3.resid_post, layers.5.resid_post\); choose one"):
+    write_run(
+        paper_sweep / "layers.5.resid_post" / "n256_k4", n_latents=256, k=4, fvu=0.3, hook_point="layers.5.resid_post"
+    )
+    with pytest.raises(
+        ScalingFitError, match=r"2 hook points \(layers.3.resid_post, layers.5.resid_post\); choose one"
+    ):
         scaling(paper_sweep)
     report = scaling(paper_sweep, hook_point="layers.3.resid_post", quiet=True)
     assert len(report.runs) == 12

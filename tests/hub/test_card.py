@@ -3,10 +3,10 @@
 import fnmatch
 import json
 import math
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import yaml
 from huggingface_hub import ModelCard, constants
@@ -18,8 +18,8 @@ from hfsae.hub.card import (
     CARD_TEMPLATE,
     DENSITY_FIGURE,
     PROGRESSIVE_FIGURE,
-    CardError,
     CardArgs,
+    CardError,
     read_latent_density,
     run_card,
     usage_code,
@@ -120,7 +120,9 @@ def test_training_metrics_stand_in_for_a_missing_eval_results_file(sae_dir):
 
 
 def test_the_training_configuration_table_flattens_nested_options(sae_dir):
-    write_json(sae_dir / "training_config.json", {"lr": 0.0002, "k": [8, 16], "adam": {"beta1": 0.9}, "output_dir": "/tmp/x"})
+    write_json(
+        sae_dir / "training_config.json", {"lr": 0.0002, "k": [8, 16], "adam": {"beta1": 0.9}, "output_dir": "/tmp/x"}
+    )
     text = write_card(sae_dir).read_text()
     assert "output_dir" not in text  # a local path means nothing where the card is read
     assert "| `lr` | 0.0002 |" in text
@@ -154,8 +156,6 @@ def test_latent_density_falls_back_to_the_analysis_dataset(sae_dir):
     Dataset.from_dict({"latent": list(range(64)), "density": [0.0] * 4 + [0.01] * 60}).to_parquet(
         str(sae_dir / "analysis" / "latents.parquet")
     )
-    from hfsae.hub.card import read_latent_density
-
     assert read_latent_density(sae_dir).tolist() == [0.0] * 4 + [0.01] * 60
     assert f"]({DENSITY_FIGURE})" in write_card(sae_dir).read_text()
 
@@ -188,7 +188,9 @@ def run_first_block(card_text: str) -> None:
 
 def test_the_usage_snippet_runs_as_written_from_the_hub_cache(sae_dir, capsys):
     write_card(sae_dir, repo_id="hfsae-tests/tiny-card")
-    snapshot = cache_repo("hfsae-tests/tiny-card", {name: sae_dir / name for name in ("config.json", "model.safetensors", "README.md")})
+    snapshot = cache_repo(
+        "hfsae-tests/tiny-card", {name: sae_dir / name for name in ("config.json", "model.safetensors", "README.md")}
+    )
     card_text = (snapshot / "README.md").read_text()
     assert 'TopKSAE.from_pretrained("hfsae-tests/tiny-card")' in card_text
     run_first_block(card_text)
@@ -198,7 +200,10 @@ def test_the_usage_snippet_runs_as_written_from_the_hub_cache(sae_dir, capsys):
 def test_the_usage_snippet_of_a_folder_in_a_multi_sae_repo_loads_that_folder(sae_dir, capsys):
     folder = "layers.1.resid_post/n64_k4"
     write_card(sae_dir, repo_id="hfsae-tests/many", subfolder=folder)
-    snapshot = cache_repo("hfsae-tests/many", {f"{folder}/{name}": sae_dir / name for name in ("config.json", "model.safetensors", "README.md")})
+    snapshot = cache_repo(
+        "hfsae-tests/many",
+        {f"{folder}/{name}": sae_dir / name for name in ("config.json", "model.safetensors", "README.md")},
+    )
     card_text = (snapshot / folder / "README.md").read_text()
     assert f'TopKSAE.from_pretrained("hfsae-tests/many", subfolder="{folder}")' in card_text
     run_first_block(card_text)

@@ -25,7 +25,9 @@ def tiny_lm_dir(tmp_path, tiny_lm, tiny_tokenizer):
 def small_corpus(tmp_path):
     """~20k characters of varied text (bytes are tokens for the tiny tokenizer) in a JSON-lines file."""
     words = "sparse autoencoders learn latents from the activations of language models at one hook point".split()
-    lines = [json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 13 + 8))}) for i in range(300)]
+    lines = [
+        json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 13 + 8))}) for i in range(300)
+    ]
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(lines))
     return path
