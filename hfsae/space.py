@@ -23,7 +23,9 @@ import torch
 from .analysis import ANALYSIS_DIR, DEFAULT_SAE, load_analysis
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
-MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
+MAX_TEXT_TOKENS = (
+    256  # longer text is cut here, with a message: the views stay readable and fast
+)
 MAX_NEW_TOKENS = 64
 TOP_LATENTS_PER_TOKEN = 3
 EVAL_RESULTS_FILE = "eval_results.json"
@@ -60,7 +62,9 @@ def _read_json(path: Path | None):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it or delete it.") from err
+        raise ValueError(
+            f"{path} is not valid JSON ({err}); regenerate it or delete it."
+        ) from err
 
 
 def _explanations_by_latent(raw) -> dict[int, dict]:
@@ -70,7 +74,11 @@ def _explanations_by_latent(raw) -> dict[int, dict]:
     if isinstance(raw, dict) and "explanations" in raw:
         raw = raw["explanations"]
     entries = raw.values() if isinstance(raw, dict) else raw
-    return {int(entry["latent"]): entry for entry in entries if isinstance(entry, dict) and "latent" in entry}
+    return {
+        int(entry["latent"]): entry
+        for entry in entries
+        if isinstance(entry, dict) and "latent" in entry
+    }
 
 
 def explanation_text(entry: dict | None) -> str:
@@ -79,7 +87,9 @@ def explanation_text(entry: dict | None) -> str:
         return ""
     patterns = []
     for pattern in entry.get("patterns", []):
-        tokens = pattern.get("tokens") or ["*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])]
+        tokens = pattern.get("tokens") or [
+            "*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])
+        ]
         patterns.append(" · ".join(_visible(token) for token in tokens))
     return " | ".join(dict.fromkeys(patterns))
 
@@ -99,7 +109,9 @@ class Explorer:
     sae: TopKSAE
     model: object
     tokenizer: object
-    analysis: object | None = None  # datasets.Dataset, one row per latent (hfsae.analysis)
+    analysis: object | None = (
+        None  # datasets.Dataset, one row per latent (hfsae.analysis)
+    )
     analysis_settings: dict = field(default_factory=dict)
     explanations: dict[int, dict] = field(default_factory=dict)
     eval_results: dict | None = None
@@ -110,7 +122,9 @@ class Explorer:
     model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None) -> "Explorer":
+    def load(
+        cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None
+    ) -> "Explorer":
         """Load the SAE (a name, Hub repo or folder), its base model unless given, and what lies beside it."""
         sae = _load_sae(sae_name_or_path).eval()
         if model is None or tokenizer is None:
@@ -118,7 +132,11 @@ class Explorer:
 
             model, tokenizer = _load_base_model(sae)
         folder = _sae_folder(sae)
-        if analysis_path is None and folder is not None and (folder / ANALYSIS_DIR).is_dir():
+        if (
+            analysis_path is None
+            and folder is not None
+            and (folder / ANALYSIS_DIR).is_dir()
+        ):
             analysis_path = folder / ANALYSIS_DIR
         analysis, settings = (None, {})
         if analysis_path is not None:
@@ -134,10 +152,18 @@ class Explorer:
             tokenizer=tokenizer,
             analysis=analysis,
             analysis_settings=settings,
-            explanations=_explanations_by_latent(_read_json(folder / N2G_FILE if folder else None)),
+            explanations=_explanations_by_latent(
+                _read_json(folder / N2G_FILE if folder else None)
+            ),
             eval_results=_read_json(folder / EVAL_RESULTS_FILE if folder else None),
-            training_metrics=_read_json(folder / TRAINING_METRICS_FILE if folder else None),
-            name=str(sae_name_or_path if not isinstance(sae_name_or_path, TopKSAE) else sae.name_or_path or "SAE"),
+            training_metrics=_read_json(
+                folder / TRAINING_METRICS_FILE if folder else None
+            ),
+            name=str(
+                sae_name_or_path
+                if not isinstance(sae_name_or_path, TopKSAE)
+                else sae.name_or_path or "SAE"
+            ),
         )
 
     # ---- shared helpers -----------------------------------------------------------------------------
@@ -152,9 +178,13 @@ class Explorer:
         try:
             latent = int(float(text))
         except ValueError:
-            raise ExplorerError(f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}.") from None
+            raise ExplorerError(
+                f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}."
+            ) from None
         if not 0 <= latent < self.n_latents:
-            raise ExplorerError(f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}.")
+            raise ExplorerError(
+                f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}."
+            )
         return latent
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, str]:
@@ -200,17 +230,30 @@ class Explorer:
             latent = int(code.indices.view(-1)[code.values.view(-1).argmax()])
         latent = self.check_latent(latent)
         activations = (code.values * (code.indices == latent)).sum(-1)  # [seq]
-        scale = max(float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD)
-        highlighted = [(token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)]
+        scale = max(
+            float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD
+        )
+        highlighted = [
+            (token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)
+        ]
         rows = []
         for position, token in enumerate(tokens):
-            order = code.values[position].argsort(descending=True)[:TOP_LATENTS_PER_TOKEN]
+            order = code.values[position].argsort(descending=True)[
+                :TOP_LATENTS_PER_TOKEN
+            ]
             cells = [
                 f"{int(code.indices[position, j])} ({float(code.values[position, j]):.2f})"
                 for j in order
                 if code.values[position, j] > FIRING_THRESHOLD
             ]
-            rows.append([position, _visible(token), *cells, *[""] * (TOP_LATENTS_PER_TOKEN - len(cells))])
+            rows.append(
+                [
+                    position,
+                    _visible(token),
+                    *cells,
+                    *[""] * (TOP_LATENTS_PER_TOKEN - len(cells)),
+                ]
+            )
         return highlighted, latent, rows, message
 
     def _max_activation(self, latent: int) -> float:
@@ -225,7 +268,9 @@ class Explorer:
         row = self.row(latent)
         lines = [f"## Latent {latent}"]
         if row is None:
-            lines.append("_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._")
+            lines.append(
+                "_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._"
+            )
         else:
             density = row["density"]
             every = f" (1 in {1 / density:,.0f} tokens)" if density > 0 else ""
@@ -248,7 +293,8 @@ class Explorer:
         if row is not None and row["density"] > 0:
             edges = row["histogram_edges"]
             histogram = [
-                (f"{(low + high) / 2:.3g}", count) for low, high, count in zip(edges, edges[1:], row["histogram_counts"])
+                (f"{(low + high) / 2:.3g}", count)
+                for low, high, count in zip(edges, edges[1:], row["histogram_counts"])
             ]
         top = self._contexts(row, "top", latent) if row else ""
         random = self._contexts(row, "random", latent) if row else ""
@@ -259,7 +305,9 @@ class Explorer:
         scale = max(float(row["max_activation"]), FIRING_THRESHOLD)
         quantiles = row.get("random_quantiles") if prefix == "random" else None
         lines = []
-        for number, (tokens, activations) in enumerate(zip(row[f"{prefix}_tokens"], row[f"{prefix}_token_activations"])):
+        for number, (tokens, activations) in enumerate(
+            zip(row[f"{prefix}_tokens"], row[f"{prefix}_token_activations"])
+        ):
             label = f"{row[f'{prefix}_activations'][number]:.2f}"
             if quantiles:
                 label += f" · q{quantiles[number]:.2f}"
@@ -268,28 +316,43 @@ class Explorer:
                 f'rgba(239, 68, 60, {min(a / scale, 1.0):.3f})" title="{a:.3f}">{html.escape(_visible(token))}</span>'
                 for token, a in zip(tokens, activations)
             )
-            lines.append(f'<div class="context" style="{CONTEXT_STYLE}"><span style="{LABEL_STYLE}">{label}</span>{spans}</div>')
+            lines.append(
+                f'<div class="context" style="{CONTEXT_STYLE}"><span style="{LABEL_STYLE}">{label}</span>{spans}</div>'
+            )
         if not lines:
             return "<p><em>No firing in the analysed text.</em></p>"
         return "".join(lines)
 
     @torch.no_grad()
-    def logit_rows(self, latent: int, row: dict | None = None, n_tokens: int = 10) -> list[list]:
+    def logit_rows(
+        self, latent: int, row: dict | None = None, n_tokens: int = 10
+    ) -> list[list]:
         """[promoted token, logit, suppressed token, logit] rows, from the analysis or computed now."""
         if row is not None and "promoted_tokens" in row:
             promoted, promoted_logits = row["promoted_tokens"], row["promoted_logits"]
-            suppressed, suppressed_logits = row["suppressed_tokens"], row["suppressed_logits"]
+            suppressed, suppressed_logits = (
+                row["suppressed_tokens"],
+                row["suppressed_logits"],
+            )
         else:
             head = self.model.get_output_embeddings()
             if head is None or head.weight.shape[1] != self.sae.config.d_in:
                 return []
             logits = head.weight.float() @ self.sae.W_dec[latent].float()
             top, bottom = logits.topk(n_tokens), logits.topk(n_tokens, largest=False)
-            promoted, promoted_logits = self.token_strings(top.indices), top.values.tolist()
-            suppressed, suppressed_logits = self.token_strings(bottom.indices), bottom.values.tolist()
+            promoted, promoted_logits = (
+                self.token_strings(top.indices),
+                top.values.tolist(),
+            )
+            suppressed, suppressed_logits = (
+                self.token_strings(bottom.indices),
+                bottom.values.tolist(),
+            )
         return [
             [_visible(p), round(pl, 3), _visible(s), round(sl, 3)]
-            for p, pl, s, sl in zip(promoted, promoted_logits, suppressed, suppressed_logits)
+            for p, pl, s, sl in zip(
+                promoted, promoted_logits, suppressed, suppressed_logits
+            )
         ]
 
     # ---- Search ------------------------------------------------------------------------------------
@@ -305,10 +368,17 @@ class Explorer:
         matches: dict[int, int] = {}
         if by == "token":
             if self.analysis is None:
-                raise ExplorerError("Searching by token needs the analysis dataset: run `hfsae analyze`.")
+                raise ExplorerError(
+                    "Searching by token needs the analysis dataset: run `hfsae analyze`."
+                )
             wanted = query.lower()
-            for latent, (contexts, peaks) in enumerate(zip(self.analysis["top_tokens"], self.analysis["top_peak"])):
-                count = sum(tokens[peak].strip().lower() == wanted for tokens, peak in zip(contexts, peaks))
+            for latent, (contexts, peaks) in enumerate(
+                zip(self.analysis["top_tokens"], self.analysis["top_peak"])
+            ):
+                count = sum(
+                    tokens[peak].strip().lower() == wanted
+                    for tokens, peak in zip(contexts, peaks)
+                )
                 if count:
                     matches[latent] = count
         else:
@@ -321,14 +391,27 @@ class Explorer:
             row = self.row(latent)
             density = row["density"] if row else None
             maximum = row["max_activation"] if row else None
-            rows.append([latent, density, maximum, count, explanation_text(self.explanations.get(latent))])
+            rows.append(
+                [
+                    latent,
+                    density,
+                    maximum,
+                    count,
+                    explanation_text(self.explanations.get(latent)),
+                ]
+            )
         rows.sort(key=lambda r: (-r[3], -(r[2] or 0.0)))
-        return [[r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]] for r in rows[:limit]]
+        return [
+            [r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]]
+            for r in rows[:limit]
+        ]
 
     # ---- Steer -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32) -> tuple[str, str, str]:
+    def steer(
+        self, prompt: str, latent, strength: float, max_new_tokens: int = 32
+    ) -> tuple[str, str, str]:
         """(unsteered continuation, steered continuation, message): greedy generation with and without
         strength × the latent's decoder direction added at the hook point at every position."""
         from .activations.hook_points import splice
@@ -343,8 +426,18 @@ class Explorer:
             # only in this latent's value.
             code = self.sae.encode(activation.to(self.sae.W_enc.device))
             only = code.indices[..., :1].clone().fill_(latent)
-            with_latent = SparseCode(only, torch.full_like(only, float(strength), dtype=code.values.dtype), code.input_mean, code.input_scale)
-            without = SparseCode(only, torch.zeros_like(with_latent.values), code.input_mean, code.input_scale)
+            with_latent = SparseCode(
+                only,
+                torch.full_like(only, float(strength), dtype=code.values.dtype),
+                code.input_mean,
+                code.input_scale,
+            )
+            without = SparseCode(
+                only,
+                torch.zeros_like(with_latent.values),
+                code.input_mean,
+                code.input_scale,
+            )
             direction = self.sae.decode(with_latent) - self.sae.decode(without)
             return activation + direction.to(activation.dtype)
 
@@ -362,7 +455,9 @@ class Explorer:
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        return self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+        return self.tokenizer.decode(
+            output[0, input_ids.shape[1] :], skip_special_tokens=True
+        )
 
     # ---- Overview ----------------------------------------------------------------------------------
 
@@ -371,21 +466,35 @@ class Explorer:
         config = self.sae.config
         sections = [
             f"## {self.name}",
-            f"TopK SAE with **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
-            f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`).",
+            (
+                f"TopK SAE with **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
+                f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`)."
+            ),
         ]
-        for title, metrics in (("Evaluation", self.eval_results), ("Training", self.training_metrics)):
+        for title, metrics in (
+            ("Evaluation", self.eval_results),
+            ("Training", self.training_metrics),
+        ):
             if metrics:
-                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in _flatten(metrics).items())
+                rows = "\n".join(
+                    f"| {name} | {_number(value)} |"
+                    for name, value in _flatten(metrics).items()
+                )
                 sections.append(f"### {title}\n\n| metric | value |\n|---|---|\n{rows}")
         if not (self.eval_results or self.training_metrics):
-            sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
+            sections.append(
+                "_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._"
+            )
         if self.analysis is not None:
             density = torch.tensor(self.analysis["density"])
             n_tokens = self.analysis_settings.get("n_tokens")
             sections.append(
                 "### Analysis\n\n"
-                + (f"{n_tokens:,} tokens analysed · " if isinstance(n_tokens, int) else "")
+                + (
+                    f"{n_tokens:,} tokens analysed · "
+                    if isinstance(n_tokens, int)
+                    else ""
+                )
                 + f"dead latents {float((density == 0).float().mean()):.2%} · "
                 f"median density {float(density.median()):.4%}"
             )
@@ -427,14 +536,20 @@ def _load_analysis_anywhere(path):
 # ---- the app -----------------------------------------------------------------------------------------
 
 
-def build_app(sae_name_or_path="builtin", analysis_path=None, *, model=None, tokenizer=None):
+def build_app(
+    sae_name_or_path="builtin", analysis_path=None, *, model=None, tokenizer=None
+):
     """The explorer as a `gr.Blocks` for an SAE (name, Hub repo, folder or TopKSAE) and its analysis.
 
     Example:
         >>> build_app("path/to/sae").launch()
     """
-    explorer = sae_name_or_path if isinstance(sae_name_or_path, Explorer) else Explorer.load(
-        sae_name_or_path, analysis_path, model=model, tokenizer=tokenizer
+    explorer = (
+        sae_name_or_path
+        if isinstance(sae_name_or_path, Explorer)
+        else Explorer.load(
+            sae_name_or_path, analysis_path, model=model, tokenizer=tokenizer
+        )
     )
     return _blocks(explorer)
 
@@ -449,7 +564,9 @@ def _blocks(explorer: Explorer):
     try:
         import gradio as gr
     except ImportError as err:
-        raise ImportError("The explorer needs gradio: pip install 'hfsae[space]'.") from err
+        raise ImportError(
+            "The explorer needs gradio: pip install 'hfsae[space]'."
+        ) from err
 
     def shown(fn):
         """Run a view; a user error becomes a visible message instead of a stack trace."""
@@ -477,93 +594,213 @@ def _blocks(explorer: Explorer):
         )
 
     # The default theme serves its fonts from the app itself (no Google Fonts request).
-    with gr.Blocks(title=f"hfsae explorer: {explorer.name}", analytics_enabled=False) as demo:
-        gr.Markdown(f"# hfsae explorer\n{explorer.name}: {explorer.n_latents:,} latents at `{explorer.sae.config.hook_point}`")
+    with gr.Blocks(
+        title=f"hfsae explorer: {explorer.name}", analytics_enabled=False
+    ) as demo:
+        gr.Markdown(
+            f"# hfsae explorer\n{explorer.name}: {explorer.n_latents:,} latents at `{explorer.sae.config.hook_point}`"
+        )
         with gr.Tabs() as tabs:
             with gr.Tab("Text", id="text"):
-                text_in = gr.Textbox(label="Text", lines=3, placeholder="Type text to see which latents fire", elem_id="text-input")
+                text_in = gr.Textbox(
+                    label="Text",
+                    lines=3,
+                    placeholder="Type text to see which latents fire",
+                    elem_id="text-input",
+                )
                 with gr.Row():
                     # A textbox, not a Number: empty must stay empty (the strongest latent), not become 0.
-                    text_latent = gr.Textbox(label="Latent (empty: the strongest in this text)", value="", elem_id="text-latent")
-                    text_button = gr.Button("Show activations", variant="primary", elem_id="text-button")
+                    text_latent = gr.Textbox(
+                        label="Latent (empty: the strongest in this text)",
+                        value="",
+                        elem_id="text-latent",
+                    )
+                    text_button = gr.Button(
+                        "Show activations", variant="primary", elem_id="text-button"
+                    )
                 text_message = gr.Markdown(elem_id="text-message")
-                text_tokens = gr.HighlightedText(label="Tokens coloured by the latent's activation", elem_id="text-tokens",
-                                                 show_legend=False, combine_adjacent=False)
+                text_tokens = gr.HighlightedText(
+                    label="Tokens coloured by the latent's activation",
+                    elem_id="text-tokens",
+                    show_legend=False,
+                    combine_adjacent=False,
+                )
                 text_table = gr.Dataframe(
-                    headers=["position", "token", *[f"latent {i + 1}" for i in range(TOP_LATENTS_PER_TOKEN)]],
-                    label="Each token's top latents: click a latent to open it", interactive=False, elem_id="text-table",
+                    headers=[
+                        "position",
+                        "token",
+                        *[f"latent {i + 1}" for i in range(TOP_LATENTS_PER_TOKEN)],
+                    ],
+                    label="Each token's top latents: click a latent to open it",
+                    interactive=False,
+                    elem_id="text-table",
                 )
             with gr.Tab("Latent", id="latent"):
                 with gr.Row():
-                    latent_in = gr.Number(label=f"Latent (0–{explorer.n_latents - 1})", precision=0, value=0, elem_id="latent-input")
-                    latent_button = gr.Button("Open", variant="primary", elem_id="latent-button")
+                    latent_in = gr.Number(
+                        label=f"Latent (0–{explorer.n_latents - 1})",
+                        precision=0,
+                        value=0,
+                        elem_id="latent-input",
+                    )
+                    latent_button = gr.Button(
+                        "Open", variant="primary", elem_id="latent-button"
+                    )
                 latent_summary = gr.Markdown(elem_id="latent-summary")
-                latent_histogram = gr.BarPlot(x="activation", y="count", title="Activation histogram (firing tokens)",
-                                              elem_id="latent-histogram", sort=None)
-                gr.Markdown("**Top activating contexts** (activation at the shaded peak)")
+                latent_histogram = gr.BarPlot(
+                    x="activation",
+                    y="count",
+                    title="Activation histogram (firing tokens)",
+                    elem_id="latent-histogram",
+                    sort=None,
+                )
+                gr.Markdown(
+                    "**Top activating contexts** (activation at the shaded peak)"
+                )
                 latent_top = gr.HTML(elem_id="latent-top")
-                gr.Markdown("**Random activating contexts** (activation · quantile among the latent's firings)")
+                gr.Markdown(
+                    "**Random activating contexts** (activation · quantile among the latent's firings)"
+                )
                 latent_random = gr.HTML(elem_id="latent-random")
-                latent_logits = gr.Dataframe(headers=["promoted", "logit", "suppressed", "logit"], interactive=False,
-                                             label="Logit effects (decoder direction through the unembedding)", elem_id="latent-logits")
+                latent_logits = gr.Dataframe(
+                    headers=["promoted", "logit", "suppressed", "logit"],
+                    interactive=False,
+                    label="Logit effects (decoder direction through the unembedding)",
+                    elem_id="latent-logits",
+                )
             with gr.Tab("Search", id="search"):
                 with gr.Row():
-                    search_in = gr.Textbox(label="Token or explanation text", elem_id="search-input")
-                    search_by = gr.Radio(["token", "explanation"], value="token", label="Search by")
-                    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
-                search_table = gr.Dataframe(headers=["latent", "density", "max activation", "matches", "explanation"],
-                                            interactive=False, label="Latents: click one to open it", elem_id="search-table")
+                    search_in = gr.Textbox(
+                        label="Token or explanation text", elem_id="search-input"
+                    )
+                    search_by = gr.Radio(
+                        ["token", "explanation"], value="token", label="Search by"
+                    )
+                    search_button = gr.Button(
+                        "Search", variant="primary", elem_id="search-button"
+                    )
+                search_table = gr.Dataframe(
+                    headers=[
+                        "latent",
+                        "density",
+                        "max activation",
+                        "matches",
+                        "explanation",
+                    ],
+                    interactive=False,
+                    label="Latents: click one to open it",
+                    elem_id="search-table",
+                )
             with gr.Tab("Steer", id="steer"):
-                steer_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="steer-prompt")
+                steer_prompt = gr.Textbox(
+                    label="Prompt", lines=2, elem_id="steer-prompt"
+                )
                 with gr.Row():
-                    steer_latent = gr.Number(label="Latent", precision=0, value=0, elem_id="steer-latent")
-                    steer_strength = gr.Slider(-100, 100, value=10, step=0.5, label="Strength (added × decoder direction)")
-                    steer_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
-                steer_button = gr.Button("Generate", variant="primary", elem_id="steer-button")
+                    steer_latent = gr.Number(
+                        label="Latent", precision=0, value=0, elem_id="steer-latent"
+                    )
+                    steer_strength = gr.Slider(
+                        -100,
+                        100,
+                        value=10,
+                        step=0.5,
+                        label="Strength (added × decoder direction)",
+                    )
+                    steer_tokens = gr.Slider(
+                        1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens"
+                    )
+                steer_button = gr.Button(
+                    "Generate", variant="primary", elem_id="steer-button"
+                )
                 steer_message = gr.Markdown()
                 with gr.Row():
-                    steer_plain = gr.Textbox(label="Unsteered", lines=6, elem_id="steer-plain")
-                    steer_steered = gr.Textbox(label="Steered", lines=6, elem_id="steer-steered")
+                    steer_plain = gr.Textbox(
+                        label="Unsteered", lines=6, elem_id="steer-plain"
+                    )
+                    steer_steered = gr.Textbox(
+                        label="Steered", lines=6, elem_id="steer-steered"
+                    )
             with gr.Tab("Overview", id="overview"):
                 gr.Markdown(explorer.overview(), elem_id="overview")
 
-        latent_outputs = [tabs, latent_in, latent_summary, latent_histogram, latent_top, latent_random, latent_logits]
+        latent_outputs = [
+            tabs,
+            latent_in,
+            latent_summary,
+            latent_histogram,
+            latent_top,
+            latent_random,
+            latent_logits,
+        ]
 
         def show_text(text, latent):
             highlighted, shown_latent, rows, message = explorer.text_view(text, latent)
-            strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
-            message = f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
+            strongest = (
+                " (the strongest in this text)" if not str(latent or "").strip() else ""
+            )
+            message = (
+                f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
+            )
             return highlighted, rows, message
 
-        text_event = dict(fn=shown(show_text), inputs=[text_in, text_latent],
-                          outputs=[text_tokens, text_table, text_message], api_name="text")
-        text_button.click(**text_event)
-        text_in.submit(**{**text_event, "api_name": False})
+        text_inputs, text_outputs = (
+            [text_in, text_latent],
+            [text_tokens, text_table, text_message],
+        )
+        text_button.click(shown(show_text), text_inputs, text_outputs, api_name="text")
+        text_in.submit(shown(show_text), text_inputs, text_outputs, api_name=False)
 
         def open_from_table(evt: gr.SelectData):
             latent = _latent_in_cell(evt.value)
             if latent is None and evt.row_value:
                 # A click on the position or token opens the token's strongest latent.
-                latent = next((_latent_in_cell(cell) for cell in evt.row_value[2:] if _latent_in_cell(cell) is not None), None)
+                latent = next(
+                    (
+                        _latent_in_cell(cell)
+                        for cell in evt.row_value[2:]
+                        if _latent_in_cell(cell) is not None
+                    ),
+                    None,
+                )
             if latent is None:
                 return [gr.skip()] * len(latent_outputs)
             return open_latent(latent)
 
         text_table.select(shown(open_from_table), None, latent_outputs, api_name=False)
-        latent_button.click(shown(open_latent), [latent_in], latent_outputs, api_name="latent")
-        latent_in.submit(shown(open_latent), [latent_in], latent_outputs, api_name=False)
+        latent_button.click(
+            shown(open_latent), [latent_in], latent_outputs, api_name="latent"
+        )
+        latent_in.submit(
+            shown(open_latent), [latent_in], latent_outputs, api_name=False
+        )
 
-        search_button.click(shown(explorer.search), [search_in, search_by], [search_table], api_name="search")
-        search_in.submit(shown(explorer.search), [search_in, search_by], [search_table], api_name=False)
+        search_button.click(
+            shown(explorer.search),
+            [search_in, search_by],
+            [search_table],
+            api_name="search",
+        )
+        search_in.submit(
+            shown(explorer.search),
+            [search_in, search_by],
+            [search_table],
+            api_name=False,
+        )
 
         def open_from_search(evt: gr.SelectData):
             if not evt.row_value:
                 return [gr.skip()] * len(latent_outputs)
             return open_latent(int(evt.row_value[0]))
 
-        search_table.select(shown(open_from_search), None, latent_outputs, api_name=False)
-        steer_button.click(shown(explorer.steer), [steer_prompt, steer_latent, steer_strength, steer_tokens],
-                           [steer_plain, steer_steered, steer_message], api_name="steer")
+        search_table.select(
+            shown(open_from_search), None, latent_outputs, api_name=False
+        )
+        steer_button.click(
+            shown(explorer.steer),
+            [steer_prompt, steer_latent, steer_strength, steer_tokens],
+            [steer_plain, steer_steered, steer_message],
+            api_name="steer",
+        )
     return demo
 
 
@@ -580,8 +817,15 @@ def _histogram_frame(histogram):
     return pd.DataFrame(histogram, columns=["activation", "count"])
 
 
-def launch(sae_name_or_path="builtin", analysis_path=None, *, host: str = "127.0.0.1", port: int | None = None,
-           share: bool = False, **launch_kwargs):
+def launch(
+    sae_name_or_path="builtin",
+    analysis_path=None,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    **launch_kwargs,
+):
     """Build the explorer and serve it (blocks until interrupted unless prevent_thread_lock=True)."""
     demo = build_app(sae_name_or_path, analysis_path)
     demo.launch(server_name=host, server_port=port, share=share, **launch_kwargs)
@@ -595,10 +839,25 @@ def launch(sae_name_or_path="builtin", analysis_path=None, *, host: str = "127.0
 class SpaceArgs:
     """Options of `hfsae space`."""
 
-    sae: str = field(default=DEFAULT_SAE, metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."})
-    analysis: str | None = field(default=None, metadata={"help": "Its analysis: a folder or Hub dataset repo (default: <SAE folder>/analysis)."})
+    sae: str = field(
+        default=DEFAULT_SAE,
+        metadata={
+            "help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."
+        },
+    )
+    analysis: str | None = field(
+        default=None,
+        metadata={
+            "help": "Its analysis: a folder or Hub dataset repo (default: <SAE folder>/analysis)."
+        },
+    )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on."})
-    port: int | None = field(default=None, metadata={"help": "Port to serve on (default: Gradio's, 7860 or the next free one)."})
+    port: int | None = field(
+        default=None,
+        metadata={
+            "help": "Port to serve on (default: Gradio's, 7860 or the next free one)."
+        },
+    )
 
 
 def run_space(args: SpaceArgs):

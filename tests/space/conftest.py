@@ -24,15 +24,47 @@ def sae_folder(tiny_lm, tiny_tokenizer, tmp_path_factory):
     and n2g_explanations.json beside it."""
     folder = tmp_path_factory.mktemp("explorer") / "sae"
     torch.manual_seed(0)
-    config = TopKSAEConfig(d_in=32, n_latents=64, k=4, hook_point=HOOK_POINT, base_model="tiny-random-llama")
+    config = TopKSAEConfig(
+        d_in=32,
+        n_latents=64,
+        k=4,
+        hook_point=HOOK_POINT,
+        base_model="tiny-random-llama",
+    )
     TopKSAE(config).save_pretrained(folder)
     sae = TopKSAE.from_pretrained(folder)
-    analyze(sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, texts=TEXTS, n_tokens=400, context_size=32,
-            batch_size=4, n_top_examples=4, n_random_examples=3, context_before=6, context_after=2, quiet=True)
-    (folder / "eval_results.json").write_text(json.dumps({"fvu": 0.125, "l0": 4.0, "progressive": {"2": 0.3, "4": 0.125}}))
-    (folder / "training_metrics.json").write_text(json.dumps({"fvu": 0.13, "dead_fraction": 0.02, "tokens": 10000}))
-    explanation = {"latent": EXPLAINED_LATENT, "precision": 0.9, "recall": 0.5,
-                   "patterns": [{"token_ids": [102, None, 120], "tokens": ["f", "*", "x"], "activation": 1.5}]}
+    analyze(
+        sae,
+        model=tiny_lm("llama"),
+        tokenizer=tiny_tokenizer,
+        texts=TEXTS,
+        n_tokens=400,
+        context_size=32,
+        batch_size=4,
+        n_top_examples=4,
+        n_random_examples=3,
+        context_before=6,
+        context_after=2,
+        quiet=True,
+    )
+    (folder / "eval_results.json").write_text(
+        json.dumps({"fvu": 0.125, "l0": 4.0, "progressive": {"2": 0.3, "4": 0.125}})
+    )
+    (folder / "training_metrics.json").write_text(
+        json.dumps({"fvu": 0.13, "dead_fraction": 0.02, "tokens": 10000})
+    )
+    explanation = {
+        "latent": EXPLAINED_LATENT,
+        "precision": 0.9,
+        "recall": 0.5,
+        "patterns": [
+            {
+                "token_ids": [102, None, 120],
+                "tokens": ["f", "*", "x"],
+                "activation": 1.5,
+            }
+        ],
+    }
     (folder / "n2g_explanations.json").write_text(json.dumps([explanation]))
     return folder
 
@@ -56,6 +88,11 @@ def app_url(explorer):
     from hfsae.space import build_app
 
     demo = build_app(explorer)
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+    )
     yield demo.local_url
     demo.close()

@@ -20,14 +20,21 @@ def test_text_view_colours_tokens_by_the_chosen_latents_activation(explorer):
     text = "The lazy dog sleeps."
     codes = dense_code(explorer, text)
     latent = int(codes.sum(0).argmax())
-    highlighted, shown, rows, message = explorer.text_view(text, latent)
+    highlighted, shown, _, message = explorer.text_view(text, latent)
     scale = max(float(codes[:, latent].max()), explorer.row(latent)["max_activation"])
     assert shown == latent and message == ""
     assert "".join(token for token, _ in highlighted) == text
-    torch.testing.assert_close(torch.tensor([score for _, score in highlighted]), codes[:, latent] / scale, atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([score for _, score in highlighted]),
+        codes[:, latent] / scale,
+        atol=1e-4,
+        rtol=0,
+    )
 
 
-def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_tokens_top_latents(explorer):
+def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_tokens_top_latents(
+    explorer,
+):
     text = "def add(a, b):"
     codes = dense_code(explorer, text)
     _, shown, rows, _ = explorer.text_view(text, None)
@@ -41,7 +48,9 @@ def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_token
 def test_long_text_is_cut_with_a_message(explorer):
     highlighted, _, _, message = explorer.text_view("ab" * MAX_TEXT_TOKENS, None)
     assert len(highlighted) == MAX_TEXT_TOKENS
-    assert f"has {2 * MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS}" in message
+    assert (
+        f"has {2 * MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS}" in message
+    )
 
 
 @pytest.mark.parametrize("latent", [-1, 64, None])
@@ -59,27 +68,46 @@ def test_latent_view_shows_the_analysis_rows_histogram_and_contexts(explorer):
     assert [count for _, count in histogram] == row["histogram_counts"]
     assert top.count('class="context"') == len(row["top_activations"])
     assert random.count('class="context"') == len(row["random_activations"])
-    assert "rgba(239, 68, 60, 1.000)" in top  # the strongest example's peak is fully shaded
+    assert (
+        "rgba(239, 68, 60, 1.000)" in top
+    )  # the strongest example's peak is fully shaded
     assert [r[0] for r in logits] == row["promoted_tokens"]
 
 
 def test_latent_view_shows_the_n2g_explanation_with_precision_and_recall(explorer):
     summary, *_ = explorer.latent_view(EXPLAINED_LATENT)
-    assert "`f · * · x`" in summary and "precision 0.9" in summary and "recall 0.5" in summary
+    assert (
+        "`f · * · x`" in summary
+        and "precision 0.9" in summary
+        and "recall 0.5" in summary
+    )
 
 
 def test_logit_effects_without_an_analysis_are_computed_from_the_decoder_row(explorer):
     latent = 7
     logits = explorer.model.get_output_embeddings().weight @ explorer.sae.W_dec[latent]
     rows = explorer.logit_rows(latent, row=None)
-    torch.testing.assert_close(torch.tensor([r[1] for r in rows]), logits.topk(10).values.detach(), atol=1e-3, rtol=0)
-    torch.testing.assert_close(torch.tensor([r[3] for r in rows]), (-(-logits).topk(10).values).detach(), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        torch.tensor([r[1] for r in rows]),
+        logits.topk(10).values.detach(),
+        atol=1e-3,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        torch.tensor([r[3] for r in rows]),
+        (-(-logits).topk(10).values).detach(),
+        atol=1e-3,
+        rtol=0,
+    )
 
 
 def test_search_by_token_finds_latents_whose_top_contexts_peak_on_it(explorer):
     row = max(explorer.analysis, key=lambda r: r["density"])
     token = row["top_tokens"][0][row["top_peak"][0]]
-    expected = sum(t[p].strip().lower() == token.strip().lower() for t, p in zip(row["top_tokens"], row["top_peak"]))
+    expected = sum(
+        t[p].strip().lower() == token.strip().lower()
+        for t, p in zip(row["top_tokens"], row["top_peak"])
+    )
     results = {r[0]: r[3] for r in explorer.search(token, "token")}
     assert results[row["latent"]] == expected
 
@@ -94,18 +122,32 @@ def test_an_empty_search_asks_for_a_query(explorer):
         explorer.search("  ", "token")
 
 
-def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point(explorer):
+def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point(
+    explorer,
+):
     latent, strength = 3, 25.0
     unsteered, steered, _ = explorer.steer("hello", latent, strength, 6)
     input_ids = explorer.tokenizer("hello", return_tensors="pt")["input_ids"]
 
     def generate():
-        out = explorer.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=6,
-                                      do_sample=False, pad_token_id=explorer.tokenizer.eos_token_id)
-        return explorer.tokenizer.decode(out[0, input_ids.shape[1]:], skip_special_tokens=True)
+        out = explorer.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=6,
+            do_sample=False,
+            pad_token_id=explorer.tokenizer.eos_token_id,
+        )
+        return explorer.tokenizer.decode(
+            out[0, input_ids.shape[1] :], skip_special_tokens=True
+        )
 
-    direction = explorer.sae.W_dec[latent].detach()  # normalize="none": decoding adds exactly this row
-    with torch.no_grad(), splice(explorer.model, HOOK_POINT, lambda x: x + strength * direction):
+    direction = explorer.sae.W_dec[
+        latent
+    ].detach()  # normalize="none": decoding adds exactly this row
+    with (
+        torch.no_grad(),
+        splice(explorer.model, HOOK_POINT, lambda x: x + strength * direction),
+    ):
         expected_steered = generate()
     with torch.no_grad():
         expected_unsteered = generate()
@@ -126,10 +168,17 @@ def test_explanation_text_joins_patterns_with_wildcards():
     assert explanation_text(None) == ""
 
 
-def test_an_analysis_for_another_sae_size_is_refused(sae_folder, tiny_lm, tiny_tokenizer, tmp_path):
+def test_an_analysis_for_another_sae_size_is_refused(
+    sae_folder, tiny_lm, tiny_tokenizer, tmp_path
+):
     from hfsae import TopKSAE, TopKSAEConfig
     from hfsae.space import Explorer
 
     other = TopKSAE(TopKSAEConfig(d_in=32, n_latents=128, k=4, hook_point=HOOK_POINT))
     with pytest.raises(ValueError, match="has 64 latents but the SAE has 128"):
-        Explorer.load(other, sae_folder / "analysis", model=tiny_lm("llama"), tokenizer=tiny_tokenizer)
+        Explorer.load(
+            other,
+            sae_folder / "analysis",
+            model=tiny_lm("llama"),
+            tokenizer=tiny_tokenizer,
+        )
