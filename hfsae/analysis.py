@@ -67,15 +67,9 @@ class TopExamples:
         self.before, self.after = before, after
         window = before + 1 + after
         self.keys = torch.full((n_latents, n_examples), -math.inf)
-        self.values = torch.zeros(
-            n_latents, n_examples
-        )  # the activation at the peak token
-        self.token_ids = torch.full(
-            (n_latents, n_examples, window), -1, dtype=torch.int32
-        )  # -1: outside the context
-        self.activations = torch.zeros(
-            n_latents, n_examples, window, dtype=torch.float16
-        )
+        self.values = torch.zeros(n_latents, n_examples)  # the activation at the peak token
+        self.token_ids = torch.full((n_latents, n_examples, window), -1, dtype=torch.int32)  # -1: outside the context
+        self.activations = torch.zeros(n_latents, n_examples, window, dtype=torch.float16)
 
     def update_(
         self,
@@ -95,9 +89,7 @@ class TopExamples:
             return
         context, position, slot = where.unbind(1)
         latent = latents[context, position, slot]
-        keep = _best_per_group(
-            latent, context, keys[context, position, slot], n_examples
-        )
+        keep = _best_per_group(latent, context, keys[context, position, slot], n_examples)
         context, position, slot, latent = (
             context[keep],
             position[keep],
@@ -115,35 +107,27 @@ class TopExamples:
         candidate_at = torch.full((len(touched), n_examples), -1)
         candidate_at[row, rank] = torch.arange(len(key))
         merged = torch.cat([self.keys[touched], candidate_keys], dim=1)
-        best = merged.topk(
-            n_examples, dim=1
-        ).indices  # [touched, n_examples]; ≥ n_examples: a candidate
+        best = merged.topk(n_examples, dim=1).indices  # [touched, n_examples]; ≥ n_examples: a candidate
         self.keys[touched] = merged.gather(1, best)
 
         # Kept examples move within their rows; only entering candidates get their windows built.
         entering_at = best >= n_examples
         entering_rows, entering_slots = entering_at.nonzero(as_tuple=True)
-        entering = candidate_at[
-            entering_rows, best[entering_rows, entering_slots] - n_examples
-        ]
+        entering = candidate_at[entering_rows, best[entering_rows, entering_slots] - n_examples]
         context, position, slot, latent = (
             context[entering],
             position[entering],
             slot[entering],
             latent[entering],
         )
-        window_tokens, window_activations = self._windows(
-            code, token_ids, context, position, latent
-        )
+        window_tokens, window_activations = self._windows(code, token_ids, context, position, latent)
         kept = best.clamp(max=n_examples - 1)
         for store, new in (
             (self.values, code.values[context, position, slot]),
             (self.token_ids, window_tokens),
             (self.activations, window_activations),
         ):
-            index = kept.view(*kept.shape, *[1] * (store.dim() - 2)).expand(
-                -1, -1, *store.shape[2:]
-            )
+            index = kept.view(*kept.shape, *[1] * (store.dim() - 2)).expand(-1, -1, *store.shape[2:])
             rows = store[touched].gather(1, index)
             rows[entering_at] = new.to(store.dtype)
             store[touched] = rows
@@ -151,9 +135,7 @@ class TopExamples:
     def _windows(self, code, token_ids, context, position, latent):
         """Token ids [examples, window] around each peak and the latent's activation at each of them."""
         seq = token_ids.shape[1]
-        positions = position[:, None] + torch.arange(
-            -self.before, self.after + 1
-        )  # [examples, window]
+        positions = position[:, None] + torch.arange(-self.before, self.after + 1)  # [examples, window]
         inside = (positions >= 0) & (positions < seq)
         positions = positions.clamp(0, seq - 1)
         tokens = torch.where(inside, token_ids[context[:, None], positions], -1)
@@ -166,9 +148,7 @@ class TopExamples:
         return tokens, activations * inside
 
 
-def _code_lookup(
-    code: SparseCode, token: torch.Tensor, latent: torch.Tensor, n_latents: int
-) -> torch.Tensor:
+def _code_lookup(code: SparseCode, token: torch.Tensor, latent: torch.Tensor, n_latents: int) -> torch.Tensor:
     """The code's value for (flat token index, latent) pairs, 0 where the latent is not selected.
 
     A binary search in the code's sorted (token, latent) keys: O(queries · log(tokens · k)),
@@ -184,16 +164,12 @@ def _code_lookup(
     return values.view(torch.broadcast_shapes(token.shape, latent.shape))
 
 
-def _best_per_group(
-    latent: torch.Tensor, context: torch.Tensor, key: torch.Tensor, n_best: int
-) -> torch.Tensor:
+def _best_per_group(latent: torch.Tensor, context: torch.Tensor, key: torch.Tensor, n_best: int) -> torch.Tensor:
     """Indices of the entries to keep: the largest key per (latent, context), then the n_best per latent."""
     order = _lexsort(latent, context, -key)
     latent_sorted, context_sorted = latent[order], context[order]
     first = torch.ones_like(latent_sorted, dtype=torch.bool)
-    first[1:] = (latent_sorted[1:] != latent_sorted[:-1]) | (
-        context_sorted[1:] != context_sorted[:-1]
-    )
+    first[1:] = (latent_sorted[1:] != latent_sorted[:-1]) | (context_sorted[1:] != context_sorted[:-1])
     order = order[first]
     rank = _rank_within_groups(latent[order], key[order])
     return order[rank < n_best]
@@ -213,9 +189,7 @@ def _rank_within_groups(group: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     sorted_group = group[order]
     starts = torch.ones_like(sorted_group, dtype=torch.bool)
     starts[1:] = sorted_group[1:] != sorted_group[:-1]
-    start_index = torch.cummax(
-        torch.where(starts, torch.arange(len(order)), 0), dim=0
-    ).values
+    start_index = torch.cummax(torch.where(starts, torch.arange(len(order)), 0), dim=0).values
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order)) - start_index
     return rank
@@ -231,56 +205,38 @@ class ActivationHistograms:
 
     def __init__(self, n_latents: int, n_bins: int):
         if n_bins < 2 or n_bins % 2:
-            raise AnalysisError(
-                f"n_histogram_bins must be an even number ≥ 2; got {n_bins}."
-            )
+            raise AnalysisError(f"n_histogram_bins must be an even number ≥ 2; got {n_bins}.")
         self.counts = torch.zeros(n_latents, n_bins, dtype=torch.int64)
         self.upper = torch.zeros(n_latents)
 
     def update_(self, latents: torch.Tensor, values: torch.Tensor) -> None:
         """Count firing activations: latents, values [entries]."""
         n_latents, n_bins = self.counts.shape
-        batch_max = torch.zeros(n_latents).scatter_reduce_(
-            0, latents, values, reduce="amax"
-        )
+        batch_max = torch.zeros(n_latents).scatter_reduce_(0, latents, values, reduce="amax")
         fresh = (self.upper == 0) & (batch_max > 0)
         # Just above the maximum, so that the maximum falls inside the last bin rather than on its edge.
         self.upper[fresh] = batch_max[fresh] * HISTOGRAM_HEADROOM
         grow = batch_max > self.upper
         if grow.any():
-            doublings = (
-                torch.ceil(torch.log2(batch_max[grow] / self.upper[grow]))
-                .long()
-                .clamp_min(1)
-            )
+            doublings = torch.ceil(torch.log2(batch_max[grow] / self.upper[grow])).long().clamp_min(1)
             rows = grow.nonzero().squeeze(1)
             for step in range(1, int(doublings.max()) + 1):
                 merging = rows[doublings >= step]
                 merged = self.counts[merging].view(len(merging), n_bins // 2, 2).sum(-1)
-                self.counts[merging] = torch.cat(
-                    [merged, torch.zeros_like(merged)], dim=1
-                )
+                self.counts[merging] = torch.cat([merged, torch.zeros_like(merged)], dim=1)
             self.upper[rows] *= torch.pow(2.0, doublings.float())
         bins = (values / self.upper[latents] * n_bins).long().clamp(0, n_bins - 1)
-        self.counts.view(-1).index_add_(
-            0, latents * n_bins + bins, torch.ones_like(bins)
-        )
+        self.counts.view(-1).index_add_(0, latents * n_bins + bins, torch.ones_like(bins))
 
     def quantiles(self, latents: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Fraction of each latent's firings below each value (interpolated within a bin): [latents, m] → same."""
         n_bins = self.counts.shape[1]
         counts = self.counts[latents].double()  # [latents, n_bins]
-        cumulative = torch.cat(
-            [counts.new_zeros(len(latents), 1), counts.cumsum(1)], dim=1
-        )
+        cumulative = torch.cat([counts.new_zeros(len(latents), 1), counts.cumsum(1)], dim=1)
         total = cumulative[:, -1:].clamp_min(1)
-        position = (
-            values.double() / self.upper[latents, None].clamp_min(1e-30) * n_bins
-        ).clamp(0, n_bins - 1e-9)
+        position = (values.double() / self.upper[latents, None].clamp_min(1e-30) * n_bins).clamp(0, n_bins - 1e-9)
         bin_index = position.floor().long()
-        below = cumulative.gather(1, bin_index) + counts.gather(1, bin_index) * (
-            position - bin_index
-        )
+        below = cumulative.gather(1, bin_index) + counts.gather(1, bin_index) * (position - bin_index)
         return (below / total).float()
 
 
@@ -307,9 +263,7 @@ class LatentStatistics:
         self.generator = torch.Generator().manual_seed(seed)
 
     @torch.no_grad()
-    def update_(
-        self, code: SparseCode, token_ids: torch.Tensor, counted: torch.Tensor
-    ) -> None:
+    def update_(self, code: SparseCode, token_ids: torch.Tensor, counted: torch.Tensor) -> None:
         """One batch: code [contexts, seq, k], token_ids [contexts, seq]; counted [contexts, seq] marks
         the tokens that enter the statistics (the others still show in context windows)."""
         code = SparseCode(code.indices, code.values.float())
@@ -378,9 +332,7 @@ class AnalysisSettings:
     context_after: int
 
 
-def token_contexts(
-    texts: Iterable[str], tokenizer, context_size: int
-) -> Iterator[list[int]]:
+def token_contexts(texts: Iterable[str], tokenizer, context_size: int) -> Iterator[list[int]]:
     """Pack the texts' tokens, an end-of-text token between documents, into contexts of context_size tokens."""
     separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     buffer: list[int] = []
@@ -392,9 +344,7 @@ def token_contexts(
             buffer = buffer[context_size:]
 
 
-def _context_batches(
-    texts, tokenizer, context_size: int, batch_size: int, n_contexts: int
-) -> Iterator[torch.Tensor]:
+def _context_batches(texts, tokenizer, context_size: int, batch_size: int, n_contexts: int) -> Iterator[torch.Tensor]:
     from .activations.text import TextSource
     from .activations.text import token_contexts as source_contexts
 
@@ -430,9 +380,7 @@ def _load_base_model(sae: TopKSAE):
         return builtin.load_builtin_model()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(
-        base
-    )
+    return AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
 
 
 def _default_texts(sae: TopKSAE):
@@ -490,9 +438,7 @@ def analyze(
     """
     config = sae.config
     if config.hook_point is None:
-        raise AnalysisError(
-            "The SAE's config names no hook_point, so it is unknown where to read activations."
-        )
+        raise AnalysisError("The SAE's config names no hook_point, so it is unknown where to read activations.")
     context_size = context_size or config.context_size or 64
     if context_size < 2:
         raise AnalysisError(f"context_size must be at least 2; got {context_size}.")
@@ -524,9 +470,7 @@ def analyze(
         unit="tok",
         disable=quiet,
     )
-    for input_ids in _context_batches(
-        texts, tokenizer, context_size, batch_size, n_contexts
-    ):
+    for input_ids in _context_batches(texts, tokenizer, context_size, batch_size, n_contexts):
         activations = _capture(model, input_ids, config.hook_point).to(sae.W_enc.device)
         code = sae.encode(activations)
         code = SparseCode(code.indices.cpu(), code.values.cpu())
@@ -534,16 +478,12 @@ def analyze(
         progress.update(len(input_ids) * counted_per_context)
     progress.close()
     if statistics.n_tokens == 0:
-        raise AnalysisError(
-            f"The text gave no complete context of {context_size} tokens; pass more text."
-        )
+        raise AnalysisError(f"The text gave no complete context of {context_size} tokens; pass more text.")
 
     effects = None
     W_U = _unembedding(model)
     if W_U is not None and W_U.shape[1] == config.d_in:
-        effects = logit_effects(
-            sae.W_dec.detach().cpu(), W_U.detach().cpu(), n_tokens=n_logit_tokens
-        )
+        effects = logit_effects(sae.W_dec.detach().cpu(), W_U.detach().cpu(), n_tokens=n_logit_tokens)
     settings = AnalysisSettings(
         n_tokens=statistics.n_tokens,
         context_size=context_size,
@@ -563,11 +503,7 @@ def analyze(
 
 def _unembedding(model) -> torch.Tensor | None:
     """The LM head's weight [vocab, d_model], or None for a model without one."""
-    head = (
-        model.get_output_embeddings()
-        if hasattr(model, "get_output_embeddings")
-        else None
-    )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return None if head is None else head.weight
 
 
@@ -580,9 +516,7 @@ def _vocabulary(tokenizer, size: int) -> list[str]:
     Ids past the tokenizer's vocabulary (an embedding padded to a round size) read as `<id N>`.
     """
     known = min(size, len(tokenizer))
-    return tokenizer.batch_decode([[i] for i in range(known)]) + [
-        f"<id {i}>" for i in range(known, size)
-    ]
+    return tokenizer.batch_decode([[i] for i in range(known)]) + [f"<id {i}>" for i in range(known, size)]
 
 
 def _lists(values: np.ndarray, kept: np.ndarray) -> pa.ListArray:
@@ -597,53 +531,29 @@ def _flat(values: np.ndarray) -> pa.Array:
     return _lists(values, np.ones(values.shape[:2], dtype=bool))
 
 
-def _example_columns(
-    examples: TopExamples, vocabulary: pa.Array, prefix: str
-) -> dict[str, pa.Array]:
+def _example_columns(examples: TopExamples, vocabulary: pa.Array, prefix: str) -> dict[str, pa.Array]:
     """Per latent, its kept examples (strongest first): peak activation, window tokens, token ids,
     per-token activations and the peak's index in the window, windows trimmed to the context."""
     order = examples.values.argsort(dim=1, descending=True)
     values = examples.values.gather(1, order).numpy()
-    token_ids = examples.token_ids.gather(
-        1, order[:, :, None].expand_as(examples.token_ids)
-    ).numpy()
-    activations = (
-        examples.activations.gather(
-            1, order[:, :, None].expand_as(examples.activations)
-        )
-        .float()
-        .numpy()
-    )
-    kept = (
-        examples.keys.gather(1, order) > -math.inf
-    ).numpy()  # [n_latents, n_examples]
-    inside = (
-        token_ids >= 0
-    )  # [n_latents, n_examples, window]: the window positions within the context
-    example_offsets = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(
-        np.int32
-    )
-    token_offsets = np.concatenate([[0], np.cumsum(inside[kept].sum(axis=1))]).astype(
-        np.int32
-    )
+    token_ids = examples.token_ids.gather(1, order[:, :, None].expand_as(examples.token_ids)).numpy()
+    activations = examples.activations.gather(1, order[:, :, None].expand_as(examples.activations)).float().numpy()
+    kept = (examples.keys.gather(1, order) > -math.inf).numpy()  # [n_latents, n_examples]
+    inside = token_ids >= 0  # [n_latents, n_examples, window]: the window positions within the context
+    example_offsets = np.concatenate([[0], np.cumsum(kept.sum(axis=1))]).astype(np.int32)
+    token_offsets = np.concatenate([[0], np.cumsum(inside[kept].sum(axis=1))]).astype(np.int32)
 
     def windows(flat: pa.Array) -> pa.ListArray:
         """Per latent a list of examples, each the list of its in-context window entries."""
-        return pa.ListArray.from_arrays(
-            example_offsets, pa.ListArray.from_arrays(token_offsets, flat)
-        )
+        return pa.ListArray.from_arrays(example_offsets, pa.ListArray.from_arrays(token_offsets, flat))
 
     ids = token_ids[kept][inside[kept]]
-    peaks = examples.before - inside.argmax(
-        axis=2
-    )  # the trimmed window starts at the first inside position
+    peaks = examples.before - inside.argmax(axis=2)  # the trimmed window starts at the first inside position
     return {
         f"{prefix}_activations": _lists(values, kept),
         f"{prefix}_tokens": windows(vocabulary.take(pa.array(ids.astype(np.int64)))),
         f"{prefix}_token_ids": windows(pa.array(ids)),
-        f"{prefix}_token_activations": windows(
-            pa.array(activations[kept][inside[kept]])
-        ),
+        f"{prefix}_token_activations": windows(pa.array(activations[kept][inside[kept]])),
         f"{prefix}_peak": _lists(peaks.astype(np.int32), kept),
     }
 
@@ -663,40 +573,26 @@ def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
         int(statistics.random.token_ids.max()) + 1,
     )
     if effects is not None:
-        vocab_size = max(
-            vocab_size, int(effects[0].max()) + 1, int(effects[2].max()) + 1
-        )
+        vocab_size = max(vocab_size, int(effects[0].max()) + 1, int(effects[2].max()) + 1)
     vocabulary = pa.array(_vocabulary(tokenizer, vocab_size))
     histograms = statistics.histograms
     n_bins = histograms.counts.shape[1]
     top_kept = statistics.top.keys[:, 0] > -math.inf
     columns = {
         "latent": pa.array(np.arange(n_latents)),
-        "density": pa.array(
-            (statistics.fire_count / max(statistics.n_tokens, 1)).numpy()
-        ),
-        "mean_activation": pa.array(
-            (statistics.activation_sum / statistics.fire_count.clamp_min(1)).numpy()
-        ),
-        "max_activation": pa.array(
-            torch.where(top_kept, statistics.top.values.max(dim=1).values, 0.0).numpy()
-        ),
+        "density": pa.array((statistics.fire_count / max(statistics.n_tokens, 1)).numpy()),
+        "mean_activation": pa.array((statistics.activation_sum / statistics.fire_count.clamp_min(1)).numpy()),
+        "max_activation": pa.array(torch.where(top_kept, statistics.top.values.max(dim=1).values, 0.0).numpy()),
         "histogram_counts": _flat(histograms.counts.numpy()),
-        "histogram_edges": _flat(
-            (histograms.upper[:, None] * torch.linspace(0, 1, n_bins + 1)).numpy()
-        ),
+        "histogram_edges": _flat((histograms.upper[:, None] * torch.linspace(0, 1, n_bins + 1)).numpy()),
     }
     columns.update(_example_columns(statistics.top, vocabulary, "top"))
     columns.update(_example_columns(statistics.random, vocabulary, "random"))
     ordered = statistics.random.values.sort(dim=1, descending=True).values
     quantiles = histograms.quantiles(torch.arange(n_latents), ordered).numpy()
-    columns["random_quantiles"] = _lists(
-        quantiles, (statistics.random.keys > -math.inf).numpy()
-    )
+    columns["random_quantiles"] = _lists(quantiles, (statistics.random.keys > -math.inf).numpy())
     if effects is not None:
-        promoted, promoted_logits, suppressed, suppressed_logits = (
-            tensor.numpy() for tensor in effects
-        )
+        promoted, promoted_logits, suppressed, suppressed_logits = (tensor.numpy() for tensor in effects)
         every = np.ones(promoted.shape, dtype=bool)
         columns["promoted_tokens"] = pa.ListArray.from_arrays(
             np.arange(0, promoted.size + 1, promoted.shape[1], dtype=np.int32),
@@ -714,22 +610,16 @@ def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
 # ---- saving and loading ------------------------------------------------------------------------------
 
 
-def save_analysis(
-    dataset, settings: AnalysisSettings, output_dir: str | os.PathLike
-) -> Path:
+def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.PathLike) -> Path:
     """Write latents.parquet and analysis.json into output_dir, replacing a previous analysis whole."""
     output_dir = Path(output_dir)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # Build in a sibling temporary folder and rename: a crash mid-write must not leave a parquet
     # file that loads but belongs to a different analysis.json.
-    staging = Path(
-        tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent)
-    )
+    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
     try:
         pyarrow.parquet.write_table(dataset.data.table, staging / LATENTS_FILE)
-        (staging / SUMMARY_FILE).write_text(
-            json.dumps(asdict(settings), indent=2) + "\n"
-        )
+        (staging / SUMMARY_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
         if output_dir.exists():
             shutil.rmtree(output_dir)
         staging.rename(output_dir)
@@ -746,9 +636,7 @@ def load_analysis(path: str | os.PathLike):
     path = Path(path)
     parquet = path / LATENTS_FILE if path.is_dir() else path
     if not parquet.is_file():
-        raise FileNotFoundError(
-            f"No analysis at {path}: expected {parquet}. Run `hfsae analyze` for this SAE first."
-        )
+        raise FileNotFoundError(f"No analysis at {path}: expected {parquet}. Run `hfsae analyze` for this SAE first.")
     summary_file = parquet.parent / SUMMARY_FILE
     settings = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     return Dataset(pyarrow.parquet.read_table(parquet)), settings
@@ -765,9 +653,7 @@ class AnalyzeArgs:
 
     sae: str = field(
         default=DEFAULT_SAE,
-        metadata={
-            "help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."
-        },
+        metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."},
     )
     dataset: str | None = field(
         default=None,
@@ -781,21 +667,15 @@ class AnalyzeArgs:
         metadata={"help": "Tokens per context (default: the SAE's, else 64)."},
     )
     batch_size: int = field(default=16, metadata={"help": "Contexts per forward pass."})
-    n_top_examples: int = field(
-        default=12, metadata={"help": "Top-activating contexts kept per latent."}
-    )
-    n_random_examples: int = field(
-        default=6, metadata={"help": "Random activating contexts kept per latent."}
-    )
+    n_top_examples: int = field(default=12, metadata={"help": "Top-activating contexts kept per latent."})
+    n_random_examples: int = field(default=6, metadata={"help": "Random activating contexts kept per latent."})
     output_dir: str | None = field(
         default=None,
         metadata={"help": "Where to write (default: <SAE folder>/analysis)."},
     )
     push_to_hub: str | None = field(
         default=None,
-        metadata={
-            "help": "Also push the dataset to this Hub dataset repo, 'org/name'."
-        },
+        metadata={"help": "Also push the dataset to this Hub dataset repo, 'org/name'."},
     )
     quiet: bool = field(default=False, metadata={"help": "No progress bar."})
 

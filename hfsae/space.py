@@ -23,16 +23,16 @@ import torch
 from .analysis import ANALYSIS_DIR, DEFAULT_SAE, load_analysis
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
-MAX_TEXT_TOKENS = (
-    256  # longer text is cut here, with a message: the views stay readable and fast
-)
+MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
 MAX_NEW_TOKENS = 64
 TOP_LATENTS_PER_TOKEN = 3
 EVAL_RESULTS_FILE = "eval_results.json"
 TRAINING_METRICS_FILE = "training_metrics.json"
 N2G_FILE = "n2g_explanations.json"
 # Inline styles: Gradio 6 takes custom CSS only at launch(), and the contexts must look right however the app is served.
-CONTEXT_STYLE = "font-family: var(--font-mono); font-size: 0.9em; line-height: 1.9; white-space: nowrap; overflow-x: auto"
+CONTEXT_STYLE = (
+    "font-family: var(--font-mono); font-size: 0.9em; line-height: 1.9; white-space: nowrap; overflow-x: auto"
+)
 LABEL_STYLE = "color: var(--body-text-color-subdued); margin-right: 0.8em; display: inline-block; min-width: 6.5em"
 
 
@@ -62,9 +62,7 @@ def _read_json(path: Path | None):
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); regenerate it or delete it."
-        ) from err
+        raise ValueError(f"{path} is not valid JSON ({err}); regenerate it or delete it.") from err
 
 
 def _explanations_by_latent(raw) -> dict[int, dict]:
@@ -74,11 +72,7 @@ def _explanations_by_latent(raw) -> dict[int, dict]:
     if isinstance(raw, dict) and "explanations" in raw:
         raw = raw["explanations"]
     entries = raw.values() if isinstance(raw, dict) else raw
-    return {
-        int(entry["latent"]): entry
-        for entry in entries
-        if isinstance(entry, dict) and "latent" in entry
-    }
+    return {int(entry["latent"]): entry for entry in entries if isinstance(entry, dict) and "latent" in entry}
 
 
 def explanation_text(entry: dict | None) -> str:
@@ -87,9 +81,7 @@ def explanation_text(entry: dict | None) -> str:
         return ""
     patterns = []
     for pattern in entry.get("patterns", []):
-        tokens = pattern.get("tokens") or [
-            "*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])
-        ]
+        tokens = pattern.get("tokens") or ["*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])]
         patterns.append(" · ".join(_visible(token) for token in tokens))
     return " | ".join(dict.fromkeys(patterns))
 
@@ -109,9 +101,7 @@ class Explorer:
     sae: TopKSAE
     model: object
     tokenizer: object
-    analysis: object | None = (
-        None  # datasets.Dataset, one row per latent (hfsae.analysis)
-    )
+    analysis: object | None = None  # datasets.Dataset, one row per latent (hfsae.analysis)
     analysis_settings: dict = field(default_factory=dict)
     explanations: dict[int, dict] = field(default_factory=dict)
     eval_results: dict | None = None
@@ -122,9 +112,7 @@ class Explorer:
     model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
-    def load(
-        cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None
-    ) -> "Explorer":
+    def load(cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None) -> "Explorer":
         """Load the SAE (a name, Hub repo or folder), its base model unless given, and what lies beside it."""
         sae = _load_sae(sae_name_or_path).eval()
         if model is None or tokenizer is None:
@@ -132,11 +120,7 @@ class Explorer:
 
             model, tokenizer = _load_base_model(sae)
         folder = _sae_folder(sae)
-        if (
-            analysis_path is None
-            and folder is not None
-            and (folder / ANALYSIS_DIR).is_dir()
-        ):
+        if analysis_path is None and folder is not None and (folder / ANALYSIS_DIR).is_dir():
             analysis_path = folder / ANALYSIS_DIR
         analysis, settings = (None, {})
         if analysis_path is not None:
@@ -152,18 +136,10 @@ class Explorer:
             tokenizer=tokenizer,
             analysis=analysis,
             analysis_settings=settings,
-            explanations=_explanations_by_latent(
-                _read_json(folder / N2G_FILE if folder else None)
-            ),
+            explanations=_explanations_by_latent(_read_json(folder / N2G_FILE if folder else None)),
             eval_results=_read_json(folder / EVAL_RESULTS_FILE if folder else None),
-            training_metrics=_read_json(
-                folder / TRAINING_METRICS_FILE if folder else None
-            ),
-            name=str(
-                sae_name_or_path
-                if not isinstance(sae_name_or_path, TopKSAE)
-                else sae.name_or_path or "SAE"
-            ),
+            training_metrics=_read_json(folder / TRAINING_METRICS_FILE if folder else None),
+            name=str(sae_name_or_path if not isinstance(sae_name_or_path, TopKSAE) else sae.name_or_path or "SAE"),
         )
 
     # ---- shared helpers -----------------------------------------------------------------------------
@@ -178,13 +154,9 @@ class Explorer:
         try:
             latent = int(float(text))
         except ValueError:
-            raise ExplorerError(
-                f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}."
-            ) from None
+            raise ExplorerError(f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}.") from None
         if not 0 <= latent < self.n_latents:
-            raise ExplorerError(
-                f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}."
-            )
+            raise ExplorerError(f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}.")
         return latent
 
     def tokenize(self, text: str) -> tuple[torch.Tensor, str]:
@@ -230,17 +202,11 @@ class Explorer:
             latent = int(code.indices.view(-1)[code.values.view(-1).argmax()])
         latent = self.check_latent(latent)
         activations = (code.values * (code.indices == latent)).sum(-1)  # [seq]
-        scale = max(
-            float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD
-        )
-        highlighted = [
-            (token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)
-        ]
+        scale = max(float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD)
+        highlighted = [(token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)]
         rows = []
         for position, token in enumerate(tokens):
-            order = code.values[position].argsort(descending=True)[
-                :TOP_LATENTS_PER_TOKEN
-            ]
+            order = code.values[position].argsort(descending=True)[:TOP_LATENTS_PER_TOKEN]
             cells = [
                 f"{int(code.indices[position, j])} ({float(code.values[position, j]):.2f})"
                 for j in order
@@ -268,17 +234,14 @@ class Explorer:
         row = self.row(latent)
         lines = [f"## Latent {latent}"]
         if row is None:
-            lines.append(
-                "_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._"
-            )
+            lines.append("_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._")
         else:
             density = row["density"]
             every = f" (1 in {1 / density:,.0f} tokens)" if density > 0 else ""
             n_tokens = self.analysis_settings.get("n_tokens")
             lines.append(
                 f"**Density** {density:.4%}{every} · **mean activation** {row['mean_activation']:.3f} · "
-                f"**max activation** {row['max_activation']:.3f}"
-                + (f" · over {n_tokens:,} tokens" if n_tokens else "")
+                f"**max activation** {row['max_activation']:.3f}" + (f" · over {n_tokens:,} tokens" if n_tokens else "")
             )
             if density == 0:
                 lines.append("_This latent never fired in the analysed text (dead)._")
@@ -324,9 +287,7 @@ class Explorer:
         return "".join(lines)
 
     @torch.no_grad()
-    def logit_rows(
-        self, latent: int, row: dict | None = None, n_tokens: int = 10
-    ) -> list[list]:
+    def logit_rows(self, latent: int, row: dict | None = None, n_tokens: int = 10) -> list[list]:
         """[promoted token, logit, suppressed token, logit] rows, from the analysis or computed now."""
         if row is not None and "promoted_tokens" in row:
             promoted, promoted_logits = row["promoted_tokens"], row["promoted_logits"]
@@ -350,9 +311,7 @@ class Explorer:
             )
         return [
             [_visible(p), round(pl, 3), _visible(s), round(sl, 3)]
-            for p, pl, s, sl in zip(
-                promoted, promoted_logits, suppressed, suppressed_logits
-            )
+            for p, pl, s, sl in zip(promoted, promoted_logits, suppressed, suppressed_logits)
         ]
 
     # ---- Search ------------------------------------------------------------------------------------
@@ -368,17 +327,10 @@ class Explorer:
         matches: dict[int, int] = {}
         if by == "token":
             if self.analysis is None:
-                raise ExplorerError(
-                    "Searching by token needs the analysis dataset: run `hfsae analyze`."
-                )
+                raise ExplorerError("Searching by token needs the analysis dataset: run `hfsae analyze`.")
             wanted = query.lower()
-            for latent, (contexts, peaks) in enumerate(
-                zip(self.analysis["top_tokens"], self.analysis["top_peak"])
-            ):
-                count = sum(
-                    tokens[peak].strip().lower() == wanted
-                    for tokens, peak in zip(contexts, peaks)
-                )
+            for latent, (contexts, peaks) in enumerate(zip(self.analysis["top_tokens"], self.analysis["top_peak"])):
+                count = sum(tokens[peak].strip().lower() == wanted for tokens, peak in zip(contexts, peaks))
                 if count:
                     matches[latent] = count
         else:
@@ -401,17 +353,12 @@ class Explorer:
                 ]
             )
         rows.sort(key=lambda r: (-r[3], -(r[2] or 0.0)))
-        return [
-            [r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]]
-            for r in rows[:limit]
-        ]
+        return [[r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]] for r in rows[:limit]]
 
     # ---- Steer -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def steer(
-        self, prompt: str, latent, strength: float, max_new_tokens: int = 32
-    ) -> tuple[str, str, str]:
+    def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32) -> tuple[str, str, str]:
         """(unsteered continuation, steered continuation, message): greedy generation with and without
         strength × the latent's decoder direction added at the hook point at every position."""
         from .activations.hook_points import splice
@@ -455,9 +402,7 @@ class Explorer:
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
-        return self.tokenizer.decode(
-            output[0, input_ids.shape[1] :], skip_special_tokens=True
-        )
+        return self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
 
     # ---- Overview ----------------------------------------------------------------------------------
 
@@ -476,25 +421,16 @@ class Explorer:
             ("Training", self.training_metrics),
         ):
             if metrics:
-                rows = "\n".join(
-                    f"| {name} | {_number(value)} |"
-                    for name, value in _flatten(metrics).items()
-                )
+                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in _flatten(metrics).items())
                 sections.append(f"### {title}\n\n| metric | value |\n|---|---|\n{rows}")
         if not (self.eval_results or self.training_metrics):
-            sections.append(
-                "_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._"
-            )
+            sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
         if self.analysis is not None:
             density = torch.tensor(self.analysis["density"])
             n_tokens = self.analysis_settings.get("n_tokens")
             sections.append(
                 "### Analysis\n\n"
-                + (
-                    f"{n_tokens:,} tokens analysed · "
-                    if isinstance(n_tokens, int)
-                    else ""
-                )
+                + (f"{n_tokens:,} tokens analysed · " if isinstance(n_tokens, int) else "")
                 + f"dead latents {float((density == 0).float().mean()):.2%} · "
                 f"median density {float(density.median()):.4%}"
             )
@@ -536,9 +472,7 @@ def _load_analysis_anywhere(path):
 # ---- the app -----------------------------------------------------------------------------------------
 
 
-def build_app(
-    sae_name_or_path="builtin", analysis_path=None, *, model=None, tokenizer=None
-):
+def build_app(sae_name_or_path="builtin", analysis_path=None, *, model=None, tokenizer=None):
     """The explorer as a `gr.Blocks` for an SAE (name, Hub repo, folder or TopKSAE) and its analysis.
 
     Example:
@@ -547,9 +481,7 @@ def build_app(
     explorer = (
         sae_name_or_path
         if isinstance(sae_name_or_path, Explorer)
-        else Explorer.load(
-            sae_name_or_path, analysis_path, model=model, tokenizer=tokenizer
-        )
+        else Explorer.load(sae_name_or_path, analysis_path, model=model, tokenizer=tokenizer)
     )
     return _blocks(explorer)
 
@@ -564,9 +496,7 @@ def _blocks(explorer: Explorer):
     try:
         import gradio as gr
     except ImportError as err:
-        raise ImportError(
-            "The explorer needs gradio: pip install 'hfsae[space]'."
-        ) from err
+        raise ImportError("The explorer needs gradio: pip install 'hfsae[space]'.") from err
 
     def shown(fn):
         """Run a view; a user error becomes a visible message instead of a stack trace."""
@@ -594,9 +524,7 @@ def _blocks(explorer: Explorer):
         )
 
     # The default theme serves its fonts from the app itself (no Google Fonts request).
-    with gr.Blocks(
-        title=f"hfsae explorer: {explorer.name}", analytics_enabled=False
-    ) as demo:
+    with gr.Blocks(title=f"hfsae explorer: {explorer.name}", analytics_enabled=False) as demo:
         gr.Markdown(
             f"# hfsae explorer\n{explorer.name}: {explorer.n_latents:,} latents at `{explorer.sae.config.hook_point}`"
         )
@@ -615,9 +543,7 @@ def _blocks(explorer: Explorer):
                         value="",
                         elem_id="text-latent",
                     )
-                    text_button = gr.Button(
-                        "Show activations", variant="primary", elem_id="text-button"
-                    )
+                    text_button = gr.Button("Show activations", variant="primary", elem_id="text-button")
                 text_message = gr.Markdown(elem_id="text-message")
                 text_tokens = gr.HighlightedText(
                     label="Tokens coloured by the latent's activation",
@@ -643,9 +569,7 @@ def _blocks(explorer: Explorer):
                         value=0,
                         elem_id="latent-input",
                     )
-                    latent_button = gr.Button(
-                        "Open", variant="primary", elem_id="latent-button"
-                    )
+                    latent_button = gr.Button("Open", variant="primary", elem_id="latent-button")
                 latent_summary = gr.Markdown(elem_id="latent-summary")
                 latent_histogram = gr.BarPlot(
                     x="activation",
@@ -654,13 +578,9 @@ def _blocks(explorer: Explorer):
                     elem_id="latent-histogram",
                     sort=None,
                 )
-                gr.Markdown(
-                    "**Top activating contexts** (activation at the shaded peak)"
-                )
+                gr.Markdown("**Top activating contexts** (activation at the shaded peak)")
                 latent_top = gr.HTML(elem_id="latent-top")
-                gr.Markdown(
-                    "**Random activating contexts** (activation · quantile among the latent's firings)"
-                )
+                gr.Markdown("**Random activating contexts** (activation · quantile among the latent's firings)")
                 latent_random = gr.HTML(elem_id="latent-random")
                 latent_logits = gr.Dataframe(
                     headers=["promoted", "logit", "suppressed", "logit"],
@@ -670,15 +590,9 @@ def _blocks(explorer: Explorer):
                 )
             with gr.Tab("Search", id="search"):
                 with gr.Row():
-                    search_in = gr.Textbox(
-                        label="Token or explanation text", elem_id="search-input"
-                    )
-                    search_by = gr.Radio(
-                        ["token", "explanation"], value="token", label="Search by"
-                    )
-                    search_button = gr.Button(
-                        "Search", variant="primary", elem_id="search-button"
-                    )
+                    search_in = gr.Textbox(label="Token or explanation text", elem_id="search-input")
+                    search_by = gr.Radio(["token", "explanation"], value="token", label="Search by")
+                    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
                 search_table = gr.Dataframe(
                     headers=[
                         "latent",
@@ -692,13 +606,9 @@ def _blocks(explorer: Explorer):
                     elem_id="search-table",
                 )
             with gr.Tab("Steer", id="steer"):
-                steer_prompt = gr.Textbox(
-                    label="Prompt", lines=2, elem_id="steer-prompt"
-                )
+                steer_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="steer-prompt")
                 with gr.Row():
-                    steer_latent = gr.Number(
-                        label="Latent", precision=0, value=0, elem_id="steer-latent"
-                    )
+                    steer_latent = gr.Number(label="Latent", precision=0, value=0, elem_id="steer-latent")
                     steer_strength = gr.Slider(
                         -100,
                         100,
@@ -706,20 +616,12 @@ def _blocks(explorer: Explorer):
                         step=0.5,
                         label="Strength (added × decoder direction)",
                     )
-                    steer_tokens = gr.Slider(
-                        1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens"
-                    )
-                steer_button = gr.Button(
-                    "Generate", variant="primary", elem_id="steer-button"
-                )
+                    steer_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
+                steer_button = gr.Button("Generate", variant="primary", elem_id="steer-button")
                 steer_message = gr.Markdown()
                 with gr.Row():
-                    steer_plain = gr.Textbox(
-                        label="Unsteered", lines=6, elem_id="steer-plain"
-                    )
-                    steer_steered = gr.Textbox(
-                        label="Steered", lines=6, elem_id="steer-steered"
-                    )
+                    steer_plain = gr.Textbox(label="Unsteered", lines=6, elem_id="steer-plain")
+                    steer_steered = gr.Textbox(label="Steered", lines=6, elem_id="steer-steered")
             with gr.Tab("Overview", id="overview"):
                 gr.Markdown(explorer.overview(), elem_id="overview")
 
@@ -735,12 +637,8 @@ def _blocks(explorer: Explorer):
 
         def show_text(text, latent):
             highlighted, shown_latent, rows, message = explorer.text_view(text, latent)
-            strongest = (
-                " (the strongest in this text)" if not str(latent or "").strip() else ""
-            )
-            message = (
-                f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
-            )
+            strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
+            message = f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
             return highlighted, rows, message
 
         text_inputs, text_outputs = (
@@ -755,11 +653,7 @@ def _blocks(explorer: Explorer):
             if latent is None and evt.row_value:
                 # A click on the position or token opens the token's strongest latent.
                 latent = next(
-                    (
-                        _latent_in_cell(cell)
-                        for cell in evt.row_value[2:]
-                        if _latent_in_cell(cell) is not None
-                    ),
+                    (_latent_in_cell(cell) for cell in evt.row_value[2:] if _latent_in_cell(cell) is not None),
                     None,
                 )
             if latent is None:
@@ -767,12 +661,8 @@ def _blocks(explorer: Explorer):
             return open_latent(latent)
 
         text_table.select(shown(open_from_table), None, latent_outputs, api_name=False)
-        latent_button.click(
-            shown(open_latent), [latent_in], latent_outputs, api_name="latent"
-        )
-        latent_in.submit(
-            shown(open_latent), [latent_in], latent_outputs, api_name=False
-        )
+        latent_button.click(shown(open_latent), [latent_in], latent_outputs, api_name="latent")
+        latent_in.submit(shown(open_latent), [latent_in], latent_outputs, api_name=False)
 
         search_button.click(
             shown(explorer.search),
@@ -792,9 +682,7 @@ def _blocks(explorer: Explorer):
                 return [gr.skip()] * len(latent_outputs)
             return open_latent(int(evt.row_value[0]))
 
-        search_table.select(
-            shown(open_from_search), None, latent_outputs, api_name=False
-        )
+        search_table.select(shown(open_from_search), None, latent_outputs, api_name=False)
         steer_button.click(
             shown(explorer.steer),
             [steer_prompt, steer_latent, steer_strength, steer_tokens],
@@ -841,22 +729,16 @@ class SpaceArgs:
 
     sae: str = field(
         default=DEFAULT_SAE,
-        metadata={
-            "help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."
-        },
+        metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."},
     )
     analysis: str | None = field(
         default=None,
-        metadata={
-            "help": "Its analysis: a folder or Hub dataset repo (default: <SAE folder>/analysis)."
-        },
+        metadata={"help": "Its analysis: a folder or Hub dataset repo (default: <SAE folder>/analysis)."},
     )
     host: str = field(default="127.0.0.1", metadata={"help": "Address to serve on."})
     port: int | None = field(
         default=None,
-        metadata={
-            "help": "Port to serve on (default: Gradio's, 7860 or the next free one)."
-        },
+        metadata={"help": "Port to serve on (default: Gradio's, 7860 or the next free one)."},
     )
 
 

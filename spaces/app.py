@@ -11,9 +11,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 from hfsae.space import build_app
 
-demo = build_app(
-    os.environ.get("HFSAE_SAE", "sae"), os.environ.get("HFSAE_ANALYSIS") or None
-)
+demo = build_app(os.environ.get("HFSAE_SAE", "sae"), os.environ.get("HFSAE_ANALYSIS") or None)
 
 if __name__ == "__main__":
     demo.launch()

@@ -39,39 +39,25 @@ def dense(code, n_latents):
 
 def test_top_examples_keep_the_strongest_firing_of_each_context_across_batches():
     n_latents, n_examples = 7, 4
-    codes = random_codes(
-        n_batches=5, contexts=3, seq=6, k=3, n_latents=n_latents, seed=0
-    )
+    codes = random_codes(n_batches=5, contexts=3, seq=6, k=3, n_latents=n_latents, seed=0)
     top = TopExamples(n_latents, n_examples, before=2, after=1)
     for code in codes:
-        token_ids = torch.arange(code.indices.shape[0] * code.indices.shape[1]).view(
-            code.indices.shape[:2]
-        )
+        token_ids = torch.arange(code.indices.shape[0] * code.indices.shape[1]).view(code.indices.shape[:2])
         top.update_(code, token_ids, code.values, code.values > FIRING)
 
     # Brute force: the largest activation per (latent, context), contexts numbered across batches.
-    per_context = torch.cat(
-        [dense(code, n_latents).amax(dim=1) for code in codes]
-    )  # [all contexts, n_latents]
+    per_context = torch.cat([dense(code, n_latents).amax(dim=1) for code in codes])  # [all contexts, n_latents]
     for latent in range(n_latents):
         firing = per_context[:, latent][per_context[:, latent] > FIRING]
         expected = firing.sort(descending=True).values[:n_examples]
-        kept = (
-            top.values[latent][top.keys[latent] > -math.inf]
-            .sort(descending=True)
-            .values
-        )
+        kept = top.values[latent][top.keys[latent] > -math.inf].sort(descending=True).values
         torch.testing.assert_close(kept, expected)
 
 
 def test_top_example_windows_hold_the_latents_activation_at_every_token():
     n_latents = 5
-    (code,) = random_codes(
-        n_batches=1, contexts=4, seq=9, k=2, n_latents=n_latents, seed=1
-    )
-    token_ids = torch.randint(
-        0, 1000, (4, 9), generator=torch.Generator().manual_seed(0)
-    )
+    (code,) = random_codes(n_batches=1, contexts=4, seq=9, k=2, n_latents=n_latents, seed=1)
+    token_ids = torch.randint(0, 1000, (4, 9), generator=torch.Generator().manual_seed(0))
     before, after = 3, 2
     top = TopExamples(n_latents, 3, before=before, after=after)
     top.update_(code, token_ids, code.values, code.values > FIRING)
@@ -87,9 +73,7 @@ def test_top_example_windows_hold_the_latents_activation_at_every_token():
             for offset in range(-before, after + 1):
                 slot = before + offset
                 if 0 <= position + offset < 9:
-                    assert int(top.token_ids[latent, example, slot]) == int(
-                        token_ids[context, position + offset]
-                    )
+                    assert int(top.token_ids[latent, example, slot]) == int(token_ids[context, position + offset])
                     expected = codes_dense[context, position + offset, latent]
                     torch.testing.assert_close(
                         top.activations[latent, example, slot].float(),
@@ -99,9 +83,7 @@ def test_top_example_windows_hold_the_latents_activation_at_every_token():
                     )
                 else:
                     assert int(top.token_ids[latent, example, slot]) == -1
-            assert float(top.values[latent, example]) == pytest.approx(
-                float(codes_dense[context, position, latent])
-            )
+            assert float(top.values[latent, example]) == pytest.approx(float(codes_dense[context, position, latent]))
 
 
 def test_random_keys_sample_each_firing_context_with_equal_probability():
@@ -159,9 +141,7 @@ def test_quantiles_interpolate_the_cumulative_histogram():
     histograms = ActivationHistograms(1, 4)
     histograms.counts[0] = torch.tensor([2, 0, 1, 1])
     histograms.upper[0] = 4.0
-    quantiles = histograms.quantiles(
-        torch.tensor([0]), torch.tensor([[0.5, 2.0, 2.5, 4.0]])
-    )
+    quantiles = histograms.quantiles(torch.tensor([0]), torch.tensor([[0.5, 2.0, 2.5, 4.0]]))
     # 0.5 is half-way through bin 0 (2 of 4 firings): 1/4; 2.0 starts bin 2: 2/4; 2.5: 2.5/4; 4.0: all.
     torch.testing.assert_close(quantiles, torch.tensor([[0.25, 0.5, 0.625, 1.0]]))
 
@@ -177,9 +157,7 @@ def test_logit_effects_in_chunks_equal_the_dense_product():
         torch.randn(37, 8, generator=generator),
         torch.randn(50, 8, generator=generator),
     )
-    promoted, promoted_logits, suppressed, suppressed_logits = logit_effects(
-        W_dec, W_U, n_tokens=5, chunk_size=10
-    )
+    promoted, promoted_logits, suppressed, suppressed_logits = logit_effects(W_dec, W_U, n_tokens=5, chunk_size=10)
     logits = W_dec @ W_U.T
     torch.testing.assert_close(promoted_logits, logits.topk(5, dim=1).values)
     torch.testing.assert_close(suppressed_logits, -(-logits).topk(5, dim=1).values)
@@ -238,15 +216,11 @@ def brute_force_codes(sae, model, tokenizer, n_contexts, context_size):
     input_ids = torch.tensor(contexts)
     with torch.no_grad():
         x = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"]
-        codes = sae.encode(x).to_dense(
-            sae.config.n_latents
-        )  # [contexts, seq, n_latents]
+        codes = sae.encode(x).to_dense(sae.config.n_latents)  # [contexts, seq, n_latents]
     return input_ids, codes[:, 1:]  # the first position is left out of the statistics
 
 
-def test_analysis_densities_and_maxima_equal_a_dense_pass_over_the_same_tokens(
-    tiny_analysis, tiny_lm, tiny_tokenizer
-):
+def test_analysis_densities_and_maxima_equal_a_dense_pass_over_the_same_tokens(tiny_analysis, tiny_lm, tiny_tokenizer):
     sae, dataset, _ = tiny_analysis
     n_contexts = math.ceil(400 / 31)
     _, codes = brute_force_codes(sae, tiny_lm("llama"), tiny_tokenizer, n_contexts, 32)
@@ -267,9 +241,7 @@ def test_analysis_densities_and_maxima_equal_a_dense_pass_over_the_same_tokens(
     assert torch.equal(counts, firing.sum(dim=(0, 1)))
 
 
-def test_analysis_top_contexts_read_back_as_the_text_around_the_peak(
-    tiny_analysis, tiny_tokenizer
-):
+def test_analysis_top_contexts_read_back_as_the_text_around_the_peak(tiny_analysis, tiny_tokenizer):
     _, dataset, _ = tiny_analysis
     row = max(dataset, key=lambda row: row["density"])
     for tokens, ids, activations, peak, value in zip(
@@ -294,15 +266,10 @@ def test_analysis_random_samples_carry_quantiles_and_logit_effects_read_the_unem
     assert len(row["random_quantiles"]) == len(row["random_activations"]) == 2
     assert all(0.0 <= q <= 1.0 for q in row["random_quantiles"])
     assert row["random_quantiles"] == sorted(row["random_quantiles"], reverse=True)
-    logits = (
-        sae.W_dec[row["latent"]].detach()
-        @ tiny_lm("llama").get_output_embeddings().weight.detach().T
-    )
+    logits = sae.W_dec[row["latent"]].detach() @ tiny_lm("llama").get_output_embeddings().weight.detach().T
     best = logits.topk(10).indices.tolist()
     assert row["promoted_tokens"] == [tiny_tokenizer.decode([i]) for i in best]
-    torch.testing.assert_close(
-        torch.tensor(row["promoted_logits"]), logits.topk(10).values
-    )
+    torch.testing.assert_close(torch.tensor(row["promoted_logits"]), logits.topk(10).values)
 
 
 def test_an_analysis_saved_to_parquet_loads_back_identical(tiny_analysis):
@@ -313,9 +280,7 @@ def test_an_analysis_saved_to_parquet_loads_back_identical(tiny_analysis):
     assert settings["n_tokens"] == 13 * 31
 
 
-def test_analysis_of_an_sae_without_hook_point_says_what_is_missing(
-    tiny_lm, tiny_tokenizer, tmp_path
-):
+def test_analysis_of_an_sae_without_hook_point_says_what_is_missing(tiny_lm, tiny_tokenizer, tmp_path):
     with pytest.raises(AnalysisError, match="names no hook_point"):
         analyze(
             tiny_sae(hook_point=None),
@@ -327,9 +292,7 @@ def test_analysis_of_an_sae_without_hook_point_says_what_is_missing(
         )
 
 
-def test_analysis_of_an_sae_not_loaded_from_a_folder_asks_for_an_output_dir(
-    tiny_lm, tiny_tokenizer
-):
+def test_analysis_of_an_sae_not_loaded_from_a_folder_asks_for_an_output_dir(tiny_lm, tiny_tokenizer):
     with pytest.raises(AnalysisError, match="pass output_dir="):
         analyze(
             tiny_sae(),
@@ -340,9 +303,7 @@ def test_analysis_of_an_sae_not_loaded_from_a_folder_asks_for_an_output_dir(
         )
 
 
-def test_analysis_writes_next_to_the_model_folder_by_default(
-    tiny_lm, tiny_tokenizer, tmp_path
-):
+def test_analysis_writes_next_to_the_model_folder_by_default(tiny_lm, tiny_tokenizer, tmp_path):
     tiny_sae().save_pretrained(tmp_path / "sae")
     sae = TopKSAE.from_pretrained(tmp_path / "sae")
     analyze(

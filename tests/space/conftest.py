@@ -50,9 +50,7 @@ def sae_folder(tiny_lm, tiny_tokenizer, tmp_path_factory):
     (folder / "eval_results.json").write_text(
         json.dumps({"fvu": 0.125, "l0": 4.0, "progressive": {"2": 0.3, "4": 0.125}})
     )
-    (folder / "training_metrics.json").write_text(
-        json.dumps({"fvu": 0.13, "dead_fraction": 0.02, "tokens": 10000})
-    )
+    (folder / "training_metrics.json").write_text(json.dumps({"fvu": 0.13, "dead_fraction": 0.02, "tokens": 10000}))
     explanation = {
         "latent": EXPLAINED_LATENT,
         "precision": 0.9,

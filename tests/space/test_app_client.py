@@ -13,41 +13,24 @@ def client(app_url):
 
 
 def test_the_app_exposes_one_endpoint_per_view(client):
-    endpoints = client.view_api(print_info=False, return_format="dict")[
-        "named_endpoints"
-    ]
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert set(endpoints) == {"/text", "/latent", "/search", "/steer"}
 
 
 def test_text_endpoint_returns_the_highlighted_tokens_and_top_latents(client, explorer):
     text = "The quick brown fox"
     highlighted, table, message = client.predict(text, "", api_name="/text")
-    expected_highlighted, expected_latent, expected_rows, _ = explorer.text_view(
-        text, None
-    )
-    assert (
-        message
-        == f"Colouring by **latent {expected_latent}** (the strongest in this text)."
-    )
-    assert [
-        (item["token"], item["class_or_confidence"]) for item in highlighted
-    ] == expected_highlighted
+    expected_highlighted, expected_latent, expected_rows, _ = explorer.text_view(text, None)
+    assert message == f"Colouring by **latent {expected_latent}** (the strongest in this text)."
+    assert [(item["token"], item["class_or_confidence"]) for item in highlighted] == expected_highlighted
     assert table["data"] == expected_rows
 
 
-def test_latent_endpoint_returns_the_summary_histogram_and_logit_effects(
-    client, explorer
-):
-    latent, summary, histogram, _, _, logits = client.predict(
-        EXPLAINED_LATENT, api_name="/latent"
-    )
-    expected_summary, expected_histogram, *_, expected_logits = explorer.latent_view(
-        EXPLAINED_LATENT
-    )
+def test_latent_endpoint_returns_the_summary_histogram_and_logit_effects(client, explorer):
+    latent, summary, histogram, _, _, logits = client.predict(EXPLAINED_LATENT, api_name="/latent")
+    expected_summary, expected_histogram, *_, expected_logits = explorer.latent_view(EXPLAINED_LATENT)
     assert latent == EXPLAINED_LATENT and summary == expected_summary
-    assert [row[1] for row in histogram["data"]] == [
-        count for _, count in expected_histogram
-    ]
+    assert [row[1] for row in histogram["data"]] == [count for _, count in expected_histogram]
     assert logits["data"] == expected_logits
 
 

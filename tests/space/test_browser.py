@@ -31,14 +31,10 @@ def printable(text: str) -> str:
 @pytest.fixture(scope="module")
 def page(app_url):
     if not Path(CHROMIUM).exists():
-        pytest.fail(
-            f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`."
-        )
+        pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=CHROMIUM_FLAGS
-        )
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.requests = []
         page.on("request", lambda request: page.requests.append(request.url))
@@ -64,9 +60,7 @@ def screenshot(tmp_path_factory):
     return save
 
 
-def test_typing_text_shows_its_tokens_highlighted_by_the_strongest_latent(
-    page, explorer, screenshot
-):
+def test_typing_text_shows_its_tokens_highlighted_by_the_strongest_latent(page, explorer, screenshot):
     text = "The quick brown fox jumps"
     page.locator("#text-input textarea").fill(text)
     page.locator("#text-button").click()
@@ -76,13 +70,8 @@ def test_typing_text_shows_its_tokens_highlighted_by_the_strongest_latent(
     tokens = page.locator("#text-tokens .token")
     assert tokens.count() == len(highlighted)
     # Each token is painted with the opacity of its score: the latent's activation over its maximum.
-    colours = tokens.evaluate_all(
-        "spans => spans.map(e => getComputedStyle(e).backgroundColor)"
-    )
-    opacities = [
-        float(c[c.index("(") + 1 : -1].split(",")[3]) if c.startswith("rgba") else 1.0
-        for c in colours
-    ]
+    colours = tokens.evaluate_all("spans => spans.map(e => getComputedStyle(e).backgroundColor)")
+    opacities = [float(c[c.index("(") + 1 : -1].split(",")[3]) if c.startswith("rgba") else 1.0 for c in colours]
     assert opacities == pytest.approx([score for _, score in highlighted], abs=0.01)
     assert max(opacities) > 0.5
     assert f"latent {latent}" in page.locator("#text-message").inner_text()
@@ -123,15 +112,11 @@ def test_search_lists_latents_and_a_click_opens_one(page, screenshot):
     first.get_by_text(str(EXPLAINED_LATENT)).wait_for()
     screenshot(page, "search")
     first.click()
-    page.locator("#latent-summary h2").get_by_text(
-        f"Latent {EXPLAINED_LATENT}"
-    ).wait_for()
+    page.locator("#latent-summary h2").get_by_text(f"Latent {EXPLAINED_LATENT}").wait_for()
     assert "N2G explanation" in page.locator("#latent-summary").inner_text()
 
 
-def test_steer_shows_steered_and_unsteered_text_side_by_side(
-    page, explorer, screenshot
-):
+def test_steer_shows_steered_and_unsteered_text_side_by_side(page, explorer, screenshot):
     page.get_by_role("tab", name="Steer").click()
     page.locator("#steer-prompt textarea").fill("hello")
     page.locator("#steer-latent input").fill("3")
@@ -140,8 +125,7 @@ def test_steer_shows_steered_and_unsteered_text_side_by_side(
     # The tiny byte-level model writes control bytes, which a textarea does not keep: compare the rest.
     expected = (printable(expected_plain), printable(expected_steered))
     shown = lambda: tuple(
-        printable(page.locator(f"#steer-{name} textarea").input_value())
-        for name in ("plain", "steered")
+        printable(page.locator(f"#steer-{name} textarea").input_value()) for name in ("plain", "steered")
     )
     for _ in range(100):  # the two boxes may be filled in successive frames
         if shown() == expected:
@@ -151,16 +135,10 @@ def test_steer_shows_steered_and_unsteered_text_side_by_side(
     screenshot(page, "steer")
 
 
-def test_overview_shows_the_metrics_and_the_page_made_no_outside_request(
-    page, app_url, screenshot
-):
+def test_overview_shows_the_metrics_and_the_page_made_no_outside_request(page, app_url, screenshot):
     page.get_by_role("tab", name="Overview").click()
     page.locator("#overview").get_by_text("0.125").first.wait_for()
     screenshot(page, "overview")
     app_host = urlparse(app_url).netloc
-    outside = {
-        urlparse(url).netloc
-        for url in page.requests
-        if urlparse(url).scheme in ("http", "https")
-    } - {app_host}
+    outside = {urlparse(url).netloc for url in page.requests if urlparse(url).scheme in ("http", "https")} - {app_host}
     assert outside == set()

@@ -48,9 +48,7 @@ def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_token
 def test_long_text_is_cut_with_a_message(explorer):
     highlighted, _, _, message = explorer.text_view("ab" * MAX_TEXT_TOKENS, None)
     assert len(highlighted) == MAX_TEXT_TOKENS
-    assert (
-        f"has {2 * MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS}" in message
-    )
+    assert f"has {2 * MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS}" in message
 
 
 @pytest.mark.parametrize("latent", [-1, 64, None])
@@ -68,19 +66,13 @@ def test_latent_view_shows_the_analysis_rows_histogram_and_contexts(explorer):
     assert [count for _, count in histogram] == row["histogram_counts"]
     assert top.count('class="context"') == len(row["top_activations"])
     assert random.count('class="context"') == len(row["random_activations"])
-    assert (
-        "rgba(239, 68, 60, 1.000)" in top
-    )  # the strongest example's peak is fully shaded
+    assert "rgba(239, 68, 60, 1.000)" in top  # the strongest example's peak is fully shaded
     assert [r[0] for r in logits] == row["promoted_tokens"]
 
 
 def test_latent_view_shows_the_n2g_explanation_with_precision_and_recall(explorer):
     summary, *_ = explorer.latent_view(EXPLAINED_LATENT)
-    assert (
-        "`f · * · x`" in summary
-        and "precision 0.9" in summary
-        and "recall 0.5" in summary
-    )
+    assert "`f · * · x`" in summary and "precision 0.9" in summary and "recall 0.5" in summary
 
 
 def test_logit_effects_without_an_analysis_are_computed_from_the_decoder_row(explorer):
@@ -104,10 +96,7 @@ def test_logit_effects_without_an_analysis_are_computed_from_the_decoder_row(exp
 def test_search_by_token_finds_latents_whose_top_contexts_peak_on_it(explorer):
     row = max(explorer.analysis, key=lambda r: r["density"])
     token = row["top_tokens"][0][row["top_peak"][0]]
-    expected = sum(
-        t[p].strip().lower() == token.strip().lower()
-        for t, p in zip(row["top_tokens"], row["top_peak"])
-    )
+    expected = sum(t[p].strip().lower() == token.strip().lower() for t, p in zip(row["top_tokens"], row["top_peak"]))
     results = {r[0]: r[3] for r in explorer.search(token, "token")}
     assert results[row["latent"]] == expected
 
@@ -137,13 +126,9 @@ def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point
             do_sample=False,
             pad_token_id=explorer.tokenizer.eos_token_id,
         )
-        return explorer.tokenizer.decode(
-            out[0, input_ids.shape[1] :], skip_special_tokens=True
-        )
+        return explorer.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
 
-    direction = explorer.sae.W_dec[
-        latent
-    ].detach()  # normalize="none": decoding adds exactly this row
+    direction = explorer.sae.W_dec[latent].detach()  # normalize="none": decoding adds exactly this row
     with (
         torch.no_grad(),
         splice(explorer.model, HOOK_POINT, lambda x: x + strength * direction),
@@ -168,9 +153,7 @@ def test_explanation_text_joins_patterns_with_wildcards():
     assert explanation_text(None) == ""
 
 
-def test_an_analysis_for_another_sae_size_is_refused(
-    sae_folder, tiny_lm, tiny_tokenizer, tmp_path
-):
+def test_an_analysis_for_another_sae_size_is_refused(sae_folder, tiny_lm, tiny_tokenizer, tmp_path):
     from hfsae import TopKSAE, TopKSAEConfig
     from hfsae.space import Explorer
 

@@ -22,9 +22,7 @@ def test_the_space_readme_header_declares_a_gradio_app_that_exists():
 
 
 def test_the_space_requirements_install_hfsae_with_the_space_extra():
-    lines = [
-        line.strip() for line in (SPACE / "requirements.txt").read_text().splitlines()
-    ]
+    lines = [line.strip() for line in (SPACE / "requirements.txt").read_text().splitlines()]
     assert "hfsae[space]" in lines
 
 
@@ -34,9 +32,7 @@ def test_app_py_builds_the_explorer_for_the_sae_and_analysis_named_in_the_enviro
     import hfsae.space
 
     calls = []
-    monkeypatch.setattr(
-        hfsae.space, "build_app", lambda *args: calls.append(args) or "app"
-    )
+    monkeypatch.setattr(hfsae.space, "build_app", lambda *args: calls.append(args) or "app")
     monkeypatch.setenv("HFSAE_SAE", "org/some-sae")
     monkeypatch.setenv("HFSAE_ANALYSIS", "org/some-sae-analysis")
     namespace = runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
@@ -48,9 +44,7 @@ def test_app_py_defaults_to_the_sae_folder_beside_it(monkeypatch):
     import hfsae.space
 
     calls = []
-    monkeypatch.setattr(
-        hfsae.space, "build_app", lambda *args: calls.append(args) or "app"
-    )
+    monkeypatch.setattr(hfsae.space, "build_app", lambda *args: calls.append(args) or "app")
     monkeypatch.delenv("HFSAE_SAE", raising=False)
     monkeypatch.delenv("HFSAE_ANALYSIS", raising=False)
     runpy.run_path(str(SPACE / "app.py"), run_name="space_app")
