@@ -134,8 +134,10 @@ class TopKSAE(PreTrainedModel):
         """Remove from each decoder row's gradient its component along the (unit-norm) row."""
         if self.W_dec.grad is None:
             return
-        parallel = (self.W_dec.grad * self.W_dec).sum(dim=1, keepdim=True)
-        self.W_dec.grad.sub_(parallel * self.W_dec)
+        # Row-wise dot products as a batched matmul, and an in-place update: no [n_latents, d_in]
+        # temporary, so the step's extra memory does not grow with n_latents (benchmarks/bench_memory.py).
+        parallel = torch.bmm(self.W_dec.grad.unsqueeze(1), self.W_dec.unsqueeze(2)).squeeze(2)  # [n_latents, 1]
+        self.W_dec.grad.addcmul_(parallel, self.W_dec, value=-1)
 
     # ---- input normalisation -------------------------------------------------------------------------
 
