@@ -107,8 +107,29 @@ def decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) ->
     return F.embedding_bag(indices, weight, per_sample_weights=values.to(weight.dtype), mode="sum")
 
 
+# Latent rows per block of scatter_outer: torch's CSR @ dense holds a second output-sized buffer, so
+# the product runs in row blocks to keep that buffer small however large n_latents grows.
+SCATTER_BLOCK_ROWS = 8192
+
+
 def scatter_outer(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    return _csr(indices, values.to(dense.dtype), n_rows).t() @ dense
+    batch, k = indices.shape
+    flat = indices.reshape(-1)
+    order = flat.argsort()  # the transposed code, [n_rows, batch] in CSR: entries grouped by latent
+    row_starts = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=row_starts[1:])
+    columns, entries = order // k, values.reshape(-1).to(dense.dtype)[order]
+    out = dense.new_empty(n_rows, dense.shape[1])
+    for start in range(0, n_rows, SCATTER_BLOCK_ROWS):
+        stop = min(start + SCATTER_BLOCK_ROWS, n_rows)
+        first, last = int(row_starts[start]), int(row_starts[stop])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            block = torch.sparse_csr_tensor(
+                row_starts[start : stop + 1] - first, columns[first:last], entries[first:last], (stop - start, batch)
+            )
+        torch.mm(block, dense, out=out[start:stop])
+    return out
 
 
 def gather_dot(indices: torch.Tensor, dense: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -119,3 +119,9 @@ def test_grouped_topk_with_ties_returns_the_top_values():
     scores[:, ::7] = 1.0  # many equal maxima across groups
     values, indices = cpu.grouped_topk(scores, 8)
     assert torch.equal(values, torch.ones(3, 8)) and torch.equal(scores.gather(1, indices), values)
+
+
+def test_scatter_outer_in_row_blocks_equals_the_reference(monkeypatch):
+    monkeypatch.setattr(cpu, "SCATTER_BLOCK_ROWS", 7)  # blocks that split latents unevenly
+    indices, values, _, dense = random_case(9, 40, 5, 6, seed=3)
+    torch.testing.assert_close(cpu.scatter_outer(indices, values, dense, 40), reference.scatter_outer(indices, values, dense, 40))
