@@ -7,6 +7,8 @@ and `--output_dir` spellings work. A user error prints one line to stderr and ex
 
     hfsae train                                   # the built-in default (~10 min on 2 CPU cores)
     hfsae train --hook-points layers.6.resid_post --n-latents 4096 8192 --output-dir my-saes
+    hfsae eval my-saes/layers.6.resid_post/n4096_k32
+    hfsae convert v5_32k_layer_8.pt gpt2-l8 --from openai
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .evaluation.scaling import ScalingArgs, run_scaling
 from .hub.card import CardArgs, run_card
 from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .space import SpaceArgs, run_space
+from .evaluation.evaluate import EvalArgs, run_eval
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig, sweep
 
@@ -33,6 +36,8 @@ class Command:
     config_class: type
     run: Callable[[Any], Any]
     help: str
+    positional: tuple[str, ...] = ()
+    """Fields that may also be given as leading positional arguments, in this order."""
 
 
 def _train(config: TrainConfig) -> None:
@@ -48,7 +53,10 @@ def _train(config: TrainConfig) -> None:
 
 COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, _train, "Train TopK SAEs on a language model's activations."),
-    "convert": Command(ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens)."),
+    "eval": Command(EvalArgs, run_eval, "Measure an SAE with the paper's metrics; write eval_results.json.", ("model",)),
+    "convert": Command(
+        ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens).", ("src", "dst")
+    ),
     "list": Command(ListArgs, run_list, "List SAEs known by name, and hfsae models on the Hub when online."),
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
@@ -83,8 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _options_for_positionals(argv: list[str]) -> list[str]:
+    """`hfsae eval DIR --n-tokens 64` → `hfsae eval --model DIR --n-tokens 64` (leading positionals only)."""
+    if not argv or argv[0] not in COMMANDS:
+        return argv
+    fields, rest, options = COMMANDS[argv[0]].positional, argv[1:], []
+    for name in fields:
+        if not rest or rest[0].startswith("-"):
+            break
+        options += [f"--{name}", rest.pop(0)]
+    return [argv[0], *options, *rest]
+
+
 def parse(argv: Sequence[str] | None = None) -> tuple[Command, Any]:
     """The command named in argv and its config dataclass, built (and validated) from the options."""
+    argv = _options_for_positionals(list(sys.argv[1:] if argv is None else argv))
     namespace = vars(build_parser().parse_args(argv))
     command = COMMANDS[namespace.pop("command")]
     return command, command.config_class(**namespace)

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from ..training.config import documented
 from .ablation import ablation_sparsity
 from .downstream import downstream_loss
 from .metrics import ReconstructionMetrics, progressive_ks
@@ -337,3 +338,48 @@ def evaluate(
         results.probe_loss = _mean([result.loss for result in results.probes])
         results.probe_loss_baseline = _mean([result.baseline_loss for result in results.probes])
     return results
+
+
+@documented
+@dataclass
+class EvalArgs(EvalConfig):
+    """`hfsae eval MODEL`: the SAE to measure, where to write its results, and how to evaluate it."""
+
+    model: str | None = None
+    """The SAE: a saved folder, a Hub repo id or a registry name (see `hfsae list`)."""
+    output_dir: str | None = None
+    """Where eval_results.json goes; default: the SAE's own folder when it is local, else ./eval-<name>."""
+    card: bool = True
+    """Rewrite the folder's README.md model card with the new metrics."""
+    quiet: bool = False
+    """No progress bars."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.model:
+            raise ValueError("Name the SAE to evaluate: hfsae eval MODEL_DIR_OR_NAME.")
+
+
+def run_eval(args: EvalArgs) -> EvalResults:
+    """The `hfsae eval` command: evaluate, write eval_results.json (and the card), print the headline metrics."""
+    from hfsae.hub.loading import load
+
+    sae = load(args.model)
+    config = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
+    results = evaluate(sae, config=config, quiet=args.quiet)
+    local = Path(args.model)
+    output_dir = Path(args.output_dir) if args.output_dir else local if local.is_dir() else Path(f"eval-{local.name}")
+    write_eval_results(output_dir, results)
+    if args.card and (output_dir / "config.json").is_file():
+        from hfsae.hub.card import write_card
+
+        write_card(output_dir)
+    print(
+        f"{args.model}: FVU {results.fvu:.4f}, L0 {results.l0:.1f}, dead {results.dead_fraction:.2%}, "
+        f"ΔCE {_fmt(results.delta_ce)}, CE recovered {_fmt(results.ce_loss_recovered)} → {output_dir / EVAL_RESULTS_FILE}"
+    )
+    return results
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

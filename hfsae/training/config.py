@@ -69,7 +69,7 @@ def _sae_options_dataclass() -> type:
 SAEOptions = _sae_options_dataclass()
 
 
-def _documented(cls: type) -> type:
+def documented(cls: type) -> type:
     """Copy each attribute docstring into its field's metadata, where HfArgumentParser finds `--help`."""
     docs = attribute_docs(cls)
     for f in dataclasses.fields(cls):
@@ -78,7 +78,7 @@ def _documented(cls: type) -> type:
     return cls
 
 
-@_documented
+@documented
 @dataclass
 class TrainConfig(SAEOptions):
     """How to train one or more TopK SAEs on a causal language model's activations.
