@@ -617,6 +617,7 @@ def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.Path
     # Build in a sibling temporary folder and rename: a crash mid-write must not leave a parquet
     # file that loads but belongs to a different analysis.json.
     staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; the analysis is meant to be shared and pushed
     try:
         pyarrow.parquet.write_table(dataset.data.table, staging / LATENTS_FILE)
         (staging / SUMMARY_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")

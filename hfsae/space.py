@@ -254,10 +254,12 @@ class Explorer:
             )
         histogram = []
         if row is not None and row["density"] > 0:
-            edges = row["histogram_edges"]
+            edges, counts = row["histogram_edges"], row["histogram_counts"]
+            # The stored range reaches up to twice the maximum (it doubles as it streams): show the
+            # bins up to the last one that holds a firing.
+            shown = max(i for i, count in enumerate(counts) if count) + 1
             histogram = [
-                (f"{(low + high) / 2:.3g}", count)
-                for low, high, count in zip(edges, edges[1:], row["histogram_counts"])
+                (f"{(low + high) / 2:.4g}", count) for low, high, count in zip(edges[:shown], edges[1:], counts[:shown])
             ]
         top = self._contexts(row, "top", latent) if row else ""
         random = self._contexts(row, "random", latent) if row else ""
@@ -517,7 +519,8 @@ def _blocks(explorer: Explorer):
             gr.Tabs(selected="latent"),
             int(latent),
             summary,
-            _histogram_frame(histogram),
+            # Bin labels are categories: without an explicit order the plot sorts them as strings.
+            gr.BarPlot(value=_histogram_frame(histogram), sort=[label for label, _ in histogram] or None),
             top,
             random,
             logits,

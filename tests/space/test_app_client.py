@@ -30,7 +30,8 @@ def test_latent_endpoint_returns_the_summary_histogram_and_logit_effects(client,
     latent, summary, histogram, _, _, logits = client.predict(EXPLAINED_LATENT, api_name="/latent")
     expected_summary, expected_histogram, *_, expected_logits = explorer.latent_view(EXPLAINED_LATENT)
     assert latent == EXPLAINED_LATENT and summary == expected_summary
-    assert [row[1] for row in histogram["data"]] == [count for _, count in expected_histogram]
+    assert histogram["sort"] == [label for label, _ in expected_histogram]  # bins in numeric order
+    assert [row[1] for row in histogram["value"]["data"]] == [count for _, count in expected_histogram]
     assert logits["data"] == expected_logits
 
 

@@ -63,7 +63,10 @@ def test_latent_view_shows_the_analysis_rows_histogram_and_contexts(explorer):
     row = explorer.row(latent)
     summary, histogram, top, random, logits = explorer.latent_view(latent)
     assert f"## Latent {latent}" in summary and f"{row['density']:.4%}" in summary
-    assert [count for _, count in histogram] == row["histogram_counts"]
+    last_filled = max(i for i, count in enumerate(row["histogram_counts"]) if count)
+    assert [count for _, count in histogram] == row["histogram_counts"][: last_filled + 1]
+    centres = [float(label) for label, _ in histogram]
+    assert centres == sorted(centres) and centres[-1] < row["max_activation"] * 1.1
     assert top.count('class="context"') == len(row["top_activations"])
     assert random.count('class="context"') == len(row["random_activations"])
     assert "rgba(239, 68, 60, 1.000)" in top  # the strongest example's peak is fully shaded
