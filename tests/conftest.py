@@ -11,6 +11,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Without a GPU the Triton kernels can only be interpreted, and triton decides that when it is first
+# imported (which any test module may trigger): set it for the whole session. It changes nothing for
+# code that does not ask for the triton backend.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 # ---- Fixtures shared by every test area: tiny random causal LMs, a byte tokenizer, the built-in LM.

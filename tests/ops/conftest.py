@@ -20,7 +20,8 @@ import torch
 TRITON_MODULE = "hfsae.ops.triton_kernels"
 _interpreter_problem = None
 
-if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available():
+interpreting_already = os.environ.get("TRITON_INTERPRET") == "1"  # tests/conftest.py sets it without a GPU
+if importlib.util.find_spec("triton") is not None and not torch.cuda.is_available() and not interpreting_already:
     if "triton" in sys.modules:
         _interpreter_problem = (
             "triton was imported before tests/ops/conftest.py could turn on TRITON_INTERPRET=1; import "
