@@ -139,7 +139,7 @@ class TrainConfig(SAEOptions):
     """Tokens per optimiser step (over all processes and accumulation steps)."""
     gradient_accumulation_steps: int = 1
     """Micro-batches whose gradients add up to one step."""
-    train_tokens: int = 1_500_000
+    train_tokens: int = 2_000_000
     """Tokens to train on in total (epochs over the harvested tokens)."""
     dead_tokens: int = 100_000
     """A latent that has not fired for this many tokens is dead and trained by AuxK (paper: 10M)."""

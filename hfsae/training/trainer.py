@@ -235,10 +235,8 @@ class Trainer:
             hyperparameters = {name: str(value) if isinstance(value, list) else value for name, value in vars(config).items()}
             self.accelerator.init_trackers("hfsae", config=hyperparameters)
         started = time.perf_counter()
-        progress = tqdm(
-            total=config.steps, initial=self.step, desc="training", unit="step", disable=config.quiet
-            or not self.accelerator.is_local_main_process,
-        )
+        hidden = config.quiet or not self.accelerator.is_local_main_process
+        progress = tqdm(total=config.steps, initial=self.step, desc="training", unit="step", disable=hidden)
         tokens_at_log, time_at_log = self.step * config.batch_size, started
         while self.step < config.steps:
             self.train_step(batch=batches.batch(self.step))
