@@ -105,6 +105,14 @@ class TopKSAE(PreTrainedModel):
                 f"corrupt or incomplete: {err}). Re-download or re-save the SAE."
             ) from err
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """Save config.json and model.safetensors as transformers does, then our README.md model card."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            from .hub.card import write_card
+
+            write_card(save_directory)
+
     # ---- initialisation and decoder-norm helpers (PAPER.md §1) --------------------------------------
 
     @torch.no_grad()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,20 +16,10 @@ from huggingface_hub import CommitInfo, HfApi, ModelCard, ModelCardData, hf_hub_
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
 from ..modeling import TopKSAE
+from .card import write_card
 from .multi import INDEX_FILE, entry_for, index_json, merge_entries, read_index
 
 CARD_FILE = "README.md"
-
-
-def write_card(folder: Path, repo_id: str) -> bool:
-    """Render the model card of one saved SAE folder (helper module hfsae.hub.card); False when unavailable."""
-    try:
-        from .card import write_card as render
-    except ImportError:
-        warnings.warn("hfsae.hub.card is not available: pushing without a model card.", stacklevel=3)
-        return False
-    render(folder, repo_id=repo_id)
-    return True
 
 
 def write_collection_card(folder: Path, repo_id: str, entries: list[dict]) -> None:
@@ -76,7 +65,7 @@ def push_folder(
     if not (folder / "config.json").is_file() and not (folder / INDEX_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no saved SAE (no config.json or {INDEX_FILE}); save one first.")
     if not (folder / CARD_FILE).exists() and (folder / "config.json").is_file():
-        write_card(folder, repo_id)
+        write_card(folder, repo_id=repo_id)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True)
     return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, revision=revision)
@@ -98,7 +87,7 @@ def push_to_hub(
                          revision=revision)
     with tempfile.TemporaryDirectory(prefix="hfsae-push-") as staging:
         sae.save_pretrained(staging)
-        write_card(Path(staging), repo_id)
+        write_card(Path(staging), repo_id=repo_id)
         api = HfApi(token=token)
         api.create_repo(repo_id, private=private, exist_ok=True)
         return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message, revision=revision)
@@ -123,7 +112,7 @@ def push_many(
         staging = Path(staging)
         for name, sae in saes.items():
             sae.save_pretrained(staging / name)
-            write_card(staging / name, repo_id)
+            write_card(staging / name, repo_id=repo_id, subfolder=name)
         (staging / INDEX_FILE).write_text(index_json(entries), encoding="utf-8")
         write_collection_card(staging, repo_id, sorted(entries, key=lambda entry: entry["folder"]))
         return api.upload_folder(repo_id=repo_id, folder_path=staging, commit_message=commit_message, revision=revision)
