@@ -454,6 +454,8 @@ def _number(value, spec: str = ".4g") -> str:
         return "–"
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return str(value)
+    if isinstance(value, int) and spec == ".4g":
+        return f"{value:,}"  # counts (tokens, steps) read best whole
     return format(value, spec)
 
 

@@ -146,7 +146,7 @@ def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point
 def test_overview_lists_the_metrics_files_and_the_analysis(explorer):
     overview = explorer.overview()
     assert "| fvu | 0.125 |" in overview and "| progressive.4 | 0.125 |" in overview
-    assert "| dead_fraction | 0.02 |" in overview
+    assert "| dead_fraction | 0.02 |" in overview and "| tokens | 10,000 |" in overview
     assert "tokens analysed" in overview and "64 latents" in overview
 
 
