@@ -5,7 +5,7 @@
     >>> code = sae.encode(activations)          # code.indices, code.values: [..., k]
     >>> x_hat = sae.decode(code)
 
-`load`, `train` and `evaluate` import their heavier dependencies (accelerate, datasets) when called,
+`load`, `train`, `evaluate` and `analyze` import their heavier dependencies (accelerate, datasets) when called,
 so `import hfsae` stays light and needs no network.
 """
 
@@ -32,4 +32,13 @@ def evaluate(sae, **options):
     return run_evaluation(sae, **options)
 
 
-__all__ = ["SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "evaluate", "load", "load_many", "train"]
+def analyze(sae, **options):
+    """Per-latent statistics for the explorer (density, top contexts, logit effects); see `hfsae.analysis.analyze`."""
+    from .analysis import analyze as run_analysis
+
+    return run_analysis(sae, **options)
+
+
+__all__ = [
+    "SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "analyze", "evaluate", "load", "load_many", "train",
+]
