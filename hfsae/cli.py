@@ -5,7 +5,7 @@ that runs it, one line of help). Options come from the dataclass fields through
 transformers.HfArgumentParser, so each field's docstring is its `--help` and both `--output-dir`
 and `--output_dir` spellings work. A user error prints one line to stderr and exits with status 1.
 
-    hfsae train                                   # the built-in default (~10 min on 2 CPU cores)
+    hfsae train                                   # the built-in default (about 4–5 min on 2 CPU cores)
     hfsae train --hook-points layers.6.resid_post --n-latents 4096 8192 --output-dir my-saes
     hfsae eval my-saes/layers.6.resid_post/n4096_k32
     hfsae convert v5_32k_layer_8.pt gpt2-l8 --from openai

@@ -103,7 +103,7 @@ class TrainConfig(SAEOptions):
     """Dataset split to train on; held-out FVU uses text outside it."""
     context_size: int = 64
     """Tokens per context (the paper uses 64)."""
-    harvest_tokens: int = 120_000
+    harvest_tokens: int = 200_000
     """Distinct training tokens harvested once from the language model and reused for every epoch."""
     eval_tokens: int = 8192
     """Held-out tokens (text the SAE never trains on) for the final FVU."""

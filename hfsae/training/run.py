@@ -83,7 +83,7 @@ def train(config: TrainConfig) -> list[TrainResult]:
     """Train every SAE of `config` and write them to config.output_dir; returns their results.
 
     Example:
-        >>> results = train(TrainConfig(output_dir="my-sae"))   # ~10 minutes on 2 CPU cores
+        >>> results = train(TrainConfig(output_dir="my-sae"))   # about 4–5 minutes on 2 CPU cores
         >>> results[0].metrics["fvu"]
     """
     started = time.perf_counter()
