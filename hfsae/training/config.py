@@ -93,6 +93,9 @@ class TrainConfig(SAEOptions):
     # ---- what to read --------------------------------------------------------------------------------
     model: str = "builtin"
     """Language model: 'builtin' (SmolLM2-135M-Instruct, no download), a Hub id or a local folder."""
+    # Layer 10 of 30, measured on the built-in model (first position excluded): its token norms
+    # stay within 1.5x of the mean (max 218, mean 147), while layer 6 has outliers of 9x and layer 15
+    # of 130x (massive activations); and harvesting stops a third of the way in (layer 15: 1.4x slower).
     hook_points: list[str] = field(default_factory=lambda: ["layers.10.resid_post"])
     """Where to read activations, e.g. layers.10.resid_post (one SAE set per hook point)."""
     dataset: str = "builtin"
@@ -103,6 +106,8 @@ class TrainConfig(SAEOptions):
     """Dataset split to train on; held-out FVU uses text outside it."""
     context_size: int = 64
     """Tokens per context (the paper uses 64)."""
+    # 120k harvested tokens gave held-out FVU 0.209 (train batches 0.097: overfitting); 200k gave
+    # 0.190 for ~80 s more harvesting. Both with 2M training tokens, n_latents 4096, k 32.
     harvest_tokens: int = 200_000
     """Distinct training tokens harvested once from the language model and reused for every epoch."""
     eval_tokens: int = 8192
