@@ -5,6 +5,7 @@ Adam, EMA and dead-latent counts. All runs read the same batches, so they share 
 model's forward passes. One optimiser step of one run, in order (PAPER.md §1–3):
 
     forward with the dead mask (TopK, AuxK, Multi-TopK) → backward
+    → dead-latent counts       from this batch's code (the selection the forward made)
     → project_decoder_grad_    the gradient loses its component along each decoder row, so the
                                step moves the rows (to first order) along their unit sphere
     → clip (optional)          after the projection: clip the gradient that will be applied
@@ -13,7 +14,6 @@ model's forward passes. One optimiser step of one run, in order (PAPER.md §1–
                                (the reference code renormalises before the step; we renormalise
                                after, so the saved decoder is always exactly unit-norm)
     → EMA update               average the weights as they will be evaluated
-    → dead-latent counts       from the code of this batch
 
 Device placement, mixed precision, gradient accumulation and (later) DDP go through Accelerate.
 """
