@@ -12,7 +12,8 @@ model's forward passes. One optimiser step of one run, in order (PAPER.md §1–
     → Adam (fused)
     → normalize_decoder_       Adam's step is not exactly tangent; restore unit rows afterwards
                                (the reference code renormalises before the step; we renormalise
-                               after, so the saved decoder is always exactly unit-norm)
+                               after, so raw weights always have unit rows; an EMA
+                               average's rows are close to, not exactly, unit norm)
     → EMA update               average the weights as they will be evaluated
 
 Device placement, mixed precision, gradient accumulation and (later) DDP go through Accelerate.
