@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import time
 import zlib
+from datetime import timedelta
 from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from ..configuration import TopKSAEConfig
+from ..distributed.sharded import data_parallel_sae, full_model
 from ..modeling import TopKSAE
 from ..training.losses import normalized_mse
 from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
@@ -80,7 +82,7 @@ class TrainResult:
 
 def make_accelerator(config: TrainConfig):
     """The Accelerator for a run: bf16 autocast on a GPU unless told otherwise, accumulation, trackers."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, InitProcessGroupKwargs
 
     mixed_precision = config.mixed_precision
     if mixed_precision is None:
@@ -90,6 +92,8 @@ def make_accelerator(config: TrainConfig):
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=_available_trackers(config.report_to) or None,
         project_dir=config.output_dir,
+        # Every collective times out instead of hanging when another process has died.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))],
     )
 
 
@@ -158,7 +162,9 @@ class Trainer:
     def _prepare_run(self, name: str, hook_point: str, sae: TopKSAE) -> SAERun:
         config = self.config
         learning_rate = config.learning_rate_for(sae.config.n_latents)
-        sae = sae.to(self.accelerator.device)
+        # Under several processes, a one-shard ShardedTopKSAE: its losses divide by the global batch's
+        # variance, so DDP's averaged gradient equals the one-process gradient on the whole batch.
+        sae = data_parallel_sae(sae.to(self.accelerator.device))
         optimizer = torch.optim.Adam(
             sae.parameters(),
             lr=learning_rate,
@@ -289,7 +295,7 @@ class Trainer:
 
     def _finish(self, run: SAERun, heldout: torch.Tensor, elapsed: float) -> TrainResult:
         """Evaluate raw and EMA weights on held-out data; keep the better (the paper reports the better)."""
-        raw = run.sae
+        raw = run.sae = full_model(run.sae)
         ema = TopKSAE(raw.config).to(self.accelerator.device)
         ema.load_state_dict(raw.state_dict())
         run.ema.copy_to_(ema)
