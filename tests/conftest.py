@@ -88,3 +88,14 @@ def builtin_lm():
         return load_builtin_model()
     except BuiltinModelMissingError as err:
         pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def default_sae_dir(builtin_lm, tmp_path_factory):
+    """The folder `hfsae train` writes with no options (the built-in default, ~4 min), trained once per
+    session and shared by the tests of the main job (training bars, evaluation, card)."""
+    from hfsae.cli import main
+
+    output_dir = tmp_path_factory.mktemp("main-job") / "default-sae"
+    assert main(["train", "--output-dir", str(output_dir), "--quiet"]) == 0
+    return output_dir

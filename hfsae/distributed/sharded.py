@@ -202,18 +202,9 @@ class ShardedTopKSAE(nn.Module):
 
     # ---- initialisation, decoder norms and gradient synchronisation -----------------------------------
 
-    @torch.no_grad()
-    def init_tied_(self, generator: torch.Generator | None = None) -> None:
-        """As TopKSAE.init_tied_ on this shard's rows; pass a generator seeded differently per shard."""
-        W_dec = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float32)
-        W_dec /= W_dec.norm(dim=1, keepdim=True)
-        self.W_dec.copy_(W_dec)
-        self.W_enc.copy_(W_dec)
-        if self.b_enc is not None:
-            self.b_enc.zero_()
-        self.b_pre.zero_()
-
-    # Row-wise operations: correct on a shard as they are on the whole model.
+    # Row-wise operations: correct on a shard as they are on the whole model (pass init_tied_ a
+    # generator seeded differently per shard).
+    init_tied_ = TopKSAE.init_tied_
     normalize_decoder_ = TopKSAE.normalize_decoder_
     project_decoder_grad_ = TopKSAE.project_decoder_grad_
 
