@@ -62,8 +62,12 @@ COMMANDS: dict[str, Command] = {
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
     "scaling": Command(ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them."),
-    "analyze": Command(AnalyzeArgs, run_analyze, "Run an SAE over text once and save per-latent statistics (a parquet dataset)."),
-    "space": Command(SpaceArgs, run_space, "Explore an SAE in the browser: text, latents, search, steering, metrics."),
+    "analyze": Command(
+        AnalyzeArgs, run_analyze, "Run an SAE over text once and save per-latent statistics (a parquet dataset).", ("sae",)
+    ),
+    "space": Command(
+        SpaceArgs, run_space, "Explore an SAE in the browser: text, latents, search, steering, metrics.", ("sae",)
+    ),
 }
 
 

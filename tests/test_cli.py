@@ -86,3 +86,14 @@ def test_hfsae_train_on_a_tiny_model_writes_loadable_folders(tmp_path, tiny_mode
     assert metrics["tokens"] == 600 and metrics["steps"] == 5
     assert metrics["fvu"] == min(metrics["fvu_raw"], metrics["fvu_ema"])
     assert TrainConfig.from_json_string((folder / "training_config.json").read_text()).output_dir == str(output_dir)
+
+
+def test_leading_positional_arguments_fill_the_commands_positional_fields():
+    from hfsae.cli import parse
+
+    _, eval_args = parse(["eval", "some/sae", "--n-tokens", "64"])
+    assert (eval_args.model, eval_args.n_tokens) == ("some/sae", 64)
+    _, convert_args = parse(["convert", "in.pt", "out", "--from", "openai"])
+    assert (convert_args.src, convert_args.dst, convert_args.source_format) == ("in.pt", "out", "openai")
+    _, space_args = parse(["space", "my-sae"])
+    assert space_args.sae == "my-sae"
