@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
-from .ops import backend_for, selected_preactivations, sparse_decode, subspace_code
+from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
 from .training.losses import normalized_mse
 
 # Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (PAPER.md §1).
@@ -98,7 +98,9 @@ class TopKSAE(PreTrainedModel):
         from .hub.loading import from_pretrained
 
         try:
-            return from_pretrained(super().from_pretrained, pretrained_model_name_or_path, *args, hookpoint=hookpoint, **kwargs)
+            return from_pretrained(
+                super().from_pretrained, pretrained_model_name_or_path, *args, hookpoint=hookpoint, **kwargs
+            )
         except SafetensorError as err:
             raise OSError(
                 f"Could not read the weights of {pretrained_model_name_or_path} (model.safetensors is "
@@ -202,7 +204,7 @@ class TopKSAE(PreTrainedModel):
         leading = x.shape[:-1]
         x = self._check_input(x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
         x_norm, mean, scale = self._normalize(x)
-        selection = self._select(x_norm, k)
+        selection, _ = self._select(x_norm, k)
         values = torch.relu(self._preactivations(x_norm, selection.indices, selection.values))
         return SparseCode(
             indices=selection.indices.reshape(*leading, k),
@@ -236,8 +238,11 @@ class TopKSAE(PreTrainedModel):
         aux_mask = dead_mask if config.aux_k_coef > 0 else None
         if aux_mask is not None and aux_mask.shape != (config.n_latents,):
             raise ValueError(f"dead_mask must have shape ({config.n_latents},); got {tuple(aux_mask.shape)}.")
-        selection = self._select(x_norm, max(k, k_multi), aux_mask=aux_mask)
-        aux_dense = aux_mask is not None and self._aux_in_dense_subspace(aux_mask, selection.aux_indices)
+        # One host sync counts the dead latents (n_dead), reused to choose the AuxK path.
+        selection, n_dead = self._select(x_norm, max(k, k_multi), aux_mask=aux_mask)
+        aux_dense = aux_mask is not None and 0 < selection.aux_indices.shape[1] and (
+            n_dead <= AUX_DENSE_MAX_RATIO * selection.aux_indices.shape[1]
+        )
 
         # With sparse AuxK, one differentiable gather takes every selected pre-activation (main and
         # AuxK): the encoder gradient is then one sparse scatter instead of one per loss.
@@ -280,11 +285,6 @@ class TopKSAE(PreTrainedModel):
             x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
 
-    @staticmethod
-    def _aux_in_dense_subspace(aux_mask: torch.Tensor, aux_indices: torch.Tensor) -> bool:
-        k_aux = aux_indices.shape[1]
-        return k_aux > 0 and int(aux_mask.sum()) <= AUX_DENSE_MAX_RATIO * k_aux
-
     def _decode_dead_densely(
         self, x_norm: torch.Tensor, aux_mask: torch.Tensor, aux_indices: torch.Tensor, aux_preacts: torch.Tensor
     ) -> torch.Tensor:
@@ -304,12 +304,14 @@ class TopKSAE(PreTrainedModel):
             raise ValueError(f"k must be in 1..{self.config.n_latents}; got k={k}.")
         return k
 
-    def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None):
+    def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
+        """The top-k (and AuxK) selection, and how many latents aux_mask marks (0 without one)."""
         with torch.no_grad():
             x_centred = x_norm - self.b_pre
-            k_aux = 0
+            k_aux = n_masked = 0
             if aux_mask is not None:
-                k_aux = min(self.config.k_aux_effective, int(aux_mask.sum()))
+                n_masked = int(aux_mask.sum())
+                k_aux = min(self.config.k_aux_effective, n_masked)
             b_enc = None if self.b_enc is None else self.b_enc.detach()
             selection = self.ops.encode_topk(
                 x_centred, self.W_enc.detach(), b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux
@@ -318,7 +320,7 @@ class TopKSAE(PreTrainedModel):
                 # No dead latents this step: AuxK contributes an empty selection (loss 0).
                 empty = selection.indices.new_empty(selection.indices.shape[0], 0)
                 selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
-            return selection
+            return selection, n_masked
 
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=self.b_pre)
