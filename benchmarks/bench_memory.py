@@ -4,7 +4,7 @@ For each n_latents (d_in 768, k 32, batch 4096 by default) and each implementati
 times one training step against the bare encoder matmul measured in the same process, and records the
 step's peak resident memory beyond what it held before the step (weights, Adam state) and beyond one
 gradient per parameter:
-  hfsae    TopKSAE: chunked encoder + grouped top-k, sparse backward (never a [batch, n] tensor whole);
+  hfsae    TopKSAE: blocked encoder + grouped top-k, sparse backward (never a [batch, n] tensor whole);
   library  the design of existing libraries: dense [batch, n] pre-activations + torch.topk + sparse decode;
   naive    everything dense: [batch, n] pre-activations, code and gradients.
 Peak memory is the kernel's VmHWM, reset before the step (/proc/self/clear_refs), so it counts what the

@@ -1,8 +1,9 @@
-"""CPU fast path: the sparse ops on torch's sparse CSR kernels and embedding_bag.
+"""CPU fast path: a blocked encoder with an exact grouped top-k, and the sparse ops on embedding_bag and
+torch's sampled CSR product.
 
-Measured on the 2-core machine at batch 4096, n 32768, d 768, k 32 (benchmarks/bench_step.py):
-embedding_bag decode ~46 ms, CSR sampled_addmm ~24 ms and CSRᵀ @ dense ~90 ms, against ~1.7 s for
-the dense encoder matmul; a gather + bmm for gather_dot took ~100–400 ms.
+Measured on the 2-core machine at batch 4096, n 32768, d 768 (two threads): the encoder in row blocks
+with the AuxK selection ~1.04x the bare matmul + torch.topk; for 384 entries a row, embedding_bag
+decode ~48 ms, sampled_addmm gather_dot ~83 ms and the embedding_bag scatter_outer ~100 ms.
 """
 
 from __future__ import annotations
@@ -14,11 +15,6 @@ import torch.nn.functional as F
 
 from .reference import TopKSelection
 
-# Rows of pre-activations computed at once: bounds the transient [chunk, n] block while keeping
-# each matmul large enough to run at full speed.
-ENCODE_CHUNK_ELEMENTS = 1 << 24
-
-
 def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
     """The code as a [batch, n_cols] CSR matrix: k entries a row, in the given order."""
     batch, k = indices.shape
@@ -28,9 +24,21 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
         return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (batch, n_cols))
 
 
+# Pre-activations computed at once, [rows, latents]: bounds the transient block for any n_latents while
+# keeping each matmul large enough to run at full speed.
+ENCODE_TILE_ELEMENTS = 1 << 24
+# Whole rows (every latent of a row in one block, so one grouped top-k per row and nothing to merge) while
+# at least this many rows fit in a block; past that, a block of rows re-streams all of W_enc for too few
+# rows (at n 131072 the matmul ran 1.5x slower in 128-row blocks than in [4096, 4096] tiles), so the
+# block becomes a tile of ENCODE_TILE_LATENTS latents over many rows, and tiles are merged.
+MIN_WHOLE_ROWS = 512
+ENCODE_TILE_LATENTS = 4096
+
 # Group sizes tried by grouped_topk, largest first (measured at n 131072, k 32: 64 → 63 ms, 16 → 204 ms,
 # against 170 ms for torch.topk; one thread).
 TOPK_GROUP_SIZES = (64, 32)
+# Columns per group when a tile is screened against the running k-th best value (see _merge_tile).
+SCREEN_GROUP = 32
 
 
 def grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,16 +61,49 @@ def grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     return values, indices
 
 
+def _merge_tile(best: tuple[torch.Tensor, torch.Tensor] | None, block: torch.Tensor, start: int, k: int):
+    """The running top-k (values sorted descending, latent ids) updated with `block`, latents start, ….
+
+    Once k values are held, only groups of SCREEN_GROUP latents whose maximum beats the row's k-th best
+    can contribute, and at most k of them (as in grouped_topk). In the t-th tile about k / t values a
+    row pass, so past the first tiles a tile costs little more than one max-reduction.
+    """
+    rows, width = block.shape
+    if best is not None and best[0].shape[1] == k and width % SCREEN_GROUP == 0:
+        groups = block.view(rows, width // SCREEN_GROUP, SCREEN_GROUP)
+        maxima = groups.amax(dim=2)
+        passing = int((maxima > best[0][:, -1:]).sum(1).max())  # the k-th best is the last, sorted
+        if passing == 0:
+            return best
+        chosen = maxima.topk(min(passing, k), dim=1, sorted=False).indices[:, :, None]  # [rows, c, 1]
+        values = groups.gather(1, chosen.expand(-1, -1, SCREEN_GROUP)).reshape(rows, -1)
+        indices = (chosen * SCREEN_GROUP + torch.arange(SCREEN_GROUP, device=block.device)).reshape(rows, -1)
+    else:
+        values, indices = grouped_topk(block, min(k, width))
+    if best is None:
+        return values, indices + start
+    return _top_of([best[0], values], [best[1], indices + start], k, sorted=True)
+
+
+def _top_of(values: list[torch.Tensor], ids: list[torch.Tensor], k: int, *, sorted: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest of the row-wise concatenation of `values`, with their ids: each entry of `ids` is
+    [rows, m] or, when every row has the same ids, [m] (never expanded then)."""
+    top, positions = torch.cat(values, 1).topk(min(k, sum(v.shape[1] for v in values)), dim=1, sorted=sorted)
+    if all(i.dim() == 1 for i in ids):
+        return top, torch.cat(ids)[positions]
+    return top, torch.cat([i.expand(top.shape[0], -1) for i in ids], 1).gather(1, positions)
+
+
 _scratch_buffers: dict[tuple, torch.Tensor] = {}
 
 
-def _scratch(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A [rows, cols] buffer reused across calls: a fresh output page-faults on every step, which
-    costs ~17% of the encoder matmul at these sizes (DESIGN.md, measured on the 2-core machine)."""
-    key = (rows, cols, dtype, device)
+def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A flat buffer reused across calls: a fresh output page-faults on every step, which costs ~17% of
+    the encoder matmul at these sizes (DESIGN.md, measured on the 2-core machine)."""
+    key = (numel, dtype, device)
     if key not in _scratch_buffers:
         _scratch_buffers.clear()  # keep one: a new shape means the old one is done with
-        _scratch_buffers[key] = torch.empty(rows, cols, dtype=dtype, device=device)
+        _scratch_buffers[key] = torch.empty(numel, dtype=dtype, device=device)
     return _scratch_buffers[key]
 
 
@@ -74,31 +115,48 @@ def encode_topk(
     aux_mask: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> TopKSelection:
-    """Top-k of x @ W_enc.T + b_enc in row chunks, so the [batch, n] pre-activations never exist whole."""
+    """Top-k of x @ W_enc.T + b_enc in blocks of at most ENCODE_TILE_ELEMENTS, so the [batch, n]
+    pre-activations never exist whole. The AuxK pre-activations (masked latents) of a block are kept
+    aside and cut to the top k_aux whenever they outgrow one tile."""
     batch, n = x.shape[0], W_enc.shape[0]
-    chunk = max(1, ENCODE_CHUNK_ELEMENTS // n)
-    want_aux = aux_mask is not None and k_aux > 0
-    if want_aux:
+    rows = min(batch, max(1, ENCODE_TILE_ELEMENTS // n))
+    width = n
+    if rows < min(batch, MIN_WHOLE_ROWS):
+        width = min(n, ENCODE_TILE_LATENTS)
+        rows = min(batch, max(1, ENCODE_TILE_ELEMENTS // width))
+    scratch = _scratch(rows * width, x.dtype, x.device)
+    dead = None
+    if aux_mask is not None and k_aux > 0:
         dead = aux_mask.nonzero().squeeze(1)
         k_aux = min(k_aux, dead.numel())
-        want_aux = k_aux > 0
+        dead = dead if k_aux > 0 else None
+    if dead is not None:
+        tile_bounds = torch.searchsorted(dead, torch.arange(0, n + width, width, device=dead.device)).tolist()
+        aux_values, aux_indices = x.new_empty(batch, k_aux), torch.empty(batch, k_aux, dtype=torch.int64, device=x.device)
     values, indices = x.new_empty(batch, k), torch.empty(batch, k, dtype=torch.int64, device=x.device)
-    if want_aux:
-        aux_values = x.new_empty(batch, k_aux)
-        aux_indices = torch.empty(batch, k_aux, dtype=torch.int64, device=x.device)
-    pre = _scratch(min(chunk, batch), n, x.dtype, x.device)
-    for start in range(0, batch, chunk):
-        rows = slice(start, min(start + chunk, batch))
-        block = pre[: rows.stop - start]
-        if b_enc is None:
-            torch.mm(x[rows], W_enc.T, out=block)
-        else:
-            torch.addmm(b_enc, x[rows], W_enc.T, out=block)
-        values[rows], indices[rows] = grouped_topk(block, k)
-        if want_aux:
-            dead_values, dead_positions = block.index_select(1, dead).topk(k_aux, dim=1, sorted=False)
-            aux_values[rows], aux_indices[rows] = dead_values, dead[dead_positions]
-    if not want_aux:
+    for first in range(0, batch, rows):
+        last = min(first + rows, batch)
+        best, kept_values, kept_ids = None, [], []
+        for tile, start in enumerate(range(0, n, width)):
+            stop = min(start + width, n)
+            block = scratch[: (last - first) * (stop - start)].view(last - first, stop - start)
+            if b_enc is None:
+                torch.mm(x[first:last], W_enc[start:stop].T, out=block)
+            else:
+                torch.addmm(b_enc[start:stop], x[first:last], W_enc[start:stop].T, out=block)
+            best = _merge_tile(best, block, start, k)
+            if dead is not None and tile_bounds[tile] < tile_bounds[tile + 1]:
+                columns = dead[tile_bounds[tile] : tile_bounds[tile + 1]]
+                # gather runs on all threads; index_select along columns runs on one (3x slower here)
+                kept_values.append(block.gather(1, (columns - start).expand(last - first, -1)))
+                kept_ids.append(columns)
+                if sum(v.shape[1] for v in kept_values) > width:  # cut back to the top k_aux so far
+                    top, ids = _top_of(kept_values, kept_ids, k_aux, sorted=False)
+                    kept_values, kept_ids = [top], [ids]
+        values[first:last], indices[first:last] = best
+        if dead is not None:
+            aux_values[first:last], aux_indices[first:last] = _top_of(kept_values, kept_ids, k_aux, sorted=False)
+    if dead is None:
         return TopKSelection(values, indices)
     return TopKSelection(values, indices, aux_values, aux_indices)
 
@@ -107,29 +165,20 @@ def decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) ->
     return F.embedding_bag(indices, weight, per_sample_weights=values.to(weight.dtype), mode="sum")
 
 
-# Latent rows per block of scatter_outer: torch's CSR @ dense holds a second output-sized buffer, so
-# the product runs in row blocks to keep that buffer small however large n_latents grows.
-SCATTER_BLOCK_ROWS = 8192
-
-
 def scatter_outer(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    batch, k = indices.shape
+    """out[j] = Σ over entries (b, i) with indices[b, i] = j of values[b, i] · dense[b].
+
+    The transposed code, entries grouped by latent, is a bag of rows of `dense` per latent: one
+    embedding_bag writes each output row once, with no second output-sized buffer (torch's CSRᵀ @ dense
+    keeps one) and ~1.3x faster at batch 4096, d 768, 384 entries a row (2 threads).
+    """
+    k = indices.shape[1]
     flat = indices.reshape(-1)
-    order = flat.argsort()  # the transposed code, [n_rows, batch] in CSR: entries grouped by latent
-    row_starts = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
-    torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=row_starts[1:])
-    columns, entries = order // k, values.reshape(-1).to(dense.dtype)[order]
-    out = dense.new_empty(n_rows, dense.shape[1])
-    for start in range(0, n_rows, SCATTER_BLOCK_ROWS):
-        stop = min(start + SCATTER_BLOCK_ROWS, n_rows)
-        first, last = int(row_starts[start]), int(row_starts[stop])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            block = torch.sparse_csr_tensor(
-                row_starts[start : stop + 1] - first, columns[first:last], entries[first:last], (stop - start, batch)
-            )
-        torch.mm(block, dense, out=out[start:stop])
-    return out
+    order = flat.to(torch.int32).argsort()  # int32 keys sort ~1.6x faster than int64
+    offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
+    torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=offsets[1:])
+    entries = values.reshape(-1).to(dense.dtype)[order]
+    return F.embedding_bag(order // k, dense, offsets, per_sample_weights=entries, mode="sum", include_last_offset=True)
 
 
 def gather_dot(indices: torch.Tensor, dense: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -59,10 +59,20 @@ def test_duplicate_indices_in_a_row_add_up():
     torch.testing.assert_close(cpu.decode(indices, values, weight), (3 * weight[3] + 0.5 * weight[1])[None])
 
 
+# (elements a block, fewest whole rows, latents a tile): one block; row blocks of whole rows; latent tiles
+# that divide into screening groups, that do not, and that hold so many masked latents the AuxK
+# candidates are cut back on the way.
+BLOCKINGS = [(1 << 24, 512, 4096), (3000, 4, 4096), (3000, 100, 64), (3000, 100, 96), (700, 10_000, 40)]
+
+
+@pytest.mark.parametrize("blocking", BLOCKINGS)
 @pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("batch,n,d,k,k_aux", [(1, 7, 3, 1, 2), (13, 301, 29, 5, 17), (64, 1000, 16, 32, 50)])
-def test_chunked_encode_topk_selects_the_reference_sets(monkeypatch, with_bias, batch, n, d, k, k_aux):
-    monkeypatch.setattr(cpu, "ENCODE_CHUNK_ELEMENTS", 3 * n + 1)  # force several row chunks
+@pytest.mark.parametrize(
+    "batch,n,d,k,k_aux", [(1, 7, 3, 1, 2), (13, 301, 29, 5, 17), (64, 1000, 16, 32, 50), (8, 200, 8, 100, 20)]
+)
+def test_blocked_encode_topk_selects_the_reference_sets(monkeypatch, blocking, with_bias, batch, n, d, k, k_aux):
+    for name, value in zip(("ENCODE_TILE_ELEMENTS", "MIN_WHOLE_ROWS", "ENCODE_TILE_LATENTS"), blocking):
+        monkeypatch.setattr(cpu, name, value)
     g = torch.Generator().manual_seed(batch + n)
     x, W_enc = torch.randn(batch, d, generator=g), torch.randn(n, d, generator=g)
     b_enc = torch.randn(n, generator=g) if with_bias else None
@@ -74,6 +84,12 @@ def test_chunked_encode_topk_selects_the_reference_sets(monkeypatch, with_bias, 
     assert torch.equal(got.indices.sort(1).values, expected.indices.sort(1).values)
     assert torch.equal(got.aux_indices.sort(1).values, expected.aux_indices.sort(1).values)
     assert aux_mask[got.aux_indices].all()
+
+
+def test_encode_topk_without_masked_latents_returns_no_auxk_selection():
+    x, W_enc = torch.randn(4, 6), torch.randn(50, 6)
+    got = cpu.encode_topk(x, W_enc, None, 3, aux_mask=torch.zeros(50, dtype=torch.bool), k_aux=5)
+    assert got.aux_indices is None and torch.equal(got.values, reference.encode_topk(x, W_enc, None, 3).values)
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -119,9 +135,3 @@ def test_grouped_topk_with_ties_returns_the_top_values():
     scores[:, ::7] = 1.0  # many equal maxima across groups
     values, indices = cpu.grouped_topk(scores, 8)
     assert torch.equal(values, torch.ones(3, 8)) and torch.equal(scores.gather(1, indices), values)
-
-
-def test_scatter_outer_in_row_blocks_equals_the_reference(monkeypatch):
-    monkeypatch.setattr(cpu, "SCATTER_BLOCK_ROWS", 7)  # blocks that split latents unevenly
-    indices, values, _, dense = random_case(9, 40, 5, 6, seed=3)
-    torch.testing.assert_close(cpu.scatter_outer(indices, values, dense, 40), reference.scatter_outer(indices, values, dense, 40))
