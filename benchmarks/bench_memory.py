@@ -1,14 +1,15 @@
 """Step time and peak extra memory against n_latents, for hfsae and two dense-encoder designs (CPU, fp32).
 
 For each n_latents (d_in 768, k 32, batch 4096 by default) and each implementation, a fresh subprocess
-times one training step against the bare encoder matmul measured in the same process, and records the
-step's peak resident memory beyond what it held before the step (weights, Adam state) and beyond one
-gradient per parameter:
+times a training step against the bare encoder matmul in the same process (medians of 3, interleaved),
+and records the step's peak resident memory beyond the weights, the Adam state and one gradient per
+parameter; buffers a design keeps from step to step (hfsae's pre-activation block) count as extra:
   hfsae    TopKSAE: blocked encoder + grouped top-k, sparse backward (never a [batch, n] tensor whole);
   library  the design of existing libraries: dense [batch, n] pre-activations + torch.topk + sparse decode;
   naive    everything dense: [batch, n] pre-activations, code and gradients.
-Peak memory is the kernel's VmHWM, reset before the step (/proc/self/clear_refs), so it counts what the
-step really touched. Prints a table; the last line is one JSON object.
+Peak memory is the kernel's VmHWM, reset before the measured step (/proc/self/clear_refs), so it counts
+what the step really touched; the baseline is the resident size before the first step. Prints a table;
+the last line is one JSON object.
 
     python benchmarks/bench_memory.py [--n-latents 16384 32768 65536 131072 262144] [--naive-max 65536]
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -78,28 +80,35 @@ def measure(implementation: str, n_latents: int, dead_fraction: float) -> dict:
             optimizer.step()
             sae.normalize_decoder_()
 
-    step()  # warm-up: Adam state, scratch buffers
+    resident = _rss_bytes("VmRSS")  # weights, input and runtime, before any step
+    step()  # warm-up: Adam state, and whatever a design keeps between steps (counted below)
     optimizer.zero_grad(set_to_none=True)
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    before = _rss_bytes("VmRSS")
+    state_bytes = sum(
+        t.numel() * t.element_size() for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)
+    )
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")  # reset the peak (VmHWM) to the current resident size
-    start = time.perf_counter()
     step()
-    step_s = time.perf_counter() - start
     peak = _rss_bytes("VmHWM")
 
     W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
-    start = time.perf_counter()
-    torch.addmm(b_enc, x, W_enc.T)
-    matmul_s = time.perf_counter() - start
+    step_times, matmul_times = [], []
+    for _ in range(3):  # interleaved, so machine noise hits both alike
+        start = time.perf_counter()
+        step()
+        step_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        torch.addmm(b_enc, x, W_enc.T)
+        matmul_times.append(time.perf_counter() - start)
+    step_s, matmul_s = statistics.median(step_times), statistics.median(matmul_times)
     return {
         "implementation": implementation,
         "n_latents": n_latents,
         "step_s": round(step_s, 3),
         "matmul_s": round(matmul_s, 3),
         "step_over_matmul": round(step_s / matmul_s, 3),
-        "peak_extra_mib": round(max(0, peak - before - grad_bytes) / 2**20, 1),
+        "peak_extra_mib": round(max(0, peak - resident - state_bytes - grad_bytes) / 2**20, 1),
     }
 
 
