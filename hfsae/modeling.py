@@ -81,6 +81,8 @@ class TopKSAE(PreTrainedModel):
         self.W_dec = nn.Parameter(torch.empty(n, d))
         self.b_pre = nn.Parameter(torch.zeros(d))
         self.ops_backend: str | None = None  # None: the fastest for the device; or "reference" / "cpu" / "triton"
+        for weight in (self.W_enc, self.W_dec):  # AuxK sends these sparse rows (see _dead_rows)
+            weight.register_post_accumulate_grad_hook(_densify_grad)
         self.post_init()
 
     @torch.no_grad()
@@ -267,10 +269,17 @@ class TopKSAE(PreTrainedModel):
             aux_loss = x_norm.new_zeros(())  # no dead latents this step
         elif aux_mask is not None:
             residual = (x_norm - x_hat_norm).detach()
+            dead = aux_mask.nonzero().squeeze(1)
+            position_in_dead = torch.empty(aux_mask.shape[0], dtype=torch.int64, device=dead.device)
+            position_in_dead[dead] = torch.arange(dead.numel(), device=dead.device)
+            positions = position_in_dead[selection.aux_indices]  # AuxK's code over the dead latents only
             if aux_dense:
-                residual_hat = self._decode_dead_densely(x_norm, aux_mask, selection.aux_indices, selection.aux_values)
+                b_sub = None if self.b_enc is None else self.b_enc[dead]
+                W_sub = _dead_rows(self.W_enc, dead)
+                code = subspace_code(x_norm, W_sub, b_sub, positions, selection.aux_values, b_pre=self.b_pre)
+                residual_hat = code @ _dead_rows(self.W_dec, dead)
             else:
-                residual_hat = sparse_decode(indices[:, n_main:], values[:, n_main:], self.W_dec, self.ops)
+                residual_hat = sparse_decode(positions, values[:, n_main:], _dead_rows(self.W_dec, dead), self.ops)
             # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
             aux_loss = torch.nan_to_num(normalized_mse(residual_hat, residual), nan=0.0)
             loss = loss + config.aux_k_coef * aux_loss
@@ -285,18 +294,6 @@ class TopKSAE(PreTrainedModel):
         return TopKSAEOutput(
             x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
-
-    def _decode_dead_densely(
-        self, x_norm: torch.Tensor, aux_mask: torch.Tensor, aux_indices: torch.Tensor, aux_preacts: torch.Tensor
-    ) -> torch.Tensor:
-        """AuxK's decode (no b_pre) as dense products over the dead latents only: [batch, d_in]."""
-        dead = aux_mask.nonzero().squeeze(1)
-        position_in_dead = torch.empty(aux_mask.shape[0], dtype=torch.int64, device=dead.device)
-        position_in_dead[dead] = torch.arange(dead.numel(), device=dead.device)
-        positions = position_in_dead[aux_indices]
-        b_sub = None if self.b_enc is None else self.b_enc[dead]
-        code = subspace_code(x_norm, self.W_enc[dead], b_sub, positions, aux_preacts, b_pre=self.b_pre)
-        return code @ self.W_dec[dead]
 
     def _check_k(self, k: int | None) -> int:
         if k is None:
@@ -337,6 +334,19 @@ class TopKSAE(PreTrainedModel):
         from .hub.push import push_to_hub
 
         return push_to_hub(self, repo_id, folder=folder, **kwargs)
+
+
+def _dead_rows(weight: nn.Parameter, dead: torch.Tensor) -> torch.Tensor:
+    """weight[dead], whose gradient reaches `weight` as sparse rows: autograd adds them in place to the main
+    path's dense gradient, where plain indexing would build and add a zero-filled [n_latents, d_in] one
+    (~3% of a step at n 16k–32k, measured)."""
+    return nn.functional.embedding(dead, weight, sparse=True)
+
+
+def _densify_grad(weight: nn.Parameter) -> None:
+    """Keep .grad dense (optimizers expect it) when AuxK's sparse rows were its only gradient."""
+    if weight.grad is not None and weight.grad.is_sparse:
+        weight.grad = weight.grad.to_dense()
 
 
 def geometric_median(points: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> torch.Tensor:

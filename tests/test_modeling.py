@@ -92,6 +92,22 @@ def test_forward_losses_and_gradients_equal_the_dense_reference(monkeypatch, aux
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("aux_path", ["dense", "sparse"])
+def test_auxk_alone_leaves_dense_weight_gradients_equal_to_the_reference(monkeypatch, aux_path):
+    # AuxK's gradient reaches W_enc / W_dec as sparse rows; with no main-path gradient to add them to,
+    # .grad must still come out dense, for the optimizers.
+    monkeypatch.setattr(modeling, "AUX_DENSE_MAX_RATIO", 1000 if aux_path == "dense" else 0)
+    sae = make_sae()
+    x = torch.randn(9, 13)
+    dead = torch.zeros(50, dtype=torch.bool)
+    dead[::4] = True
+    sae(x, dead_mask=dead).aux_loss.backward()
+    expected = torch.autograd.grad(dense_reference_loss(sae, x, dead)[2], [sae.W_enc, sae.W_dec])
+    for weight, want in zip((sae.W_enc, sae.W_dec), expected):
+        assert weight.grad.layout == torch.strided
+        torch.testing.assert_close(weight.grad, want, rtol=1e-4, atol=1e-5)
+
+
 def test_batch_of_one_with_k_one():
     sae = make_sae(k=1)
     x = torch.randn(1, 13)
