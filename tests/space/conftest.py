@@ -7,19 +7,13 @@ import pytest
 import torch
 
 from hfsae import TopKSAE, TopKSAEConfig
-from hfsae.analysis import analyze
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog. " * 4,
-    "def add(a, b):\n    return a + b\n" * 5,
-    "Sparse autoencoders find latents in the residual stream of a language model. " * 3,
-]
 HOOK_POINT = "layers.1.resid_post"
 EXPLAINED_LATENT = 5
 
 
 @pytest.fixture(scope="session")
-def sae_folder(tiny_lm, tiny_tokenizer, tmp_path_factory):
+def sae_folder(analyze_tiny, tmp_path_factory):
     """A saved tiny SAE (d_in 32, 64 latents, k 4) with analysis/, eval_results.json, training_metrics.json
     and n2g_explanations.json beside it."""
     folder = tmp_path_factory.mktemp("explorer") / "sae"
@@ -33,20 +27,7 @@ def sae_folder(tiny_lm, tiny_tokenizer, tmp_path_factory):
     )
     TopKSAE(config).save_pretrained(folder)
     sae = TopKSAE.from_pretrained(folder)
-    analyze(
-        sae,
-        model=tiny_lm("llama"),
-        tokenizer=tiny_tokenizer,
-        texts=TEXTS,
-        n_tokens=400,
-        context_size=32,
-        batch_size=4,
-        n_top_examples=4,
-        n_random_examples=3,
-        context_before=6,
-        context_after=2,
-        quiet=True,
-    )
+    analyze_tiny(sae, n_top_examples=4, n_random_examples=3, context_before=6, context_after=2)
     (folder / "eval_results.json").write_text(
         json.dumps({"fvu": 0.125, "l0": 4.0, "progressive": {"2": 0.3, "4": 0.125}})
     )
