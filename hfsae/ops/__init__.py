@@ -100,8 +100,9 @@ class _SubspaceCode(torch.autograd.Function):
     """A dense [batch, n_sub] code over a subset of latents, from pre-activations already selected in it.
 
     Used for AuxK when few latents are dead: dense matmuls over the dead subset then cost less than
-    sparse products over k_aux entries a row (see `AUX_DENSE_MAX_RATIO` in modeling.py). Backward is two dense products
-    over the subset; like `_SelectedPreactivations`, b_pre gets only the batch-summed gradient.
+    sparse products over k_aux entries a row (see `AUX_DENSE_MAX_RATIO` in modeling.py). Backward is
+    two dense products over the subset; like `_SelectedPreactivations`, b_pre gets only the batch-summed
+    gradient.
     """
 
     @staticmethod
