@@ -13,7 +13,7 @@ NORMALIZATIONS = ("none", "layer_norm", "unit_norm", "dataset_scale")
 
 @strict(accept_kwargs=True)
 class TopKSAEConfig(PretrainedConfig):
-    """The architecture of a TopK SAE (PAPER.md §1–2) and where its activations came from.
+    """The architecture of a TopK SAE (docs/method.md §1–2) and where its activations came from.
 
     Example:
         >>> TopKSAEConfig(d_in=576, n_latents=8192, k=32)
@@ -30,15 +30,15 @@ class TopKSAEConfig(PretrainedConfig):
     k_aux: int | None = None
     """Dead latents used by the AuxK loss per token; None means the paper's heuristic d_in // 2."""
     aux_k_coef: float = 1 / 32
-    """Weight α of the AuxK loss (PAPER.md §2)."""
+    """Weight α of the AuxK loss (docs/method.md §2)."""
     multi_topk_factor: int = 4
-    """Multi-TopK also reconstructs with multi_topk_factor · k latents (PAPER.md §2)."""
+    """Multi-TopK also reconstructs with multi_topk_factor · k latents (docs/method.md §2)."""
     multi_topk_coef: float = 0.0
     """Weight of the Multi-TopK term L(factor·k); the paper's value is 1/8. 0 trains plain TopK."""
     latent_bias: bool = True
     """Keep the encoder bias b_enc (the reference code's latent_bias); False drops it, as the paper's equation."""
     normalize: str = "none"
-    """Input normalisation: none | layer_norm | unit_norm | dataset_scale (PAPER.md §1)."""
+    """Input normalisation: none | layer_norm | unit_norm | dataset_scale (docs/method.md §1)."""
     dataset_scale: float | None = None
     """The layer-wide constant for normalize='dataset_scale': x is multiplied by it before encoding."""
     base_model: str | None = None

@@ -1,4 +1,4 @@
-"""TopKSAE: the TopK sparse autoencoder as a transformers PreTrainedModel (PAPER.md §1–2)."""
+"""TopKSAE: the TopK sparse autoencoder as a transformers PreTrainedModel (docs/method.md §1–2)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from .configuration import TopKSAEConfig
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
 from .training.losses import normalized_mse
 
-# Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (PAPER.md §1).
+# Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (docs/method.md §1).
 LAYER_NORM_EPS = 1e-5
-# A latent "fires" when selected with a value above this (PAPER.md §2).
+# A latent "fires" when selected with a value above this (docs/method.md §2).
 FIRING_THRESHOLD = 1e-3
 # AuxK runs as dense matmuls over the dead latents while there are at most this many per k_aux, and as
 # sparse products over the k_aux selected entries otherwise. Measured on the 2-core CPU (one thread,
@@ -118,7 +118,7 @@ class TopKSAE(PreTrainedModel):
 
             write_card(save_directory)
 
-    # ---- initialisation and decoder-norm helpers (PAPER.md §1) --------------------------------------
+    # ---- initialisation and decoder-norm helpers (docs/method.md §1) --------------------------------------
 
     @torch.no_grad()
     def init_tied_(self, generator: torch.Generator | None = None) -> None:

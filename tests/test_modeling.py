@@ -1,4 +1,4 @@
-"""TopKSAE against a dense re-implementation of PAPER.md §1–2, and its save/load and errors."""
+"""TopKSAE against a dense re-implementation of docs/method.md §1–2, and its save/load and errors."""
 
 import json
 

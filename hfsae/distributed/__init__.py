@@ -1,4 +1,4 @@
-"""Training past one device: data parallelism and latent sharding on torch.distributed (PAPER.md §6).
+"""Training past one device: data parallelism and latent sharding on torch.distributed (docs/method.md §6).
 
     grid.py        the data × latent process grid, with a timeout on every collective
     sharded.py     ShardedTopKSAE: one SAE's latents split across ranks, exact global top-k

@@ -1,4 +1,4 @@
-"""ShardedTopKSAE: one TopK SAE whose latents are split across processes (PAPER.md §6).
+"""ShardedTopKSAE: one TopK SAE whose latents are split across processes (docs/method.md §6).
 
 Each rank of a latent group owns latents [start, stop): those rows of W_enc, b_enc and W_dec;
 b_pre is replicated. A forward pass:

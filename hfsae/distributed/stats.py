@@ -1,7 +1,7 @@
 """Statistics over the global batch of data-parallel ranks: loss denominators and dead latents.
 
 Data parallelism must not change what is trained. Two quantities depend on the whole batch:
-the FVU's denominator (the batch's variance, PAPER.md §2), and whether a latent fired (a latent is
+the FVU's denominator (the batch's variance, docs/method.md §2), and whether a latent fired (a latent is
 alive if any rank saw it fire). Both are combined here with one small all-reduce each.
 """
 

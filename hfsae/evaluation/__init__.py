@@ -1,4 +1,4 @@
-"""Measuring SAEs the way the paper does (PAPER.md §4–5): metrics, downstream loss, N2G, probes, ablation, scaling.
+"""Measuring SAEs the way the paper does (docs/method.md §4–5): metrics, downstream loss, N2G, probes, ablation, scaling.
 
     from hfsae.evaluation import evaluate, write_eval_results
     results = evaluate(sae)                       # EvalResults; options are EvalConfig fields

@@ -1,4 +1,4 @@
-"""Ablation sparsity: how few logits change when one latent is removed from the spliced reconstruction (PAPER.md §4).
+"""Ablation sparsity: how few logits change when one latent is removed from the spliced reconstruction (docs/method.md §4).
 
 At a sampled token, the SAE's reconstruction is spliced in at the hook point; then each active
 latent in turn has its decoder contribution removed at that token (its value set to 0 before

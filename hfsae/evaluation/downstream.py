@@ -1,4 +1,4 @@
-"""Downstream loss: the language model's cross-entropy with the SAE's reconstruction spliced in (PAPER.md §4).
+"""Downstream loss: the language model's cross-entropy with the SAE's reconstruction spliced in (docs/method.md §4).
 
 Three forward passes per batch: clean, with the activation at the hook point replaced by
 `sae.decode(sae.encode(x))` (which undoes the input normalisation), and with it replaced by zeros.

@@ -1,4 +1,4 @@
-"""`evaluate`: every metric of PAPER.md §4 for one SAE on held-out text, and `eval_results.json`.
+"""`evaluate`: every metric of docs/method.md §4 for one SAE on held-out text, and `eval_results.json`.
 
     results = evaluate(sae)                            # base model, hook point, text from sae.config
     write_eval_results("my-sae", results)              # eval_results.json + n2g_explanations.json
@@ -84,7 +84,7 @@ class EvalConfig:
 
 @dataclass
 class EvalResults:
-    """The metrics of PAPER.md §4 for one SAE (None where a metric group was skipped or undefined)."""
+    """The metrics of docs/method.md §4 for one SAE (None where a metric group was skipped or undefined)."""
 
     fvu: float
     explained_variance: float
@@ -245,7 +245,7 @@ def evaluate(
     quiet: bool = False,
     **options,
 ) -> EvalResults:
-    """Measure `sae` on held-out text the way the paper does (PAPER.md §4).
+    """Measure `sae` on held-out text the way the paper does (docs/method.md §4).
 
     model / tokenizer default to sae.config.base_model (the SAE must sit on the model's device);
     `texts` replaces the configured dataset with these documents (all of them, no split); keyword

@@ -1,7 +1,7 @@
 """Reconstruction metrics of an SAE: FVU, explained variance, L0, dead fraction, cosine, progressive recovery.
 
 Each metric exists as a function of tensors for one batch, and `ReconstructionMetrics` accumulates
-the same quantities over a stream of batches (PAPER.md §4). All of them are measured in the
+the same quantities over a stream of batches (docs/method.md §4). All of them are measured in the
 activation's own scale: `sae.decode` undoes the input normalisation, so x_hat is what would be
 spliced back into the language model.
 """
@@ -55,7 +55,7 @@ def progressive_ks(k: int, n_latents: int) -> list[int]:
 
 
 def progressive_fvu(sae, x: torch.Tensor, ks: list[int] | None = None) -> dict[int, float]:
-    """FVU of `sae` on x [tokens, d_in] when it keeps k' latents at inference, for each k' (PAPER.md §4)."""
+    """FVU of `sae` on x [tokens, d_in] when it keeps k' latents at inference, for each k' (docs/method.md §4)."""
     if ks is None:
         ks = progressive_ks(sae.config.k, sae.config.n_latents)
     with torch.no_grad():

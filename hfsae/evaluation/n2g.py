@@ -1,4 +1,4 @@
-"""N2G explanations: token patterns that predict when a latent fires, and their precision and recall (PAPER.md §4).
+"""N2G explanations: token patterns that predict when a latent fires, and their precision and recall (docs/method.md §4).
 
 For a latent, each of its top-activating examples (a context ending at the token where it fires)
 becomes a pattern in two steps:

@@ -1,4 +1,4 @@
-"""Probe loss: the best single-latent 1-D logistic probe per binary task, averaged over tasks (PAPER.md §4).
+"""Probe loss: the best single-latent 1-D logistic probe per binary task, averaged over tasks (docs/method.md §4).
 
 For each task every latent gets its own logistic regression p = σ(w·z + b) on that latent's
 activation z alone, fitted by damped Newton steps for all latents at once; the task's score is the

@@ -1,4 +1,4 @@
-"""Scaling-law fits (PAPER.md §5): L(n, k) and L(C) with standard errors, from a sweep's results, and their plot.
+"""Scaling-law fits (docs/method.md §5): L(n, k) and L(C) with standard errors, from a sweep's results, and their plot.
 
 The converged-loss law is
 
@@ -60,7 +60,7 @@ class ScalingFit:
 
 
 def loss_nk(n, k, alpha, beta_k, beta_n, gamma, zeta, eta):
-    """The paper's converged-loss law L(n, k) (PAPER.md §5), elementwise over arrays n, k."""
+    """The paper's converged-loss law L(n, k) (docs/method.md §5), elementwise over arrays n, k."""
     log_n, log_k = np.log(n), np.log(k)
     reducible = np.exp(alpha + beta_k * log_k + beta_n * log_n + gamma * log_k * log_n)
     irreducible = np.exp(zeta + eta * log_k)
@@ -220,7 +220,7 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
             raise ScalingFitError(f"{metrics_path} has no 'fvu'; keys are {sorted(metrics)}.")
         tokens = metrics.get("tokens")
         n, k, d = int(config["n_latents"]), int(config["k"]), int(config["d_in"])
-        # The dense encoder matmul dominates a TopK SAE's step (PAPER.md §6): 2 FLOPs per
+        # The dense encoder matmul dominates a TopK SAE's step (docs/method.md §6): 2 FLOPs per
         # multiply-add, forward plus two backward products, hence 6 · tokens · n · d.
         compute = metrics.get("flops") or (6.0 * tokens * n * d if tokens else None)
         runs.append(
@@ -351,7 +351,7 @@ def scaling(
 ) -> ScalingReport:
     """Fit L(n, k) and L(C) to a sweep's SAE folders, write the plot (scaling.png) and the fits beside it (scaling.json).
 
-    L(C) is fitted to the compute-efficient frontier of the runs at the most common k (PAPER.md §5
+    L(C) is fitted to the compute-efficient frontier of the runs at the most common k (docs/method.md §5
     fits compute-optimal runs); it needs at least 4 frontier runs, L(n, k) at least 7 runs.
 
     Example:

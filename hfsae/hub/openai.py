@@ -1,4 +1,4 @@
-"""Convert OpenAI's released TopK SAE state dicts (.pt, v5 GPT-2 small, PAPER.md §7) into a TopKSAE.
+"""Convert OpenAI's released TopK SAE state dicts (.pt, v5 GPT-2 small, docs/method.md §7) into a TopKSAE.
 
 OpenAI's `Autoencoder` (openai/sparse_autoencoder, model.py) computes, per token,
 

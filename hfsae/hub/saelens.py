@@ -10,7 +10,7 @@ SAELens (sae_lens/saes/sae.py, topk_sae.py) computes, per token,
 
 Each convention folds exactly into a TopKSAE's weights: the decoder-norm rescaling into W_enc,
 b_enc and W_dec; a fine-tuning scaling factor into W_dec; an input without b_dec into b_enc.
-layer_norm is the same per-token normalisation as hfsae's (PAPER.md §1).
+layer_norm is the same per-token normalisation as hfsae's (docs/method.md §1).
 """
 
 from __future__ import annotations

@@ -99,7 +99,7 @@ _scratch_buffers: dict[tuple, torch.Tensor] = {}
 
 def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """A flat buffer reused across calls: a fresh output page-faults on every step, which costs ~17% of
-    the encoder matmul at these sizes (DESIGN.md, measured on the 2-core machine)."""
+    the encoder matmul at these sizes (measured on a 2-core development machine)."""
     key = (numel, dtype, device)
     if key not in _scratch_buffers:
         _scratch_buffers.clear()  # keep one: a new shape means the old one is done with

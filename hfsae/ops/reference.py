@@ -10,7 +10,7 @@ Every backend module (reference, cpu, triton) defines the same four functions:
 `decode` is the sparse×dense product (decoder forward, and the input gradient of the encoder),
 `scatter_outer` the sparseᵀ×dense product (both weight gradients) and `gather_dot` the dense×dense
 product evaluated only at the selected entries (the gradient into the selected values): the three
-kernels of PAPER.md §6.
+kernels of docs/method.md §6.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Triton kernels for the sparse ops and the fused encoder + TopK: the CUDA backend (PAPER.md §6).
+"""Triton kernels for the sparse ops and the fused encoder + TopK: the CUDA backend (docs/method.md §6).
 
 Same contract as `reference.py`: outputs in the input dtype, fp32 accumulation, int64 offsets.
 

@@ -121,9 +121,9 @@ class TrainConfig(SAEOptions):
     k: list[int] = field(default_factory=lambda: [32])
     """Latents kept per token (TopKSAEConfig.k); one SAE per (hook point, n_latents, k)."""
     tied_init: bool = True
-    """Initialise the encoder as the decoder's transpose (PAPER.md §1); false draws it separately."""
+    """Initialise the encoder as the decoder's transpose (docs/method.md §1); false draws it separately."""
 
-    # ---- optimisation (PAPER.md §3) ------------------------------------------------------------------
+    # ---- optimisation (docs/method.md §3) ------------------------------------------------------------------
     learning_rate: float | None = None
     """Adam learning rate; None uses the scaling rule 2e-4 / sqrt(n_latents / 2**14) per SAE."""
     adam_beta1: float = 0.9
@@ -222,7 +222,7 @@ class TrainConfig(SAEOptions):
         """The learning rate of an SAE with n_latents: the configured one, or 2e-4 / sqrt(n / 2**14)."""
         if self.learning_rate is not None:
             return self.learning_rate
-        # Community fit of the paper's Figure 3 (PAPER.md §3).
+        # Community fit of the paper's Figure 3 (docs/method.md §3).
         return 2e-4 / math.sqrt(n_latents / 2**14)
 
     def learning_rate_factor(self, step: int) -> float:

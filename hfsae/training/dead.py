@@ -1,4 +1,4 @@
-"""Tokens since each latent last fired, and the dead mask AuxK trains (PAPER.md §2)."""
+"""Tokens since each latent last fired, and the dead mask AuxK trains (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-# A latent "fires" when it is selected with a value above this (PAPER.md §2).
+# A latent "fires" when it is selected with a value above this (docs/method.md §2).
 FIRING_THRESHOLD = 1e-3
 
 

@@ -1,4 +1,4 @@
-"""Bias-corrected exponential moving average of an SAE's weights (PAPER.md §3)."""
+"""Bias-corrected exponential moving average of an SAE's weights (docs/method.md §3)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import torch
 
 
 def normalized_mse(x_hat: torch.Tensor, x: torch.Tensor, *, variance: torch.Tensor | float | None = None) -> torch.Tensor:
-    """‖x − x_hat‖² / ‖x − mean(x)‖² over a batch [tokens, d] (PAPER.md §2).
+    """‖x − x_hat‖² / ‖x − mean(x)‖² over a batch [tokens, d] (docs/method.md §2).
 
     `variance` replaces the denominator's per-token mean squared deviation with a fixed estimate
     (computed once at the start of training); by default it comes from the batch.

@@ -1,7 +1,7 @@
 """`hfsae sweep`: train a grid of (n_latents, k) SAEs from one activation stream, then fit the scaling laws.
 
 A sweep is an ordinary training run in the trainer's many-SAEs mode (every SAE reads the same
-harvested activations, PAPER.md §5 fits runs that differ only in n and k), followed by
+harvested activations, docs/method.md §5 fits runs that differ only in n and k), followed by
 `hfsae.evaluation.scaling.scaling` on its output folder. `SweepConfig` is `TrainConfig` with a
 3×3 grid and a shorter schedule as defaults, sized so the built-in default finishes in under
 15 minutes on 2 CPU cores; every TrainConfig option still applies.
@@ -41,7 +41,7 @@ class SweepConfig(TrainConfig):
     # Nine SAEs share each step (21,504 latents in all: ~5× the encoder matmul of the single
     # default SAE), so the sweep harvests and trains on less. Measured: this grid with 131,072
     # training tokens took 753 s on 2 cores shared with ~5 other jobs (load ~11); the runs are far
-    # from converged there (PAPER.md §3: tokens to convergence grow ~ n^0.6), so raise
+    # from converged there (docs/method.md §3: tokens to convergence grow ~ n^0.6), so raise
     # train_tokens for a fit of converged losses.
     harvest_tokens: int = field(
         default=50_000, metadata={"help": "Distinct training tokens harvested once and reused for every epoch."}

@@ -2,7 +2,7 @@
 
 Every SAE of a sweep (one per hook point, n_latents and k) is a `SAERun`: the model with its own
 Adam, EMA and dead-latent counts. All runs read the same batches, so they share the language
-model's forward passes. One optimiser step of one run, in order (PAPER.md §1–3):
+model's forward passes. One optimiser step of one run, in order (docs/method.md §1–3):
 
     forward with the dead mask (TopK, AuxK, Multi-TopK) → backward
     → dead-latent counts       from this batch's code (the selection the forward made)
@@ -39,7 +39,7 @@ from .data import EpochBatches, split_batch
 from .dead import DeadLatents, fired_latents
 from .ema import EMA
 
-# Tokens used to initialise b_pre (geometric median) and dataset_scale (PAPER.md §1: ~32k).
+# Tokens used to initialise b_pre (geometric median) and dataset_scale (docs/method.md §1: ~32k).
 INIT_SAMPLE_TOKENS = 32_768
 # Rows per chunk when evaluating held-out activations (bounds the [rows, n_latents] pre-activations).
 EVAL_CHUNK = 4096
@@ -139,7 +139,7 @@ class Trainer:
             x = sample[hook_point][:INIT_SAMPLE_TOKENS].float()
             measured = {"base_model": self.base_model}
             if config.normalize == "dataset_scale":
-                # One constant for the layer so that E‖x‖² = d_in (PAPER.md §1).
+                # One constant for the layer so that E‖x‖² = d_in (docs/method.md §1).
                 measured["dataset_scale"] = float((x.shape[1] / x.pow(2).sum(dim=1).mean()).sqrt())
             sae_config = config.sae_config(
                 d_in=self.d_in[hook_point], hook_point=hook_point, n_latents=n_latents, k=k, **measured

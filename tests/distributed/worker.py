@@ -66,7 +66,7 @@ def forward_case(case: dict, job: str, grid) -> dict[str, torch.Tensor]:
 def train_steps_(
     sae: ShardedTopKSAE, optimizer, inputs: dict, steps: range, grid, max_grad_norm: float | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Adam steps with the decoder-norm step (PAPER.md §1) and optional clipping, in the trainer's order.
+    """Adam steps with the decoder-norm step (docs/method.md §1) and optional clipping, in the trainer's order.
 
     Returns each step's loss and gradient norm before clipping (0 without clipping).
     """

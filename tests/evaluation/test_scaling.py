@@ -16,7 +16,7 @@ from hfsae.evaluation.scaling import (
     scaling,
 )
 
-# The paper's GPT-4 fit (PAPER.md §5).
+# The paper's GPT-4 fit (docs/method.md §5).
 PAPER_NK = dict(alpha=-0.50, beta_k=0.26, beta_n=-0.017, gamma=-0.042, zeta=-1.32, eta=-0.085)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

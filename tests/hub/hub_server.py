@@ -1,6 +1,6 @@
 """A small Hugging Face Hub stand-in on 127.0.0.1 that the real huggingface_hub client can talk to.
 
-It speaks the HTTP endpoints listed in /work/shared/HUB_TESTING.md, as huggingface_hub 2.x calls them:
+It speaks the HTTP endpoints that huggingface_hub 2.x calls:
 repo create (with an initial commit holding .gitattributes, as the Hub does), repo info, model
 listing, validate-yaml, preupload, the LFS batch API plus PUT with a sha256 check, NDJSON commits,
 tree, paths-info, and resolve (HEAD/GET) with X-Repo-Commit, ETag, Content-Length and the LFS

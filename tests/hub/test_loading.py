@@ -46,7 +46,7 @@ def test_a_path_that_does_not_exist_says_so_instead_of_asking_the_hub():
 def test_the_registry_lists_every_openai_gpt2_small_v5_mirror_with_saelens_folder_names():
     entries = registry()
     oai = [entry for entry in entries.values() if entry.repo.startswith("jbloom/GPT2-Small-OAI-v5-")]
-    assert len(oai) == 2 * 4 * 12  # sizes × sites × layers (PAPER.md §7)
+    assert len(oai) == 2 * 4 * 12  # sizes × sites × layers (docs/method.md §7)
     entry = entries["gpt2-small-v5-32k-resid-post-layer-8"]
     assert (entry.repo, entry.folder, entry.format) == (
         "jbloom/GPT2-Small-OAI-v5-32k-resid-post-SAEs", "v5_32k_layer_8.pt", "saelens")

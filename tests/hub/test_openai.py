@@ -13,7 +13,7 @@ K = 4
 
 
 def openai_state_dict(seed: int = 0) -> dict:
-    """A v5-style state dict (PAPER.md §7): decoder.weight is [d, n], plus statistics and activation entries."""
+    """A v5-style state dict (docs/method.md §7): decoder.weight is [d, n], plus statistics and activation entries."""
     weights = random_weights(seed=seed)
     n_latents = weights["W_enc"].shape[0]
     return {
