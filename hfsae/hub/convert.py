@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ..folder import staged_folder
 from ..modeling import TopKSAE
 from . import openai, saelens, sparsify
-from .files import atomic_directory
 from .multi import INDEX_FILE, read_index, save_many
 
 SOURCE_FORMATS = ("openai", "saelens", "sparsify", "hfsae")
@@ -92,7 +92,7 @@ def convert(
     check_format(source_format, SOURCE_FORMATS, "source")
     check_format(target_format, TARGET_FORMATS, "target")
     saes = load_all_local(src, source_format)
-    with atomic_directory(dst) as staging:
+    with staged_folder(dst) as staging:
         if target_format == "saelens":
             for name, sae in saes.items():
                 saelens.to_saelens(sae, staging / name if name else staging)

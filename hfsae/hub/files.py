@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,27 +11,15 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..folder import SAEFolderError, read_json  # noqa: F401 (read_json: the converters read cfg.json through here)
 
-class SAEFileError(ValueError):
-    """A file that should hold an SAE's config or weights is unreadable, malformed or missing a tensor."""
+
+# One error for every malformed file of an SAE folder, foreign formats included; hub code knows it by this name.
+SAEFileError = SAEFolderError
 
 
 class UnsupportedArchitectureError(ValueError):
     """A foreign SAE whose forward pass a TopKSAE cannot reproduce exactly."""
-
-
-def read_json(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON object stored at `path`, or an error naming the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Expected a config file at {path}, but there is none.")
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise SAEFileError(f"{path} is not valid JSON ({err}). Re-download or re-create it.") from err
-    if not isinstance(value, dict):
-        raise SAEFileError(f"{path} should hold a JSON object; it holds a {type(value).__name__}.")
-    return value
 
 
 def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -81,24 +64,3 @@ def require_tensors(tensors: dict[str, Any], names: list[str], path: str | os.Pa
         raise SAEFileError(
             f"{path} lacks the tensor(s) {', '.join(missing)}; it holds {', '.join(sorted(tensors)) or 'nothing'}."
         )
-
-
-@contextmanager
-def atomic_directory(destination: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `destination` and move it into place only when the block succeeds.
-
-    A crash or error mid-write must not leave a folder that loads but holds half an SAE.
-    """
-    destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()):
-        raise FileExistsError(f"{destination} already exists and is not empty; choose a new folder or remove it.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        yield staging
-        if destination.exists():
-            destination.rmdir()
-        staging.rename(destination)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

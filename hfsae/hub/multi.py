@@ -13,28 +13,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..folder import (  # noqa: F401 (HookPointNotInRepoError, folder_for_hook_point: re-exported for hub/)
+    INDEX_FILE,
+    INDEX_FORMAT,
+    HookPointNotInRepoError,
+    folder_for_hook_point,
+    index_entry,
+    natural_key,
+    read_index,
+    write_index,
+)
 from ..modeling import TopKSAE
-from .files import SAEFileError, read_json
-
-INDEX_FILE = "index.json"
-INDEX_FORMAT = "hfsae-index"
-
-
-class HookPointNotInRepoError(LookupError):
-    """The multi-SAE folder or repo holds no SAE for the requested hook point."""
 
 
 def entry_for(folder: str, sae: TopKSAE) -> dict[str, Any]:
     """The index.json entry describing `sae` stored in `folder`."""
-    config = sae.config
-    return {
-        "folder": folder,
-        "hook_point": config.hook_point,
-        "base_model": config.base_model,
-        "d_in": config.d_in,
-        "n_latents": config.n_latents,
-        "k": config.k,
-    }
+    return index_entry(folder, sae.config)
 
 
 def default_folder(sae: TopKSAE, taken: set[str]) -> str:
@@ -47,7 +41,7 @@ def default_folder(sae: TopKSAE, taken: set[str]) -> str:
 
 
 def index_json(entries: list[dict[str, Any]]) -> str:
-    entries = sorted(entries, key=lambda entry: entry["folder"])
+    entries = sorted(entries, key=lambda entry: natural_key(entry["folder"]))
     return json.dumps({"format": INDEX_FORMAT, "version": 1, "saes": entries}, indent=2) + "\n"
 
 
@@ -63,35 +57,8 @@ def save_many(saes: Mapping[str, TopKSAE], folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / INDEX_FILE
     old = read_index(index_path)["saes"] if index_path.exists() else []
+    entries = merge_entries(old, [entry_for(name, sae) for name, sae in saes.items()])  # checks the names first
     for name, sae in saes.items():
         sae.save_pretrained(folder / name)
-    entries = merge_entries(old, [entry_for(name, sae) for name, sae in saes.items()])
-    index_path.write_text(index_json(entries), encoding="utf-8")
+    write_index(folder, entries)
     return folder
-
-
-def read_index(path: str | os.PathLike) -> dict[str, Any]:
-    """Parse and check an index.json."""
-    index = read_json(path)
-    if index.get("format") != INDEX_FORMAT or not isinstance(index.get("saes"), list):
-        raise SAEFileError(f"{path} is not an hfsae index (expected format {INDEX_FORMAT!r} and a list 'saes').")
-    for entry in index["saes"]:
-        if not isinstance(entry, dict) or not isinstance(entry.get("folder"), str):
-            raise SAEFileError(f"{path}: every entry of 'saes' needs a 'folder'; got {entry!r}.")
-    return index
-
-
-def folder_for_hook_point(index: dict[str, Any], hook_point: str, *, where: str) -> str:
-    """The one folder holding the SAE for `hook_point` (a hook point or a folder name)."""
-    entries = index["saes"]
-    matches = [entry["folder"] for entry in entries if entry["folder"] == hook_point]
-    matches = matches or [entry["folder"] for entry in entries if entry.get("hook_point") == hook_point]
-    if len(matches) == 1:
-        return matches[0]
-    folders = ", ".join(entry["folder"] for entry in entries) or "none"
-    if not matches:
-        raise HookPointNotInRepoError(f"{where} holds no SAE for hook point {hook_point!r}; it holds: {folders}.")
-    raise HookPointNotInRepoError(
-        f"{where} holds several SAEs for hook point {hook_point!r} ({', '.join(matches)}); "
-        "pass one of those folder names as hookpoint= instead."
-    )

@@ -1,0 +1,306 @@
+"""The one definition of an SAE folder: its file names, the multi-SAE index, and how its files are written.
+
+A single SAE folder (what `TopKSAE.save_pretrained`, `hfsae train`, `hfsae eval` and `hfsae analyze` write):
+
+    config.json                   TopKSAEConfig
+    model.safetensors             W_enc, b_enc, W_dec, b_pre
+    README.md                     the model card, written last (hfsae.hub.card.write_card)
+    training_config.json          the TrainConfig it was trained with
+    training_metrics.json         held-out FVU, dead fraction, tokens, … at the end of training
+    eval_results.json             the metrics of `hfsae eval`
+    n2g_explanations.json         token-pattern explanations of latents
+    analysis/                     `hfsae analyze`: latents.parquet + analysis.json
+
+A multi-SAE folder or Hub repo holds one such folder per SAE, listed in index.json:
+
+    {"format": "hfsae-index", "version": 1, "saes": [{"folder": "layers.8.resid_post", "hook_point": ...}]}
+
+This module imports nothing of hfsae: every other module may build on it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "README.md"
+TRAINING_CONFIG_FILE = "training_config.json"
+TRAINING_METRICS_FILE = "training_metrics.json"
+EVAL_RESULTS_FILE = "eval_results.json"
+N2G_FILE = "n2g_explanations.json"
+INDEX_FILE = "index.json"
+ANALYSIS_DIR = "analysis"
+
+INDEX_FORMAT = "hfsae-index"
+INDEX_VERSION = 1
+
+# What save_pretrained, the card, eval and analysis write: the only files `hfsae push` uploads.
+# Checkpoints, staging folders and dotfiles (.env, .saving-*) are never published.
+PUBLISHED_FILES = (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    "model.safetensors.index.json",  # save_pretrained(max_shard_size=...) splits the weights
+    "model-*-of-*.safetensors",
+    CARD_FILE,
+    "*.png",  # the card's figures
+    TRAINING_CONFIG_FILE,
+    TRAINING_METRICS_FILE,
+    EVAL_RESULTS_FILE,
+    N2G_FILE,
+    "latent_density.safetensors",
+    "latent_density.json",
+    f"{ANALYSIS_DIR}/*.parquet",
+    f"{ANALYSIS_DIR}/*.json",
+    f"{ANALYSIS_DIR}/{CARD_FILE}",
+)
+
+
+class SAEFolderError(ValueError):
+    """A file of an SAE folder is malformed: invalid JSON, the wrong kind of value, an unsafe folder name."""
+
+
+class HookPointNotInRepoError(LookupError):
+    """The multi-SAE folder or repo holds no SAE (or several) for the requested hook point."""
+
+
+# ---- reading and writing files -----------------------------------------------------------------------
+
+
+def read_json(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object stored at `path`; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected a JSON file at {path}, but there is none.")
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise SAEFolderError(f"{path} is not valid JSON ({err}). Re-create it, or re-download the folder.") from err
+    if not isinstance(value, dict):
+        raise SAEFolderError(f"{path} should hold a JSON object ({{...}}); it holds a {type(value).__name__}.")
+    return value
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old file or the new one, never half of one.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk, and replace `path` in
+    one rename (os.replace is atomic within a file system).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it private; SAE folders are meant to be shared
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`write_bytes_atomic` for UTF-8 text."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
+    """`obj` as indented JSON, written atomically."""
+    return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+@contextmanager
+def staged_folder(destination: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty folder beside `destination`; on success it becomes `destination` in one swap.
+
+    On an error the staged folder is removed and `destination` is left as it was: a crash mid-write
+    never leaves a folder that loads but holds half an SAE. A non-empty `destination` is refused
+    unless `overwrite`, in which case it is replaced whole (not merged).
+    """
+    destination = Path(destination)
+    if destination.is_file() or (destination.is_dir() and any(destination.iterdir()) and not overwrite):
+        raise FileExistsError(
+            f"{destination} already exists and is not an empty folder; choose another destination "
+            "or allow overwriting it (--overwrite-output-dir / overwrite=True)."
+        )
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    # A dot name: never published (PUBLISHED_FILES), and skipped by anything listing SAE folders.
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
+    staging.chmod(0o755)  # mkdtemp makes it private; SAE folders are meant to be shared
+    try:
+        yield staging
+        if destination.exists():
+            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
+            os.replace(destination, retired / destination.name)
+            os.replace(staging, destination)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(staging, destination)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ---- the multi-SAE index -----------------------------------------------------------------------------
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders digit runs by value: layers.2 < layers.10 (plain sorting puts 10 first)."""
+    # re.split with a group alternates text and digit runs, so tuples compare str to str and int to int.
+    return tuple(int(part) if index % 2 else part for index, part in enumerate(re.split(r"(\d+)", name)))
+
+
+def check_folder_name(name: Any, *, where: str | None = None) -> str:
+    """`name` when it is a relative folder inside a repo ('layers.8' or 'layers.8/n64_k4'), else SAEFolderError.
+
+    Refused: anything that could point outside the repo or differ between systems — absolute paths,
+    '..' or '.' parts, backslashes, empty parts.
+    """
+    problem = None
+    if not isinstance(name, str) or not name:
+        problem = "it must be a non-empty string"
+    elif "\\" in name:
+        problem = "it contains a backslash; use '/' between folders"
+    elif name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        problem = "it is an absolute path"
+    elif ".." in name.split("/"):
+        problem = "a '..' part leads out of the repo"
+    elif "." in name.split("/") or "" in name.split("/"):
+        problem = "it has an empty or '.' part"
+    if problem:
+        location = f"{where}: " if where else ""
+        raise SAEFolderError(
+            f"{location}SAE folder name {name!r} is not allowed ({problem}). A folder name must be a "
+            "relative path inside the repo, like 'layers.8.resid_post'."
+        )
+    return name
+
+
+def index_entry(folder: str, config: Any, **extra: Any) -> dict[str, Any]:
+    """The index.json entry for the SAE with this config (a TopKSAEConfig) stored in `folder`."""
+    return {
+        "folder": check_folder_name(folder),
+        "hook_point": config.hook_point,
+        "base_model": config.base_model,
+        "d_in": config.d_in,
+        "n_latents": config.n_latents,
+        "k": config.k,
+        **extra,
+    }
+
+
+def _checked_entries(entries: Iterable[Any], where: str) -> list[dict[str, Any]]:
+    checked, seen = [], set()
+    for entry in entries:
+        if not isinstance(entry, dict) or "folder" not in entry:
+            raise SAEFolderError(f"{where}: every entry of 'saes' must be an object with a 'folder'; got {entry!r}.")
+        folder = check_folder_name(entry["folder"], where=where)
+        if folder in seen:
+            raise SAEFolderError(f"{where}: the folder {folder!r} is listed twice; each SAE needs its own folder.")
+        seen.add(folder)
+        checked.append(entry)
+    return sorted(checked, key=lambda entry: natural_key(entry["folder"]))
+
+
+def write_index(folder_path: str | os.PathLike, entries: Iterable[dict[str, Any]]) -> Path:
+    """Write `folder_path/index.json` listing `entries` (from `index_entry`) in natural order; returns its path."""
+    path = Path(folder_path) / INDEX_FILE
+    saes = _checked_entries(entries, str(path))
+    return write_json_atomic(path, {"format": INDEX_FORMAT, "version": INDEX_VERSION, "saes": saes})
+
+
+def read_index(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check an index.json: its entries' folders are safe relative names, in natural order."""
+    index = read_json(path)
+    if index.get("format") != INDEX_FORMAT or not isinstance(index.get("saes"), list):
+        raise SAEFolderError(
+            f"{path} is not an hfsae index: expected {{\"format\": {INDEX_FORMAT!r}, \"saes\": [...]}}, "
+            f"got keys {sorted(index)}."
+        )
+    return index | {"saes": _checked_entries(index["saes"], str(path))}
+
+
+def folder_for_hook_point(index: dict[str, Any], hook_point: str, *, where: str) -> str:
+    """The one folder of `index` holding the SAE for `hook_point` (a hook point or a folder name)."""
+    entries = index["saes"]
+    matches = [entry["folder"] for entry in entries if entry["folder"] == hook_point]
+    matches = matches or [entry["folder"] for entry in entries if entry.get("hook_point") == hook_point]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        folders = ", ".join(entry["folder"] for entry in entries) or "none"
+        raise HookPointNotInRepoError(f"{where} holds no SAE for hook point {hook_point!r}; it holds: {folders}.")
+    raise HookPointNotInRepoError(
+        f"{where} holds several SAEs for hook point {hook_point!r} ({', '.join(matches)}); "
+        "pass one of those folder names as hookpoint= instead."
+    )
+
+
+# ---- what is published -------------------------------------------------------------------------------
+
+
+def _matches(relative: str, patterns: Iterable[str]) -> bool:
+    """Whether `relative` ('a/b.png') matches one of `patterns` part by part ('*' never crosses a '/')."""
+    parts = relative.split("/")
+    if any(part.startswith(".") for part in parts):
+        return False
+    return any(
+        len(pattern.split("/")) == len(parts)
+        and all(fnmatch.fnmatchcase(part, piece) for part, piece in zip(parts, pattern.split("/")))
+        for pattern in patterns
+    )
+
+
+def _is_published(relative: str, sae_folders: list[str] | None) -> bool:
+    if sae_folders is None:
+        return _matches(relative, PUBLISHED_FILES)
+    if _matches(relative, (INDEX_FILE, CARD_FILE, "*.png")):  # a multi-SAE repo's own card and index
+        return True
+    return any(
+        relative.startswith(f"{folder}/") and _matches(relative[len(folder) + 1 :], PUBLISHED_FILES)
+        for folder in sae_folders
+    )
+
+
+def publishable_files(folder: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """What of `folder` may be published: (kept, left_out), relative '/'-separated paths.
+
+    A single SAE folder keeps the files of PUBLISHED_FILES; a multi-SAE folder keeps its index.json
+    and card and those files of every folder its index lists. Everything else (checkpoints/, .env,
+    staging folders, links) is left out; a left-out folder is reported once, as 'name/'.
+    """
+    root = Path(folder)
+    sae_folders = None
+    if (root / INDEX_FILE).is_file():
+        sae_folders = [entry["folder"] for entry in read_index(root / INDEX_FILE)["saes"]]
+
+    def scan(directory: Path, prefix: str) -> tuple[list[str], list[str]]:
+        kept, left_out = [], []
+        for child in sorted(directory.iterdir(), key=lambda path: natural_key(path.name)):
+            relative = f"{prefix}{child.name}"
+            if child.name.startswith(".") or child.is_symlink():
+                left_out.append(f"{relative}/" if child.is_dir() else relative)
+            elif child.is_dir():
+                child_kept, child_left_out = scan(child, f"{relative}/")
+                kept += child_kept
+                left_out += child_left_out if child_kept else [f"{relative}/"]
+            elif child.is_file() and _is_published(relative, sae_folders):
+                kept.append(relative)
+            else:
+                left_out.append(relative)
+        return kept, left_out
+
+    return scan(root, "")
