@@ -10,11 +10,16 @@ from hfsae.activations.hook_points import (
     splice,
     valid_hook_points,
 )
+from hfsae.activations.models import LanguageModelError, load_language_model
+from hfsae.activations.positions import FIRST_POSITION_USED, SKIP_FIRST_POSITION, positions_used
 from hfsae.activations.source import ActivationSource
 from hfsae.activations.text import DatasetUnavailableError, TextColumnError, TextSource, token_contexts
 
 __all__ = [
     "BUILTIN_MODEL",
+    "FIRST_POSITION_USED",
+    "SKIP_FIRST_POSITION",
+    "LanguageModelError",
     "ActivationSource",
     "DatasetUnavailableError",
     "HookPoint",
@@ -25,6 +30,8 @@ __all__ = [
     "capture",
     "decoder_layers",
     "load_builtin_model",
+    "load_language_model",
+    "positions_used",
     "resolve",
     "splice",
     "token_contexts",

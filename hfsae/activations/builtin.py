@@ -24,6 +24,7 @@ __all__ = [
     "BUILTIN_MODEL",
     "BuiltinModelMissingError",
     "builtin_cache_dir",
+    "builtin_model_folder",
     "builtin_model_path",
     "builtin_texts",
     "is_builtin",
@@ -81,7 +82,7 @@ def _converted_dir() -> Path:
 
 
 @contextmanager
-def _quiet_transformers(quiet: bool) -> Iterator[None]:
+def quiet_transformers(quiet: bool) -> Iterator[None]:
     """Silence transformers' warnings and loading bars (the GGUF conversion prints hundreds)."""
     from transformers.utils import logging as transformers_logging
 
@@ -124,21 +125,22 @@ def _convert(gguf_path: Path, destination: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
-    """The built-in model and tokenizer (LlamaForCausalLM, 30 layers, d 576), float32, in eval mode.
-
-    The first call converts the GGUF file (~20 s) into the cache directory; later calls load that.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def builtin_model_folder(*, quiet: bool = True) -> Path:
+    """The built-in model as an ordinary float32 model folder; the first call converts the GGUF
+    file (~20 s) into the cache directory."""
     converted = _converted_dir()
-    with _quiet_transformers(quiet):
-        if not (converted / "config.json").is_file():
+    if not (converted / "config.json").is_file():
+        with quiet_transformers(quiet):
             _convert(builtin_model_path(), converted)
-        model = AutoModelForCausalLM.from_pretrained(converted, dtype="float32").to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(converted)
-    model.name_or_path = BUILTIN_MODEL
-    return model, tokenizer
+    return converted
+
+
+def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
+    """The built-in model and tokenizer (LlamaForCausalLM, 30 layers, d 576), float32, in eval mode
+    (`load_language_model("builtin", dtype="float32")`)."""
+    from hfsae.activations.models import load_language_model
+
+    return load_language_model("builtin", device=device, dtype="float32", quiet=quiet)
 
 
 def _stdlib_sources() -> list[Path]:

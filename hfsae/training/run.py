@@ -19,31 +19,13 @@ from pathlib import Path
 
 import torch
 
+from ..activations.models import load_language_model  # noqa: F401 (H3b moves callers to hfsae.activations)
 from .config import TrainConfig
 from .trainer import Trainer, TrainResult, make_accelerator
 
 INDEX_FILE = "index.json"
 TRAINING_CONFIG_FILE = "training_config.json"
 TRAINING_METRICS_FILE = "training_metrics.json"
-
-
-def load_language_model(name: str, *, device: torch.device | str = "cpu", quiet: bool = False):
-    """(model, tokenizer) for 'builtin', a local folder or a Hub id, float32 and in eval mode."""
-    from ..activations.builtin import is_builtin, load_builtin_model
-
-    if is_builtin(name):
-        return load_builtin_model(device=str(device), quiet=quiet)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
-    except OSError as err:
-        raise FileNotFoundError(
-            f"Cannot load language model {name!r}: {err}. Give 'builtin', a local model folder, or a Hub id "
-            "(with network access, or already in the Hugging Face cache)."
-        ) from err
-    return model.to(device).eval(), tokenizer
 
 
 def harvest(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int) -> dict[str, torch.Tensor]:

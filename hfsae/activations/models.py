@@ -1,0 +1,104 @@
+"""The one loader of causal language models: 'builtin', a local model folder, or a Hub id.
+
+    model, tokenizer = load_language_model("builtin")                       # SmolLM2-135M, CPU
+    model, tokenizer = load_language_model("gpt2", device="cuda")           # bf16 on a GPU
+    model, tokenizer = load_language_model("big/model", device_map="auto", max_memory={0: "20GiB"})
+
+The model comes back in eval mode. Whatever its dtype, ActivationSource hands the SAE float32 rows
+(the SAE keeps float32 master weights, docs/method.md §6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hfsae.activations.builtin import BUILTIN_MODEL, builtin_model_folder, is_builtin, quiet_transformers
+
+__all__ = ["MODEL_DTYPES", "LanguageModelError", "load_language_model", "resolve_dtype"]
+
+MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# dtype="auto" on the CPU. Measured on the built-in model (AVX512-BF16 CPU, 2 threads, 64-token
+# contexts, benchmarks/bench_train.py): see CPU_DEFAULT_MEASUREMENT.
+CPU_DEFAULT_DTYPE = torch.float32
+CPU_DEFAULT_MEASUREMENT = "pending"
+
+
+class LanguageModelError(FileNotFoundError):
+    """The language model (or the asked revision of it) cannot be loaded."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
+    """The torch dtype for `dtype` ("auto"/None: bfloat16 on an accelerator, CPU_DEFAULT_DTYPE on the CPU)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in MODEL_DTYPES.values():
+            raise ValueError(f"Model dtype {dtype} is not supported; use one of {sorted(MODEL_DTYPES)}.")
+        return dtype
+    if dtype is None or dtype == "auto":
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        return CPU_DEFAULT_DTYPE if on_cpu else torch.bfloat16
+    if dtype not in MODEL_DTYPES:
+        raise ValueError(f"Model dtype {dtype!r} is not one of 'auto', {', '.join(map(repr, MODEL_DTYPES))}.")
+    return MODEL_DTYPES[dtype]
+
+
+def load_language_model(
+    name: str,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+    device_map: str | dict | None = None,
+    max_memory: dict | None = None,
+    trust_remote_code: bool = False,
+    quiet: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode for 'builtin', a local model folder or a Hub id.
+
+    Args:
+        device: where the model goes (ignored with device_map).
+        dtype: "float32", "bfloat16", "float16", or None/"auto" (bfloat16 on an accelerator; on the
+            CPU the measured faster choice, CPU_DEFAULT_DTYPE).
+        revision: a Hub branch, tag or commit.
+        device_map: Accelerate's big-model placement ("auto", "balanced", or {module: device}) for a
+            model larger than one device; max_memory caps each device ({0: "20GiB", "cpu": "64GiB"}).
+        trust_remote_code: run model code from the Hub repo; off unless asked.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
+    if is_builtin(name):
+        if revision is not None:
+            raise ValueError(f"The built-in model {BUILTIN_MODEL} has no revisions; got revision={revision!r}.")
+        source = builtin_model_folder(quiet=quiet)
+    else:
+        source = name
+    options = {"revision": revision, "trust_remote_code": trust_remote_code, "dtype": torch_dtype}
+    if device_map is not None:
+        options.update(device_map=device_map, max_memory=max_memory)
+    elif max_memory is not None:
+        raise ValueError("max_memory applies only with device_map (e.g. device_map='auto').")
+    with quiet_transformers(quiet):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=revision, trust_remote_code=trust_remote_code
+            )
+            model = AutoModelForCausalLM.from_pretrained(source, **options)
+        except OSError as err:
+            where = f" at revision {revision!r}" if revision else ""
+            raise LanguageModelError(
+                f"Cannot load language model {name!r}{where}: {_first_line(err)} Give 'builtin', a local model "
+                "folder, or a Hub id (with network access, or already in the Hugging Face cache)."
+            ) from err
+    if device_map is None:
+        model = model.to(device)
+    if is_builtin(name):
+        model.name_or_path = BUILTIN_MODEL
+    return model.eval(), tokenizer
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else type(err).__name__
+    return line if line.endswith(".") else line + "."
