@@ -3,28 +3,33 @@
 Adding a subcommand is one entry: a name mapped to a `Command` (its config dataclass, the function
 that runs it, one line of help). Options come from the dataclass fields through
 transformers.HfArgumentParser, so each field's docstring is its `--help` and both `--output-dir`
-and `--output_dir` spellings work. A user error prints one line to stderr and exits with status 1.
+and `--output_dir` spellings work. Every error prints one line to stderr and exits with status 1 (see
+`main`); `--debug` or HFSAE_DEBUG=1 shows the traceback instead.
 
     hfsae train                                   # the built-in default (about 4–5 min on 2 CPU cores)
     hfsae train --hook-points layers.6.resid_post --n-latents 4096 8192 --output-dir my-saes
     hfsae eval my-saes/layers.6.resid_post/n4096_k32
     hfsae convert v5_32k_layer_8.pt gpt2-l8 --from openai
+    hfsae env                                     # versions to paste into a bug report
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .analysis import AnalyzeArgs, run_analyze
-from .evaluation.scaling import ScalingArgs, run_scaling
+from .commands.analyze import AnalyzeArgs, run_analyze
+from .commands.env import EnvArgs, run_env
+from .commands.eval import EvalArgs, run_eval
+from .commands.scaling import ScalingArgs, run_scaling
 from .hub.card import CardArgs, run_card
 from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
-from .space import SpaceArgs, run_space
-from .evaluation.evaluate import EvalArgs, run_eval
+from .commands.space import SpaceArgs, run_space
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig, sweep
 
@@ -61,13 +66,17 @@ COMMANDS: dict[str, Command] = {
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
-    "scaling": Command(ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them."),
+    "scaling": Command(
+        ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them.",
+        ("sweep_dir",),
+    ),
     "analyze": Command(
         AnalyzeArgs, run_analyze, "Run an SAE over text once and save per-latent statistics (a parquet dataset).", ("sae",)
     ),
     "space": Command(
-        SpaceArgs, run_space, "Explore an SAE in the browser: text, latents, search, steering, metrics.", ("sae",)
+        SpaceArgs, run_space, "Explore an SAE in the browser, or export it as a Hugging Face Space (--export, --push-to-hub).", ("sae",)
     ),
+    "env": Command(EnvArgs, run_env, "Print the versions of hfsae, Python and its libraries, for bug reports."),
 }
 
 
@@ -83,6 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     from transformers import HfArgumentParser
 
     parser = _OneLineErrors(prog="hfsae", description="TopK sparse autoencoders as Hugging Face models.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {importlib.metadata.version('hfsae')}")
+    parser.add_argument(
+        "--debug", action="store_true", help="Show the full traceback of an error (also: environment HFSAE_DEBUG=1)."
+    )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_OneLineErrors)
     for name, command in COMMANDS.items():
         subparsers.add_parser(
@@ -97,38 +110,87 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _options_for_positionals(argv: list[str]) -> list[str]:
     """`hfsae eval DIR --n-tokens 64` → `hfsae eval --model DIR --n-tokens 64` (leading positionals only)."""
-    if not argv or argv[0] not in COMMANDS:
+    # The command is the first word that is not an option: the top-level options take no value.
+    at = next((i for i, word in enumerate(argv) if not word.startswith("-")), None)
+    if at is None or argv[at] not in COMMANDS:
         return argv
-    fields, rest, options = COMMANDS[argv[0]].positional, argv[1:], []
+    fields, rest, options = COMMANDS[argv[at]].positional, argv[at + 1 :], []
     for name in fields:
         if not rest or rest[0].startswith("-"):
             break
         options += [f"--{name}", rest.pop(0)]
-    return [argv[0], *options, *rest]
+    return [*argv[: at + 1], *options, *rest]
+
+
+def _parse_namespace(argv: Sequence[str] | None) -> dict[str, Any]:
+    argv = _options_for_positionals(list(sys.argv[1:] if argv is None else argv))
+    return vars(build_parser().parse_args(argv))
 
 
 def parse(argv: Sequence[str] | None = None) -> tuple[Command, Any]:
     """The command named in argv and its config dataclass, built (and validated) from the options."""
-    argv = _options_for_positionals(list(sys.argv[1:] if argv is None else argv))
-    namespace = vars(build_parser().parse_args(argv))
+    namespace = _parse_namespace(argv)
+    namespace.pop("debug")
     command = COMMANDS[namespace.pop("command")]
     return command, command.config_class(**namespace)
 
 
+# Exceptions that mean "the input is wrong" rather than "hfsae is wrong": the builtin families a
+# library raises for bad values, missing keys, files and network, or a missing extra; and every
+# exception class of the libraries that read the user's files, data and the Hub (a corrupt
+# safetensors file, a malformed jsonl, a config failing huggingface_hub's strict validation).
+USER_ERRORS = (ValueError, LookupError, OSError, ImportError)
+USER_ERROR_LIBRARIES = ("huggingface_hub", "safetensors", "datasets", "pyarrow", "tokenizers")
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether `err` reports bad input or an unusable environment (one line), not a bug in hfsae."""
+    if isinstance(err, USER_ERRORS):
+        return True
+    torch = sys.modules.get("torch")  # out of memory is about the sizes asked for; torch is loaded if it happened
+    if torch is not None and isinstance(err, torch.OutOfMemoryError):
+        return True
+    return any(cls.__module__.split(".")[0] in USER_ERROR_LIBRARIES for cls in type(err).__mro__)
+
+
+def error_line(err: BaseException) -> str:
+    """The one line `hfsae` prints for an error: its message, then any cause it wraps that adds to it."""
+    parts = []
+    while err is not None and len(parts) < 4:
+        message = " ".join(str(err).split()) or type(err).__name__
+        if not any(message in part for part in parts):
+            parts.append(message)
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return ": ".join(parts)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `hfsae` console script; returns the exit status."""
+    """Entry point of the `hfsae` console script; returns the exit status.
+
+    Every error is one line on stderr and exit status 1: a user error (`is_user_error`) as its
+    message, anything else as a probable bug with its type. With `--debug` or HFSAE_DEBUG=1 the
+    error propagates with its traceback instead.
+    """
+    namespace = _parse_namespace(argv)
+    debug = namespace.pop("debug") or os.environ.get("HFSAE_DEBUG", "0") not in ("", "0")
     try:
-        command, config = parse(argv)
-        command.run(config)
-    except (ValueError, LookupError, OSError, ImportError) as err:
-        # User errors (bad option values, missing files or models, unknown hook points) are ours to
-        # explain in one line; anything else is a bug and keeps its traceback.
-        message = " ".join(str(err).split())
-        print(f"hfsae: error: {message}", file=sys.stderr)
-        return 1
+        command = COMMANDS[namespace.pop("command")]
+        command.run(command.config_class(**namespace))
     except KeyboardInterrupt:
         print("hfsae: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        if debug:
+            raise
+        if is_user_error(err):
+            print(f"hfsae: error: {error_line(err)}", file=sys.stderr)
+        else:
+            print(
+                f"hfsae: error: unexpected {type(err).__name__}: {error_line(err)}. This is probably a bug in "
+                "hfsae: run again with --debug (or HFSAE_DEBUG=1) for the traceback, and report it with `hfsae env`.",
+                file=sys.stderr,
+            )
+        return 1
     return 0
 
 

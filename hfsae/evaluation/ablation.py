@@ -6,7 +6,8 @@ decoding, so the input normalisation is undone correctly), and the change of the
 token and the following ones, `horizon` positions in all, forms a vector of V·T entries (V the
 vocabulary, T = horizon). Its sparsity is (‖Δ‖₁ / ‖Δ‖₂)² / (V·T): 1 when every logit moves by the
 same amount, 1/(V·T) when a single logit moves. Lower is sparser; we report the mean over the
-sampled (token, latent) pairs.
+sampled (token, latent) pairs. Tokens are sampled among the positions that count, and position 0
+keeps its clean activation (`hfsae.activations.FIRST_POSITION_USED`), as in the downstream loss.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hfsae.activations.hook_points import capture, splice
+from hfsae.activations import FIRST_POSITION_USED, capture, splice
+from hfsae.modeling import FIRING_THRESHOLD
 
-from .metrics import FIRING_THRESHOLD
+from .downstream import replaced_after_first
 
 
 @dataclass
@@ -51,14 +53,14 @@ def _ablated_logits(
     plain splice, row r without latents[r−1] at position."""
     rows, keep = 1 + len(latents), ids.shape[0] - position
 
-    def ablate(x: torch.Tensor) -> torch.Tensor:
+    def ablate(x: torch.Tensor) -> torch.Tensor:  # x: the positions that count, [rows, seq − FIRST_POSITION_USED, d]
         code = sae.encode(x)
-        values = code.values.clone()
-        ablated = torch.zeros_like(values, dtype=torch.bool)
-        ablated[1:, position] = code.indices[1:, position] == latents[:, None]
-        return sae.decode(dataclasses.replace(code, values=values.masked_fill(ablated, 0))).to(x.dtype)
+        ablated = torch.zeros_like(code.values, dtype=torch.bool)
+        at = position - FIRST_POSITION_USED
+        ablated[1:, at] = code.indices[1:, at] == latents[:, None]
+        return sae.decode(dataclasses.replace(code, values=code.values.masked_fill(ablated, 0)))
 
-    with splice(model, hook_point, ablate):
+    with splice(model, hook_point, replaced_after_first(ablate)):
         try:
             # Only the last positions' logits are needed: at V = 49k the rest would be most of the memory.
             logits = model(input_ids=ids.expand(rows, -1), use_cache=False, logits_to_keep=keep).logits
@@ -89,12 +91,15 @@ def ablation_sparsity(
         raise ValueError("The SAE's config names no hook_point; pass hook_point= (e.g. 'layers.8.resid_post').")
     input_ids = input_ids.to(next(model.parameters()).device)
     contexts, seq = input_ids.shape
-    if not 1 <= horizon <= seq:
-        raise ValueError(f"horizon must be in 1..{seq} (the context length); got horizon={horizon}.")
+    if not 1 <= horizon <= seq - FIRST_POSITION_USED:
+        raise ValueError(
+            f"horizon must be in 1..{seq - FIRST_POSITION_USED} (the positions that count in a context of {seq}); "
+            f"got horizon={horizon}."
+        )
     rng = random.Random(seed)
     values = []
     for _ in tqdm(range(n_positions), desc="ablation sparsity", disable=quiet):
-        context, position = rng.randrange(contexts), rng.randrange(seq - horizon + 1)
+        context, position = rng.randrange(contexts), rng.randrange(FIRST_POSITION_USED, seq - horizon + 1)
         ids = input_ids[context, : position + horizon]
         x = capture(model, ids[None], [hook_point])[hook_point][0, position]
         code = sae.encode(x)

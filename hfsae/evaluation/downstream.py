@@ -5,6 +5,10 @@ Three forward passes per batch: clean, with the activation at the hook point rep
 From them: clean CE, spliced CE, ΔCE = spliced − clean, KL(clean ‖ spliced) per token, zero-ablation
 CE, and the CE loss recovered (CE_zero − CE_spliced) / (CE_zero − CE_clean): 1 is a perfect
 reconstruction, 0 no better than deleting the activation.
+
+Only the positions that count are replaced and scored (`hfsae.activations.FIRST_POSITION_USED`):
+position 0 keeps its clean activation, as the SAE was never trained on it, and the predictions made
+there are left out of every mean (they are the same in all three passes).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from hfsae.activations.hook_points import splice
+from hfsae.activations import FIRST_POSITION_USED, splice
 
 
 @dataclass
@@ -26,20 +30,26 @@ class DownstreamLoss:
     ce_spliced: float
     delta_ce: float
     kl: float
-    """KL(clean ‖ spliced) of the next-token distributions, mean over every position."""
+    """KL(clean ‖ spliced) of the next-token distributions, mean over the same predictions as the CEs."""
     ce_zero: float
     ce_loss_recovered: float
     n_tokens: int
-    """Number of predicted tokens in the CE means (contexts · (seq − 1))."""
+    """Number of predicted tokens in the CE means (contexts · (seq − 1 − FIRST_POSITION_USED))."""
+
+
+def replaced_after_first(replacement: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A splice function x [batch, seq, d] → x with the positions that count replaced by replacement(them)."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        kept = x[:, FIRST_POSITION_USED:]
+        return torch.cat([x[:, :FIRST_POSITION_USED], replacement(kept).to(x.dtype)], dim=1)
+
+    return fn
 
 
 def reconstruct(sae) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The splice function x [..., d_in] → the SAE's reconstruction, in x's dtype."""
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return sae.decode(sae.encode(x)).to(x.dtype)
-
-    return fn
+    """The splice function x [batch, seq, d_in] → the SAE's reconstruction at the positions that count."""
+    return replaced_after_first(lambda x: sae.decode(sae.encode(x)))
 
 
 def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -73,21 +83,24 @@ def downstream_loss(
     hook_point = hook_point or sae.config.hook_point
     if hook_point is None:
         raise ValueError("The SAE's config names no hook_point; pass hook_point= (e.g. 'layers.8.resid_post').")
-    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
-        raise ValueError(f"input_ids must be [contexts, seq] with seq ≥ 2; got shape {tuple(input_ids.shape)}.")
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2 + FIRST_POSITION_USED:
+        raise ValueError(
+            f"input_ids must be [contexts, seq] with seq ≥ {2 + FIRST_POSITION_USED}; got shape {tuple(input_ids.shape)}."
+        )
     input_ids = input_ids.to(next(model.parameters()).device)
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
     for ids in tqdm(input_ids.split(batch_size), desc="downstream loss", disable=quiet):
         clean = model(input_ids=ids, use_cache=False).logits
         with splice(model, hook_point, reconstruct(sae)):
             spliced = model(input_ids=ids, use_cache=False).logits
-        with splice(model, hook_point, torch.zeros_like):
+        with splice(model, hook_point, replaced_after_first(torch.zeros_like)):
             zero = model(input_ids=ids, use_cache=False).logits
-        sums["clean"] += next_token_ce(clean, ids).sum().item()
-        sums["spliced"] += next_token_ce(spliced, ids).sum().item()
-        sums["zero"] += next_token_ce(zero, ids).sum().item()
-        sums["kl"] += kl_per_token(clean, spliced).sum().item()
-    n_predicted = input_ids.shape[0] * (input_ids.shape[1] - 1)
+        # Predictions from the positions that count: the last position predicts nothing.
+        sums["clean"] += next_token_ce(clean, ids)[:, FIRST_POSITION_USED:].sum().item()
+        sums["spliced"] += next_token_ce(spliced, ids)[:, FIRST_POSITION_USED:].sum().item()
+        sums["zero"] += next_token_ce(zero, ids)[:, FIRST_POSITION_USED:].sum().item()
+        sums["kl"] += kl_per_token(clean, spliced)[:, FIRST_POSITION_USED:-1].sum().item()
+    n_predicted = input_ids.shape[0] * (input_ids.shape[1] - 1 - FIRST_POSITION_USED)
     ce_clean, ce_spliced, ce_zero = (sums[name] / n_predicted for name in ("clean", "spliced", "zero"))
     # Undefined when deleting the activation changes nothing (e.g. a hook point the output ignores).
     recovered = (ce_zero - ce_spliced) / (ce_zero - ce_clean) if ce_zero != ce_clean else float("nan")
@@ -95,7 +108,7 @@ def downstream_loss(
         ce_clean=ce_clean,
         ce_spliced=ce_spliced,
         delta_ce=ce_spliced - ce_clean,
-        kl=sums["kl"] / input_ids.numel(),
+        kl=sums["kl"] / n_predicted,
         ce_zero=ce_zero,
         ce_loss_recovered=recovered,
         n_tokens=n_predicted,

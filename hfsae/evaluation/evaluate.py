@@ -12,66 +12,90 @@ ablation sparsity need whole forward passes and use the first `n_downstream_toke
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from ..training.config import documented
+from hfsae.activations import (
+    FIRST_POSITION_USED,
+    TextSource,
+    capture,
+    load_language_model,
+    positions_used,
+    token_contexts,
+)
+from hfsae.folder import EVAL_RESULTS_FILE, N2G_FILE, write_json_atomic
+
 from .ablation import ablation_sparsity
 from .downstream import downstream_loss
-from .metrics import ReconstructionMetrics, progressive_ks
+from .metrics import reconstruction_metrics
 from .n2g import n2g_evaluate
 from .probes import ProbeResult, ProbeTask, builtin_probe_tasks, evaluate_probes, task_from_dataset
 
-EVAL_RESULTS_FILE = "eval_results.json"
-N2G_EXPLANATIONS_FILE = "n2g_explanations.json"
 METRIC_GROUPS = ("downstream", "ablation", "n2g", "probes")
 
 
 @dataclass
 class EvalConfig:
-    """How an SAE is evaluated: which text, how many tokens for each metric, what to skip."""
+    """How an SAE is evaluated: which text, how many tokens for each metric, what to skip.
 
-    dataset: str | None = None
-    """Text to evaluate on ("builtin", a Hub dataset or local files); None: the SAE's training dataset."""
-    text_column: str = "text"
-    """Column holding the text of each document."""
-    split: str = "test"
-    """Held-out split of the text ("test": documents the trainer never read; "all")."""
-    context_size: int | None = None
-    """Tokens per context; None: the SAE's training context size, else 64 (the paper's)."""
-    n_tokens: int = 8192
-    """Tokens for FVU, L0, cosine, progressive recovery, dead fraction (the window) and N2G."""
-    n_downstream_tokens: int = 1024
-    """Tokens (of the above) for the spliced and zero-ablated CE and KL: three full forward passes."""
-    batch_size: int = 16
-    """Contexts per forward pass."""
-    ablation_positions: int = 4
-    """Tokens at which every active latent is ablated in turn (k samples each)."""
-    ablation_horizon: int = 4
-    """T: positions whose logits are compared, the ablated token included."""
-    n2g_latents: int = 16
-    """Random latents (among those that fire) to explain with N2G."""
-    n2g_examples: int = 4
-    """Top-activating examples per explained latent."""
-    n2g_max_suffix: int = 12
-    """Longest context suffix an N2G pattern may keep."""
-    probe_contexts: int = 48
-    """Contexts of the built-in probe suite (half Python source, half prose)."""
-    probe_datasets: list[str] = field(default_factory=list)
-    """Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet or Hub names), columns text, label."""
-    builtin_probes: bool = True
-    """Run the built-in probe suite (see hfsae.evaluation.probes)."""
-    skip: list[str] = field(default_factory=list)
-    """Metric groups to leave out: downstream, ablation, n2g, probes (their keys are then null)."""
-    seed: int = 0
-    """Seed for the sampled tokens, latents and probe contexts."""
+    Each field's help is its `hfsae eval --help` (transformers' TrainingArguments convention).
+    """
+
+    dataset: str | None = field(
+        default=None,
+        metadata={"help": "Text to evaluate on ('builtin', a Hub dataset or local files); None: the SAE's training dataset."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text of each document."})
+    split: str = field(
+        default="test",
+        metadata={"help": "Held-out split of the text ('test': documents the trainer never read; 'all')."},
+    )
+    context_size: int | None = field(
+        default=None, metadata={"help": "Tokens per context; None: the SAE's training context size, else 64 (the paper's)."}
+    )
+    n_tokens: int = field(
+        default=8192,
+        metadata={
+            "help": "Tokens (at least; whole contexts, first positions not counted) for FVU, L0, cosine, "
+            "progressive recovery, dead fraction (the window) and N2G."
+        },
+    )
+    n_downstream_tokens: int = field(
+        default=1024,
+        metadata={"help": "Tokens (of the above) for the spliced and zero-ablated CE and KL: three full forward passes."},
+    )
+    batch_size: int = field(default=16, metadata={"help": "Contexts per forward pass."})
+    ablation_positions: int = field(
+        default=4, metadata={"help": "Tokens at which every active latent is ablated in turn (k samples each)."}
+    )
+    ablation_horizon: int = field(
+        default=4, metadata={"help": "T: positions whose logits are compared, the ablated token included."}
+    )
+    n2g_latents: int = field(default=16, metadata={"help": "Random latents (among those that fire) to explain with N2G."})
+    n2g_examples: int = field(default=4, metadata={"help": "Top-activating examples per explained latent."})
+    n2g_max_suffix: int = field(default=12, metadata={"help": "Longest context suffix an N2G pattern may keep."})
+    probe_contexts: int = field(
+        default=48, metadata={"help": "Contexts of the built-in probe suite (half Python source, half prose)."}
+    )
+    probe_datasets: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet or Hub names), columns text, label."
+        },
+    )
+    builtin_probes: bool = field(
+        default=True, metadata={"help": "Run the built-in probe suite (see hfsae.evaluation.probes)."}
+    )
+    skip: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Metric groups to leave out: downstream, ablation, n2g, probes (their keys are then null)."},
+    )
+    seed: int = field(default=0, metadata={"help": "Seed for the sampled tokens, latents and probe contexts."})
 
     def __post_init__(self):
         unknown = sorted(set(self.skip) - set(METRIC_GROUPS))
@@ -133,54 +157,31 @@ def _finite_or_none(value):
     return value
 
 
-def _atomic_write_json(path: Path, data) -> None:
-    # Write to a temporary name, then rename: an interrupted write must not leave half a file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, ensure_ascii=False, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_eval_results(directory: str | os.PathLike, results: EvalResults) -> Path:
-    """Write eval_results.json and n2g_explanations.json into directory (created if needed); returns the first."""
+    """Write eval_results.json and n2g_explanations.json into directory (created if needed); returns the first.
+
+    The folder's card is not rendered here: whoever finishes the folder calls
+    `hfsae.hub.card.write_card` after this (as `hfsae eval` does).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / EVAL_RESULTS_FILE
-    _atomic_write_json(directory / N2G_EXPLANATIONS_FILE, _finite_or_none(results.n2g_explanations))
-    _atomic_write_json(path, results.to_dict())
-    return path
+    write_json_atomic(directory / N2G_FILE, _finite_or_none(results.n2g_explanations))
+    return write_json_atomic(directory / EVAL_RESULTS_FILE, results.to_dict())
 
 
 # ---- the pieces of an evaluation -------------------------------------------------------------------------
 
 
-def _packed(texts: list[str], tokenizer, context_size: int, wanted: int) -> list[list[int]]:
-    """Texts tokenised end to end, separated by the end-of-text token, cut into contexts."""
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    stream = []
-    for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
-        stream += list(ids) + separator
-        if len(stream) >= wanted * context_size:
-            break
-    return [stream[i : i + context_size] for i in range(0, len(stream) - context_size + 1, context_size)][:wanted]
-
-
 def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, texts=None) -> torch.Tensor:
-    """The first ceil(n_tokens / context_size) held-out contexts (or contexts of `texts`): [contexts, context_size]."""
-    from hfsae.activations.text import TextSource, token_contexts
-
-    wanted = math.ceil(config.n_tokens / context_size)
+    """The first held-out contexts (or contexts of `texts`) holding n_tokens counted positions: [contexts, context_size]."""
+    if context_size < 2 + FIRST_POSITION_USED:
+        raise ValueError(f"context_size must be at least {2 + FIRST_POSITION_USED}; got context_size={context_size}.")
+    wanted = math.ceil(config.n_tokens / (context_size - FIRST_POSITION_USED))
     if texts is not None:
-        rows, where = _packed(texts, tokenizer, context_size, wanted), f"{len(texts)} given texts"
+        where = f"{len(texts)} given texts"
     else:
-        text = TextSource(dataset=dataset, text_column=config.text_column, split=config.split)
-        rows = [ids for _, (_, ids) in zip(range(wanted), token_contexts(text, tokenizer, context_size))]
+        texts = TextSource(dataset=dataset, text_column=config.text_column, split=config.split)
         where = f"the {config.split!r} split of {dataset!r}"
+    rows = [ids for _, (_, ids) in zip(range(wanted), token_contexts(texts, tokenizer, context_size))]
     if len(rows) < 2:
         raise ValueError(
             f"{where[0].upper()}{where[1:]} gives {len(rows)} context(s) of {context_size} tokens; evaluation needs "
@@ -190,25 +191,15 @@ def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, te
 
 
 @torch.no_grad()
-def _reconstruction(sae, model, input_ids: torch.Tensor, hook_point: str, batch_size: int, quiet: bool):
-    """ReconstructionMetrics over input_ids [contexts, seq], and the code [contexts, seq, k] for N2G."""
-    from hfsae.activations.hook_points import capture
+def _activations(model, input_ids: torch.Tensor, hook_point: str, batch_size: int, quiet: bool) -> torch.Tensor:
+    """Activations at hook_point of the positions that count, on the model's device: [contexts · (seq − 1), d] float32.
 
-    metrics = ReconstructionMetrics(n_latents=sae.config.n_latents)
-    ks = progressive_ks(sae.config.k, sae.config.n_latents)
-    indices, values = [], []
+    Held whole (n_tokens × d_in floats: 19 MB for the built-in default) so that FVU is one call of
+    `hfsae.modeling.fvu` over every row, exactly as the trainer measures it.
+    """
     device = next(model.parameters()).device
-    for ids in tqdm(input_ids.split(batch_size), desc="reconstruction", disable=quiet):
-        x = capture(model, ids.to(device), [hook_point])[hook_point].float()
-        code = sae.encode(x)
-        progressive = {k_prime: sae.decode(sae.encode(x, k=k_prime)) for k_prime in ks}
-        metrics.update(x, code, sae.decode(code), progressive)
-        indices.append(code.indices.cpu())
-        values.append(code.values.cpu())
-    code = dataclasses.replace(
-        code, indices=torch.cat(indices), values=torch.cat(values), input_mean=None, input_scale=None
-    )
-    return metrics, code
+    batches = tqdm(input_ids.split(batch_size), desc="activations", disable=quiet)
+    return torch.cat([positions_used(capture(model, ids.to(device), [hook_point])[hook_point].float()) for ids in batches])
 
 
 def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[ProbeTask]:
@@ -270,8 +261,6 @@ def evaluate(
     if model is None or tokenizer is None:
         if sae.config.base_model is None:
             raise ValueError("The SAE's config names no base_model; pass model= and tokenizer= to evaluate it.")
-        from hfsae.training.run import load_language_model
-
         model, tokenizer = load_language_model(sae.config.base_model, quiet=quiet)
     sae.eval()
     context_size = config.context_size or sae.config.context_size or 64
@@ -280,7 +269,8 @@ def evaluate(
     if texts is not None:
         dataset = f"{len(texts)} texts given to evaluate()"
 
-    metrics, code = _reconstruction(sae, model, input_ids, hook_point, config.batch_size, quiet)
+    x = _activations(model, input_ids, hook_point, config.batch_size, quiet)
+    metrics, code = reconstruction_metrics(sae, x)
     results = EvalResults(
         fvu=metrics.fvu,
         explained_variance=metrics.explained_variance,
@@ -295,7 +285,7 @@ def evaluate(
         context_size=context_size,
         config=config,
     )
-    downstream_ids = input_ids[: max(1, math.ceil(config.n_downstream_tokens / context_size))]
+    downstream_ids = input_ids[: math.ceil(config.n_downstream_tokens / (context_size - FIRST_POSITION_USED))]
     if "downstream" not in config.skip:
         loss = downstream_loss(
             sae, model, downstream_ids, hook_point=hook_point, batch_size=config.batch_size, quiet=quiet
@@ -304,7 +294,7 @@ def evaluate(
             setattr(results, name, getattr(loss, name))
         results.n_downstream_tokens = loss.n_tokens
     if "ablation" not in config.skip:
-        horizon = min(config.ablation_horizon, context_size)
+        horizon = min(config.ablation_horizon, context_size - FIRST_POSITION_USED)
         results.ablation_sparsity = ablation_sparsity(
             sae,
             model,
@@ -321,7 +311,12 @@ def evaluate(
             sae,
             model,
             input_ids,
-            code,
+            # The code of the positions that count, per context: [contexts, seq − FIRST_POSITION_USED, k].
+            dataclasses.replace(
+                code,
+                indices=code.indices.reshape(input_ids.shape[0], -1, sae.config.k).cpu(),
+                values=code.values.reshape(input_ids.shape[0], -1, sae.config.k).cpu(),
+            ),
             hook_point=hook_point,
             pad_token_id=pad_token_id or 0,
             n_latents_explained=config.n2g_latents,
@@ -338,48 +333,3 @@ def evaluate(
         results.probe_loss = _mean([result.loss for result in results.probes])
         results.probe_loss_baseline = _mean([result.baseline_loss for result in results.probes])
     return results
-
-
-@documented
-@dataclass
-class EvalArgs(EvalConfig):
-    """`hfsae eval MODEL`: the SAE to measure, where to write its results, and how to evaluate it."""
-
-    model: str | None = None
-    """The SAE: a saved folder, a Hub repo id or a registry name (see `hfsae list`)."""
-    output_dir: str | None = None
-    """Where eval_results.json goes; default: the SAE's own folder when it is local, else ./eval-<name>."""
-    card: bool = True
-    """Rewrite the folder's README.md model card with the new metrics."""
-    quiet: bool = False
-    """No progress bars."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if not self.model:
-            raise ValueError("Name the SAE to evaluate: hfsae eval MODEL_DIR_OR_NAME.")
-
-
-def run_eval(args: EvalArgs) -> EvalResults:
-    """The `hfsae eval` command: evaluate, write eval_results.json (and the card), print the headline metrics."""
-    from hfsae.hub.loading import load
-
-    sae = load(args.model)
-    config = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
-    results = evaluate(sae, config=config, quiet=args.quiet)
-    local = Path(args.model)
-    output_dir = Path(args.output_dir) if args.output_dir else local if local.is_dir() else Path(f"eval-{local.name}")
-    write_eval_results(output_dir, results)
-    if args.card and (output_dir / "config.json").is_file():
-        from hfsae.hub.card import write_card
-
-        write_card(output_dir)
-    print(
-        f"{args.model}: FVU {results.fvu:.4f}, L0 {results.l0:.1f}, dead {results.dead_fraction:.2%}, "
-        f"ΔCE {_fmt(results.delta_ce)}, CE recovered {_fmt(results.ce_loss_recovered)} → {output_dir / EVAL_RESULTS_FILE}"
-    )
-    return results
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .metrics import FIRING_THRESHOLD
+from hfsae.modeling import FIRING_THRESHOLD
 
 ActivationFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -191,9 +191,10 @@ def precision_recall(predicted: torch.Tensor, actual: torch.Tensor) -> tuple[flo
 
 
 def score(explanation: N2GExplanation, input_ids: torch.Tensor, activations: torch.Tensor) -> N2GExplanation:
-    """Set precision and recall on held-out input_ids [contexts, seq]; activations: the latent's, [contexts, seq]."""
+    """Set precision and recall on held-out input_ids [contexts, seq]; activations: the latent's at the last
+    positions of each context, [contexts, seq'] (seq' ≤ seq; the patterns still read the positions before)."""
     trie = explanation.trie()
-    predicted = torch.stack([trie.predict(row) for row in input_ids]) > 0
+    predicted = torch.stack([trie.predict(row) for row in input_ids])[:, input_ids.shape[1] - activations.shape[1] :] > 0
     explanation.precision, explanation.recall = precision_recall(predicted, activations > FIRING_THRESHOLD)
     return explanation
 
@@ -251,7 +252,8 @@ def n2g_evaluate(
 ) -> N2GResult:
     """Explain random latents from the first half of input_ids [contexts, seq]; score them on the second half.
 
-    `code` is the SAE's code of input_ids (indices, values [contexts, seq, k]). Latents are drawn
+    `code` is the SAE's code of the positions that count, the last seq' of each context (indices,
+    values [contexts, seq', k]; evaluate passes seq' = seq − FIRST_POSITION_USED). Latents are drawn
     among those that fire in the first half; their n_examples top-activating tokens are explained.
     """
     hook_point = hook_point or sae.config.hook_point
@@ -260,6 +262,7 @@ def n2g_evaluate(
             f"N2G needs at least 2 contexts (half to explain from, half to score on); got {input_ids.shape[0]}."
         )
     half = input_ids.shape[0] // 2
+    skipped = input_ids.shape[1] - code.indices.shape[1]  # leading positions the code leaves out
     harvest_indices, harvest_values = code.indices[:half], code.values[:half]
     fired = harvest_indices[harvest_values > FIRING_THRESHOLD].unique().tolist()
     latents = sorted(random.Random(seed).sample(fired, min(n_latents_explained, len(fired))))
@@ -269,7 +272,8 @@ def n2g_evaluate(
         top = activations.flatten().topk(min(n_examples, activations.numel()))
         examples = []
         for value, flat in zip(top.values.tolist(), top.indices.tolist()):
-            context, position = divmod(flat, input_ids.shape[1])
+            context, position = divmod(flat, code.indices.shape[1])
+            position += skipped
             if value > FIRING_THRESHOLD:
                 examples.append((input_ids[context, max(0, position + 1 - max_suffix) : position + 1].tolist(), value))
         patterns = explain(

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hfsae.activations import FIRST_POSITION_USED, capture
+
 # Ridge on the standardised weight: keeps the Newton steps finite on separable data (a latent that
 # equals the label), where the unregularised optimum lies at infinity. Costs ~1e-2 nats there.
 L2 = 1e-4
@@ -201,10 +203,12 @@ def task_examples(task: ProbeTask) -> tuple[torch.Tensor, torch.Tensor]:
     """(pool [examples, contexts·seq] sparse averaging matrix, labels [examples]) for a task.
 
     Each example is one labelled token, or, for a per-sequence task, the mean over one context's
-    labelled tokens; multiplying the pool by per-token activations [contexts·seq, d] gives the
+    labelled tokens (never the first positions, `FIRST_POSITION_USED`); multiplying the pool by per-token activations [contexts·seq, d] gives the
     examples' activations.
     """
-    labels = task.labels.reshape(-1)
+    labels = task.labels.clone()
+    labels[:, :FIRST_POSITION_USED] = -1  # the first-position rule of every metric (hfsae.activations)
+    labels = labels.reshape(-1)
     positions = (labels >= 0).nonzero().squeeze(1)
     if task.per_sequence:
         context_of = positions // task.labels.shape[1]
@@ -386,8 +390,6 @@ def _builtin_labels(strings: list[list[str]], is_source: list[bool]):
 
 def _activations(model, input_ids: torch.Tensor, hook_point: str, batch_size: int) -> torch.Tensor:
     """Activations at hook_point for every token of input_ids [contexts, seq] → [contexts·seq, d]."""
-    from hfsae.activations.hook_points import capture
-
     device = next(model.parameters()).device
     chunks = [capture(model, ids.to(device), [hook_point])[hook_point].cpu() for ids in input_ids.split(batch_size)]
     return torch.cat(chunks).reshape(input_ids.numel(), -1).float()

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hfsae.activations import FIRST_POSITION_USED
 from hfsae.evaluation.ablation import _ablated_logits, ablation_sparsity, sparsity
 
 
@@ -22,7 +23,8 @@ def test_sparsity_of_a_hand_made_delta():
 
 
 def test_an_ablated_row_equals_a_forward_without_that_latent_s_decoder_contribution(tiny_llama, tiny_sae, tokens):
-    # At layers.0.resid_pre the activation is the embedding: the manual forward takes inputs_embeds.
+    # At layers.0.resid_pre the activation is the embedding: the manual forward takes inputs_embeds,
+    # with the reconstruction after the first position (which keeps its clean activation).
     ids, position = tokens[0, :8], 5
     with torch.no_grad():
         embeddings = tiny_llama.get_input_embeddings()(ids[None])
@@ -30,6 +32,7 @@ def test_an_ablated_row_equals_a_forward_without_that_latent_s_decoder_contribut
         latents = code.indices[0, position, :2]
         logits = _ablated_logits(tiny_sae, tiny_llama, ids, "layers.0.resid_pre", position, latents)
         reconstruction = tiny_sae.decode(code)
+        reconstruction[:, :FIRST_POSITION_USED] = embeddings[:, :FIRST_POSITION_USED]
         torch.testing.assert_close(
             logits[0], tiny_llama(inputs_embeds=reconstruction).logits[0, position:], atol=1e-5, rtol=1e-5
         )
@@ -52,5 +55,5 @@ def test_ablation_sparsity_averages_one_value_per_active_latent_of_each_sampled_
 
 
 def test_a_horizon_longer_than_the_context_names_the_valid_range(tiny_llama, tiny_sae, tokens):
-    with pytest.raises(ValueError, match=r"horizon must be in 1..12 \(the context length\); got horizon=20"):
+    with pytest.raises(ValueError, match=r"horizon must be in 1..11 \(the positions that count in a context of 12\); got horizon=20"):
         ablation_sparsity(tiny_sae, tiny_llama, tokens, horizon=20)

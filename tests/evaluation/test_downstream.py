@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hfsae.activations import FIRST_POSITION_USED
 from hfsae.evaluation.downstream import downstream_loss, kl_per_token, next_token_ce
 
 
@@ -21,21 +22,26 @@ def test_kl_of_hand_made_distributions():
 
 
 def manual_ce(model, input_ids, embeddings):
-    return next_token_ce(model(inputs_embeds=embeddings).logits, input_ids).mean().item()
+    return next_token_ce(model(inputs_embeds=embeddings).logits, input_ids)[:, FIRST_POSITION_USED:].mean().item()
 
 
 def test_spliced_ce_equals_a_forward_with_the_reconstruction_in_place_of_the_activation(tiny_llama, tiny_sae, tokens):
     # At layers.0.resid_pre the activation is the token embedding, so a manual forward passes the
-    # reconstruction (or zeros) as inputs_embeds.
+    # reconstruction (or zeros) as inputs_embeds — after the first position, which stays clean and
+    # whose prediction is not counted.
     loss = downstream_loss(tiny_sae, tiny_llama, tokens, hook_point="layers.0.resid_pre", batch_size=2)
     with torch.no_grad():
         embeddings = tiny_llama.get_input_embeddings()(tokens)
-        reconstruction = tiny_sae.decode(tiny_sae.encode(embeddings))
+        reconstruction, zeros = embeddings.clone(), embeddings.clone()
+        after_first = embeddings[:, FIRST_POSITION_USED:]
+        reconstruction[:, FIRST_POSITION_USED:] = tiny_sae.decode(tiny_sae.encode(after_first))
+        zeros[:, FIRST_POSITION_USED:] = 0
         clean = manual_ce(tiny_llama, tokens, embeddings)
         spliced = manual_ce(tiny_llama, tokens, reconstruction)
-        zero = manual_ce(tiny_llama, tokens, torch.zeros_like(embeddings))
+        zero = manual_ce(tiny_llama, tokens, zeros)
         kl = (
             kl_per_token(tiny_llama(inputs_embeds=embeddings).logits, tiny_llama(inputs_embeds=reconstruction).logits)
+            [:, FIRST_POSITION_USED:-1]
             .mean()
             .item()
         )
@@ -46,7 +52,7 @@ def test_spliced_ce_equals_a_forward_with_the_reconstruction_in_place_of_the_act
     assert loss.ce_zero == pytest.approx(zero, rel=1e-5)
     # A random model barely depends on its input, so the ratio divides small differences.
     assert loss.ce_loss_recovered == pytest.approx((zero - spliced) / (zero - clean), abs=1e-3)
-    assert loss.n_tokens == tokens.shape[0] * (tokens.shape[1] - 1)
+    assert loss.n_tokens == tokens.shape[0] * (tokens.shape[1] - 1 - FIRST_POSITION_USED)
 
 
 def test_a_perfect_reconstruction_recovers_all_of_the_loss(tiny_llama, tokens):

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hfsae import TopKSAE, TopKSAEConfig
+from hfsae.activations import FIRST_POSITION_USED, capture, positions_used, token_contexts
 from hfsae.evaluation.evaluate import EvalConfig, evaluate, write_eval_results
-from hfsae.evaluation.metrics import fvu
+from hfsae.modeling import fvu
 
 REQUIRED_KEYS = {
     "fvu", "explained_variance", "l0", "dead_fraction", "cosine", "ce_clean", "ce_spliced", "delta_ce", "kl",
@@ -36,7 +37,8 @@ def test_evaluate_writes_every_metric_and_the_n2g_explanations(tiny_lm, tiny_tok
     path = write_eval_results(tmp_path, results)
     data = json.loads(path.read_text())
     assert REQUIRED_KEYS <= set(data)
-    assert data["n_tokens"] == 256 and data["n_downstream_tokens"] == 4 * 31
+    # Whole contexts of 31 counted positions: 9 hold ≥ 256 tokens, 5 hold ≥ 128 (30 predictions each).
+    assert data["n_tokens"] == 9 * 31 and data["n_downstream_tokens"] == 5 * 30
     assert data["l0"] <= 4 and data["explained_variance"] == pytest.approx(1 - data["fvu"])
     assert set(data["progressive"]) == {"1", "2", "4", "8", "16"}
     assert data["progressive"]["4"] == pytest.approx(data["fvu"], rel=1e-6)
@@ -50,8 +52,9 @@ def test_evaluate_writes_every_metric_and_the_n2g_explanations(tiny_lm, tiny_tok
     assert not list(tmp_path.glob("*.tmp"))
 
 
-def test_evaluated_fvu_is_the_fvu_of_the_held_out_activations(tiny_lm, tiny_tokenizer, small_sae, tmp_path):
-    from hfsae.activations.hook_points import capture
+def test_evaluated_fvu_is_the_trainers_fvu_on_the_same_tokens_without_their_first_positions(
+    tiny_lm, tiny_tokenizer, small_sae, tmp_path
+):
     from hfsae.evaluation.evaluate import _contexts
 
     documents = tmp_path / "docs.jsonl"
@@ -70,10 +73,17 @@ def test_evaluated_fvu_is_the_fvu_of_the_held_out_activations(tiny_lm, tiny_toke
     )
     input_ids = _contexts(results.config, str(documents), tiny_tokenizer, 32)
     with torch.no_grad():
-        x = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"].reshape(-1, 32)
-        expected = fvu(x, small_sae.decode(small_sae.encode(x))).item()
-    assert results.n_tokens == 256 and results.dataset == str(documents)
-    assert results.fvu == pytest.approx(expected, rel=1e-5)
+        acts = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"]  # [contexts, 32, d]
+        x = acts[:, 1:].reshape(-1, 32).double()  # the trainer's rows: position 0 of each context dropped
+        x_hat = small_sae.decode(small_sae.encode(x.float())).double()
+        by_hand = ((x - x_hat).pow(2).sum() / (x - x.mean(dim=0)).pow(2).sum()).item()
+        all_positions = acts.reshape(-1, 32)
+        with_first = fvu(small_sae.decode(small_sae.encode(all_positions)).double(), all_positions.double()).item()
+    assert FIRST_POSITION_USED == 1 and torch.equal(positions_used(acts), acts[:, 1:].reshape(-1, 32))
+    assert results.n_tokens == x.shape[0] == 9 * 31 and results.dataset == str(documents)
+    assert results.fvu == pytest.approx(by_hand, rel=1e-6)
+    assert results.fvu == pytest.approx(fvu(x_hat, x).item(), rel=1e-6)  # hfsae.modeling.fvu, as in training
+    assert with_first != pytest.approx(results.fvu, rel=1e-5)  # counting position 0 gives another number
     assert results.delta_ce is None and results.probe_loss is None and results.n2g_precision is None
 
 
@@ -99,19 +109,20 @@ def test_an_sae_without_a_base_model_asks_for_one(small_sae):
         evaluate(small_sae)
 
 
-def test_given_texts_are_packed_into_contexts_separated_by_end_of_text(tiny_lm, tiny_tokenizer, small_sae):
-    from hfsae.evaluation.evaluate import _packed
+def test_given_texts_are_packed_by_the_one_token_packer(tiny_lm, tiny_tokenizer, small_sae):
+    from hfsae.evaluation.evaluate import _contexts
 
-    rows = _packed(["abc", "defgh"], tiny_tokenizer, context_size=4, wanted=5)
-    ids = tiny_tokenizer("abcdefgh")["input_ids"]
-    assert rows == [ids[:3] + [tiny_tokenizer.eos_token_id], ids[3:7]]
+    texts = ["some text " * 10, "more words " * 10]
+    input_ids = _contexts(EvalConfig(n_tokens=62), "unused", tiny_tokenizer, 32, texts)
+    expected = [ids for _, ids in token_contexts(texts, tiny_tokenizer, 32)][:2]  # 2 contexts hold 62 counted tokens
+    assert input_ids.tolist() == expected
     results = evaluate(
         small_sae,
         model=tiny_lm("llama"),
         tokenizer=tiny_tokenizer,
-        texts=["some text " * 10],
+        texts=texts,
         skip=["downstream", "ablation", "n2g", "probes"],
         quiet=True,
         **SMALL,
     )
-    assert results.n_tokens == 3 * 32  # 101 tokens with the separator: 3 full contexts of 32
+    assert results.n_tokens == 6 * 31  # 212 tokens with the separators: 6 full contexts of 32

@@ -5,28 +5,21 @@ import torch
 
 from hfsae import TopKSAE, TopKSAEConfig
 from hfsae.evaluation.metrics import (
-    ReconstructionMetrics,
+    CHUNK_ROWS,
     cosine,
     dead_fraction,
-    explained_variance,
-    fvu,
+    fvu_of,
     l0,
     progressive_fvu,
     progressive_ks,
+    reconstruction_metrics,
 )
-from hfsae.training.losses import normalized_mse
 
 
 def test_fvu_of_a_hand_made_batch_is_error_over_variance():
     x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # mean [2, 1]; Σ‖x − mean‖² = 2 + 2 = 4
     x_hat = torch.tensor([[1.0, 1.0], [3.0, 2.0]])  # Σ‖x − x_hat‖² = 1
-    assert fvu(x, x_hat).item() == pytest.approx(0.25)
-    assert explained_variance(x, x_hat).item() == pytest.approx(0.75)
-
-
-def test_fvu_agrees_with_the_training_loss():
-    x, x_hat = torch.randn(50, 8), torch.randn(50, 8)
-    torch.testing.assert_close(fvu(x, x_hat), normalized_mse(x_hat, x))
+    assert fvu_of(x_hat, x) == pytest.approx(0.25)
 
 
 def test_l0_counts_non_zero_values_per_token():
@@ -56,34 +49,34 @@ def tiny_sae(seed=0, **config):
     return TopKSAE(TopKSAEConfig(d_in=6, n_latents=20, k=4, **config)).eval()
 
 
-def test_progressive_fvu_at_k_equals_the_fvu_of_the_default_code():
+def test_metrics_over_more_rows_than_one_chunk_equal_those_of_one_forward():
+    sae = tiny_sae(normalize="layer_norm")
+    x = torch.randn(CHUNK_ROWS + 37, 6) * 3 + 1
+    metrics, code = reconstruction_metrics(sae, x)
+    with torch.no_grad():
+        output = sae(x)
+        x_hat = output.x_hat.double()
+    expected_fvu = ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    assert metrics.n_tokens == x.shape[0]
+    assert metrics.fvu == pytest.approx(expected_fvu, rel=1e-6)
+    assert metrics.explained_variance == pytest.approx(1 - expected_fvu, rel=1e-6)
+    assert metrics.cosine == pytest.approx(cosine(x, output.x_hat).item(), rel=1e-5)
+    assert metrics.l0 == pytest.approx(l0(output.code.values).item())
+    assert metrics.dead_fraction == pytest.approx(dead_fraction(output.code.indices, output.code.values, 20))
+    torch.testing.assert_close(code.indices, output.code.indices)
+    assert metrics.progressive[4] == pytest.approx(metrics.fvu, rel=1e-6)
+    assert list(metrics.progressive) == [1, 2, 4, 8, 16]
+
+
+def test_progressive_fvu_with_fewer_latents_is_the_fvu_of_that_code():
     sae = tiny_sae()
     x = torch.randn(30, 6)
-    result = progressive_fvu(sae, x)
-    assert list(result) == [1, 2, 4, 8, 16]
     with torch.no_grad():
-        assert result[4] == pytest.approx(fvu(x, sae(x).x_hat).item(), rel=1e-5)
+        x_hat = sae.decode(sae.encode(x, k=2)).double()
+    expected = ((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()).item()
+    assert progressive_fvu(sae, x, [2])[2] == pytest.approx(expected, rel=1e-6)
 
 
-def test_accumulated_metrics_over_batches_equal_the_metrics_of_the_whole_stream():
-    sae = tiny_sae(normalize="layer_norm")
-    x = torch.randn(40, 6) * 3 + 1
-    metrics = ReconstructionMetrics(n_latents=20)
-    with torch.no_grad():
-        for batch in x.split(7):
-            code = sae.encode(batch)
-            metrics.update(batch, code, sae.decode(code), {2: sae.decode(sae.encode(batch, k=2))})
-        code = sae.encode(x)
-        x_hat = sae.decode(code)
-    assert metrics.n_tokens == 40
-    assert metrics.fvu == pytest.approx(fvu(x, x_hat).item(), rel=1e-5)
-    assert metrics.explained_variance == pytest.approx(1 - fvu(x, x_hat).item(), rel=1e-5)
-    assert metrics.cosine == pytest.approx(cosine(x, x_hat).item(), rel=1e-5)
-    assert metrics.l0 == pytest.approx(l0(code.values).item())
-    assert metrics.dead_fraction == pytest.approx(dead_fraction(code.indices, code.values, 20))
-    assert metrics.progressive[2] == pytest.approx(progressive_fvu(sae, x, [2])[2], rel=1e-5)
-
-
-def test_metrics_before_any_batch_say_so():
-    with pytest.raises(ValueError, match="No tokens"):
-        _ = ReconstructionMetrics(n_latents=3).fvu
+def test_metrics_of_fewer_than_two_rows_say_so():
+    with pytest.raises(ValueError, match=r"need activations \[tokens ≥ 2, d_in\]; got shape \(1, 6\)"):
+        reconstruction_metrics(tiny_sae(), torch.randn(1, 6))
