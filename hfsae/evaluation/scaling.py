@@ -13,13 +13,15 @@ s² (JᵀJ)⁻¹ at the optimum, s² the residual variance with m − p degrees 
 
 from __future__ import annotations
 
-import json
+import io
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
+
+from hfsae.folder import CONFIG_FILE, TRAINING_METRICS_FILE, read_json, write_bytes_atomic, write_json_atomic
 
 LOSS_NK_COEFFICIENTS = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
 LOSS_NK_FORMULA = "L(n, k) = exp(α + β_k log k + β_n log n + γ log k log n) + exp(ζ + η log k)"
@@ -210,12 +212,11 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
             f"sweep folder {str(sweep_dir)!r} does not exist; pass the --output-dir of `hfsae sweep`."
         )
     runs = []
-    for config_path in sorted(sweep_dir.rglob("config.json")):
-        metrics_path = config_path.with_name("training_metrics.json")
+    for config_path in sorted(sweep_dir.rglob(CONFIG_FILE)):
+        metrics_path = config_path.with_name(TRAINING_METRICS_FILE)
         if not metrics_path.is_file():
             continue
-        config = json.loads(config_path.read_text())
-        metrics = json.loads(metrics_path.read_text())
+        config, metrics = read_json(config_path), read_json(metrics_path)
         if "fvu" not in metrics:
             raise ScalingFitError(f"{metrics_path} has no 'fvu'; keys are {sorted(metrics)}.")
         tokens = metrics.get("tokens")
@@ -294,17 +295,14 @@ def plot_loss_nk(
         axis.legend(fontsize=8)
         axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Render to a temporary name and rename: an interrupted save must not leave a truncated PNG.
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, dpi=120, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, dpi=120, format="png")
     plt.close(figure)
-    temporary.replace(path)
-    return path
+    return write_bytes_atomic(path, png.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------
-# The `hfsae scaling` command
+# A sweep folder in, its fits and plot out
 # ---------------------------------------------------------------------------------------------
 
 
@@ -395,31 +393,8 @@ def scaling(
         "loss_compute": fit_compute.to_dict() if fit_compute else None,
         "notes": notes,
     }
-    summary_path = plot.with_suffix(".json")  # scaling.png → scaling.json
-    temporary = summary_path.with_name(f".{summary_path.name}.tmp")
-    temporary.write_text(json.dumps(summary, indent=2))
-    temporary.replace(summary_path)
+    write_json_atomic(plot.with_suffix(".json"), summary)  # scaling.png → scaling.json
     report = ScalingReport(runs, fit_nk, fit_compute, plot, notes)
     if not quiet:
         print(report)
     return report
-
-
-@dataclass
-class ScalingArgs:
-    """Options of `hfsae scaling`."""
-
-    sweep_dir: str = field(
-        metadata={"help": "The --output-dir of `hfsae sweep` (SAE folders with training_metrics.json)."}
-    )
-    hook_point: str | None = field(
-        default=None, metadata={"help": "Fit the SAEs of this hook point (needed when the sweep has several)."}
-    )
-    plot_path: str | None = field(
-        default=None, metadata={"help": "Where to write the PNG plot; default SWEEP_DIR/scaling.png."}
-    )
-
-
-def run_scaling(args: ScalingArgs) -> ScalingReport:
-    """`hfsae scaling --sweep-dir DIR`: fit, print coefficients ± standard errors, write the plot and scaling.json."""
-    return scaling(args.sweep_dir, hook_point=args.hook_point, plot_path=args.plot_path)
