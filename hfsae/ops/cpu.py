@@ -24,8 +24,8 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
         return torch.sparse_csr_tensor(crow, indices.reshape(-1), values.reshape(-1), (batch, n_cols))
 
 
-# Pre-activations computed at once, [rows, latents]: bounds the transient block for any n_latents while
-# keeping each matmul large enough to run at full speed.
+# Pre-activations computed at once, [rows, latents], when not measured: bounds the transient block for
+# any n_latents while keeping each matmul large enough to run at full speed.
 ENCODE_TILE_ELEMENTS = 1 << 24
 # Whole rows (every latent of a row in one block, so one grouped top-k per row and nothing to merge) while
 # at least this many rows fit in a block; past that, a block of rows re-streams all of W_enc for too few
@@ -107,6 +107,33 @@ def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
     return _scratch_buffers[key]
 
 
+# Block sizes (elements) timed against each other once per machine and shape class when the encoder's
+# work (batch · n · d multiply-adds) is at least MIN_MEASURED_WORK; ENCODE_TILE_ELEMENTS otherwise.
+TILE_ELEMENT_CHOICES = (1 << 22, 1 << 24, 1 << 26)
+MIN_MEASURED_WORK = 1 << 33
+MEASURED_ROWS = 2048  # rows the blocks are timed on: enough for every choice's row blocks
+
+
+def tile_elements(x: torch.Tensor, W_enc: torch.Tensor, k: int) -> int:
+    """The block size for this encoder call: measured (autotune), else ENCODE_TILE_ELEMENTS."""
+    from . import autotune
+
+    batch, n, d = x.shape[0], W_enc.shape[0], x.shape[1]
+    key = (
+        f"{autotune.machine_key(x.device)}|{x.dtype}|batch{autotune.size_class(batch)}|"
+        f"n{autotune.size_class(n)}|d{autotune.size_class(d)}|k{autotune.size_class(k)}"
+    )
+    rows = x[:MEASURED_ROWS]
+    candidates = lambda: {  # noqa: E731
+        str(size): (lambda size=size: _encode_topk(rows, W_enc, None, k, None, 0, size)) for size in TILE_ELEMENT_CHOICES
+    }
+    choice = autotune.choose(
+        "cpu_encoder_tile", key, [str(size) for size in TILE_ELEMENT_CHOICES], candidates,
+        fallback=str(ENCODE_TILE_ELEMENTS), device=x.device, worth_measuring=batch * n * d >= MIN_MEASURED_WORK,
+    )  # fmt: skip
+    return int(choice)
+
+
 def encode_topk(
     x: torch.Tensor,
     W_enc: torch.Tensor,
@@ -115,15 +142,19 @@ def encode_topk(
     aux_mask: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> TopKSelection:
-    """Top-k of x @ W_enc.T + b_enc in blocks of at most ENCODE_TILE_ELEMENTS, so the [batch, n]
+    """Top-k of x @ W_enc.T + b_enc in blocks of at most `tile_elements` elements, so the [batch, n]
     pre-activations never exist whole. The AuxK pre-activations (masked latents) of a block are kept
     aside and cut to the top k_aux whenever they outgrow one tile."""
+    return _encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux, tile_elements(x, W_enc, k))
+
+
+def _encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux, block_elements: int) -> TopKSelection:
     batch, n = x.shape[0], W_enc.shape[0]
-    rows = min(batch, max(1, ENCODE_TILE_ELEMENTS // n))
+    rows = min(batch, max(1, block_elements // n))
     width = n
     if rows < min(batch, MIN_WHOLE_ROWS):
         width = min(n, ENCODE_TILE_LATENTS)
-        rows = min(batch, max(1, ENCODE_TILE_ELEMENTS // width))
+        rows = min(batch, max(1, block_elements // width))
     scratch = _scratch(rows * width, x.dtype, x.device)
     dead = None
     if aux_mask is not None and k_aux > 0:

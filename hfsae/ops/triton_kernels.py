@@ -293,16 +293,73 @@ def encode_topk(
     aux_mask: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> TopKSelection:
-    """Top-k of x @ W_enc.T + b_enc per row without the [batch, n] matrix; x: [batch, d], W_enc: [n, d].
+    """Top-k of x @ W_enc.T + b_enc per row; x: [batch, d], W_enc: [n, d].
 
     With aux_mask [n] bool and k_aux > 0, also the top-k_aux among masked latents; k_aux is capped at
-    the number of masked latents, as in the CPU backend.
+    the number of masked latents, as in the CPU backend. Runs the fused kernel or cuBLAS + torch.topk,
+    whichever `encoder_path` picks.
     """
     _check_encoder_inputs(x, W_enc, b_enc, k, aux_mask)
-    want_aux = aux_mask is not None and k_aux > 0
-    if want_aux:
+    if aux_mask is not None and k_aux > 0:
         k_aux = min(k_aux, int(aux_mask.sum()))  # one host sync: the output's shape depends on it
-        want_aux = k_aux > 0
+    else:
+        k_aux = 0
+    if encoder_path(x, W_enc, b_enc, k) == "dense_topk":
+        return dense_encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux)
+    return fused_encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux)
+
+
+ENCODER_PATHS = ("fused", "dense_topk")
+# The dense path's [batch, n] pre-activations may take at most this share of the GPU memory free when
+# it is chosen; past it the fused kernel (which never holds them) is the only choice.
+DENSE_MEMORY_SHARE = 0.25
+
+
+def dense_encode_topk(x, W_enc, b_enc, k, aux_mask=None, k_aux=0) -> TopKSelection:
+    """The same selection through the whole [batch, n] pre-activations: one cuBLAS matmul and torch.topk.
+
+    H100, d 768 / n 32k / k 32 / batch 4096 in bf16: 1.40 ms against 3.76 ms for the fused kernel
+    (benchmarks/RESULTS.md), at the price of a 256 MiB buffer.
+    """
+    pre = x @ W_enc.T if b_enc is None else torch.addmm(b_enc, x, W_enc.T)
+    values, indices = pre.topk(k, dim=1)
+    selection = TopKSelection(values, indices)
+    if k_aux > 0:
+        masked = pre.masked_fill_(~aux_mask.to(pre.device), float("-inf"))  # pre is ours: reuse its memory
+        selection.aux_values, selection.aux_indices = masked.topk(k_aux, dim=1)
+    return selection
+
+
+def encoder_path(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor | None, k: int) -> str:
+    """"fused" or "dense_topk" for this encoder call: measured once per shape class on CUDA (autotune).
+
+    The fused kernel is the only choice when the dense path's buffer would not fit DENSE_MEMORY_SHARE of
+    the free memory, and the default off CUDA (the interpreter), unless a path is forced.
+    """
+    from . import autotune
+
+    batch, n = x.shape[0], W_enc.shape[0]
+    on_cuda = x.device.type == "cuda"
+    fits = not on_cuda or batch * n * x.element_size() <= DENSE_MEMORY_SHARE * torch.cuda.mem_get_info(x.device)[0]
+    if not fits:
+        return "fused"
+    key = (
+        f"{autotune.machine_key(x.device)}|{x.dtype}|batch{autotune.size_class(batch)}|"
+        f"n{autotune.size_class(n)}|d{autotune.size_class(x.shape[1])}|k{autotune.size_class(k)}"
+    )
+    candidates = lambda: {  # noqa: E731
+        "fused": lambda: fused_encode_topk(x, W_enc, b_enc, k),
+        "dense_topk": lambda: dense_encode_topk(x, W_enc, b_enc, k),
+    }
+    return autotune.choose(
+        "encoder", key, ENCODER_PATHS, candidates, fallback="dense_topk" if on_cuda else "fused",
+        device=x.device, worth_measuring=on_cuda,
+    )  # fmt: skip
+
+
+def fused_encode_topk(x, W_enc, b_enc, k, aux_mask=None, k_aux=0) -> TopKSelection:
+    """The selection without the [batch, n] matrix (see the module docstring); k_aux already capped."""
+    want_aux = aux_mask is not None and k_aux > 0
     x, W_enc = x.contiguous(), W_enc.contiguous()
     batch, d = x.shape
     n = W_enc.shape[0]

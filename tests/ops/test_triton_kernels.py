@@ -238,3 +238,50 @@ def test_sparse_decode_and_selected_preactivations_give_the_reference_backends_g
     expected = loss_and_grads(backend_for("cpu", "reference"), "cpu")
     for got_tensor, expected_tensor in zip(got, expected):
         torch.testing.assert_close(got_tensor, expected_tensor, rtol=1e-4, atol=1e-4)
+
+
+# ---- the encoder path and mixed precision -----------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["fused", "dense_topk"])
+def test_both_encoder_paths_select_the_reference_sets(triton_ops, device, path, monkeypatch):
+    from hfsae.ops import autotune
+
+    monkeypatch.setenv("HFSAE_ENCODER_PATH", path)
+    x, W_enc, b_enc, aux_mask = random_encoder(13, 301, 29, seed=14, device=device)
+    got = triton_ops.encode_topk(x, W_enc, b_enc, 5, aux_mask=aux_mask, k_aux=17)
+    expected = reference.encode_topk(x.cpu().double(), W_enc.cpu().double(), b_enc.cpu().double(), 5, aux_mask.cpu(), 17)
+    pre = (x.double() @ W_enc.double().T + b_enc.double()).cpu()
+    assert_same_selection(got.values.cpu(), got.indices.cpu(), pre, expected.values)
+    assert_same_selection(got.aux_values.cpu(), got.aux_indices.cpu(), pre, expected.aux_values, allowed=aux_mask.cpu())
+    assert triton_ops.encoder_path(x, W_enc, b_enc, 5) == path and autotune.env_var("encoder") == "HFSAE_ENCODER_PATH"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_sae_step_on_triton_matches_fp32_with_fp32_master_weights_and_losses(triton_ops, device, dtype, monkeypatch):
+    from hfsae import TopKSAE, TopKSAEConfig
+
+    encoder_dtypes = []
+    fused = triton_ops.encode_topk
+    monkeypatch.setattr(triton_ops, "encode_topk", lambda x, *args, **kw: encoder_dtypes.append(x.dtype) or fused(x, *args, **kw))
+
+    def step(ops_backend, autocast_dtype):
+        torch.manual_seed(15)
+        sae = TopKSAE(TopKSAEConfig(d_in=16, n_latents=96, k=4, k_aux=8)).to(device)
+        sae.ops_backend = ops_backend
+        x = torch.randn(24, 16, device=device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype != torch.float32):
+            output = sae(x, dead_mask=torch.arange(96, device=device) % 4 == 0)
+        output.loss.backward()
+        return output, sae
+
+    output, sae = step("triton", dtype)
+    expected, expected_sae = step("reference", torch.float32)
+    assert encoder_dtypes == [dtype]  # the encoder matmul ran in the autocast dtype
+    assert output.loss.dtype == output.fvu.dtype == torch.float32
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in sae.parameters())
+    # bf16 changes only which near-tied latents win: the losses agree to bf16's precision.
+    tolerance = dict(rtol=1e-4, atol=1e-5) if dtype == torch.float32 else dict(rtol=3e-2, atol=3e-2)
+    torch.testing.assert_close(output.loss.cpu(), expected.loss.cpu(), **tolerance)
+    if dtype == torch.float32:
+        torch.testing.assert_close(sae.W_dec.grad.cpu(), expected_sae.W_dec.grad.cpu(), rtol=1e-4, atol=1e-5)
