@@ -12,16 +12,18 @@ from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
+from .ops.auxk import auxk_path
 from .training.losses import normalized_mse
 
 # Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (docs/method.md §1).
 LAYER_NORM_EPS = 1e-5
 # A latent "fires" when selected with a value above this (docs/method.md §2).
 FIRING_THRESHOLD = 1e-3
-# AuxK runs as dense matmuls over the dead latents while there are at most this many per k_aux, and as
-# sparse products over the k_aux selected entries otherwise. Measured on the 2-core CPU (one thread,
-# batch 4096, d_in 576, n 16384, whole step): dense 1.27x / 1.32x / 1.64x the floor at 1.1 / 2.3 / 5.7
-# dead latents per k_aux, sparse 1.46x / 1.44x / 1.48x.
+# The AuxK path is measured where it runs (ops/auxk.py); this rule decides when measuring is off or the
+# work is too small to time: dense matmuls over the dead latents while there are at most this many per
+# k_aux, sparse products over the k_aux selected entries otherwise. Measured on one 2-core CPU (one
+# thread, batch 4096, d_in 576, n 16384, whole step): dense 1.27x / 1.32x / 1.64x the floor at 1.1 /
+# 2.3 / 5.7 dead latents per k_aux, sparse 1.46x / 1.44x / 1.48x.
 AUX_DENSE_MAX_RATIO = 4
 
 
@@ -243,8 +245,9 @@ class TopKSAE(PreTrainedModel):
             raise ValueError(f"dead_mask must have shape ({config.n_latents},); got {tuple(aux_mask.shape)}.")
         # One host sync counts the dead latents (n_dead), reused to choose the AuxK path.
         selection, n_dead = self._select(x_norm, max(k, k_multi), aux_mask=aux_mask)
-        aux_dense = aux_mask is not None and 0 < selection.aux_indices.shape[1] and (
-            n_dead <= AUX_DENSE_MAX_RATIO * selection.aux_indices.shape[1]
+        k_aux = 0 if aux_mask is None else selection.aux_indices.shape[1]
+        aux_dense = k_aux > 0 and "dense" == auxk_path(
+            x_norm, n_dead, k_aux, self.ops, fallback="dense" if n_dead <= AUX_DENSE_MAX_RATIO * k_aux else "sparse"
         )
 
         # With sparse AuxK, one differentiable gather takes every selected pre-activation (main and
@@ -310,14 +313,24 @@ class TopKSAE(PreTrainedModel):
             if aux_mask is not None:
                 n_masked = int(aux_mask.sum())
                 k_aux = min(self.config.k_aux_effective, n_masked)
-            b_enc = None if self.b_enc is None else self.b_enc.detach()
-            selection = self.ops.encode_topk(
-                x_centred, self.W_enc.detach(), b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux
-            )
+            W_enc, b_enc = self.W_enc.detach(), None if self.b_enc is None else self.b_enc.detach()
+            device_type = x_centred.device.type
+            if torch.is_autocast_enabled(device_type):
+                # Mixed precision: the encoder matmul reads the autocast dtype (bf16), the master weights
+                # and everything after the selection stay fp32 (the selected values are upcast here).
+                low = torch.get_autocast_dtype(device_type)
+                x_centred, W_enc = x_centred.to(low), W_enc.to(low)
+                b_enc = None if b_enc is None else b_enc.to(low)
+            selection = self.ops.encode_topk(x_centred, W_enc, b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux)
+            selection.values = selection.values.to(x_norm.dtype)
             if aux_mask is not None and selection.aux_indices is None:
                 # No dead latents this step: AuxK contributes an empty selection (loss 0).
                 empty = selection.indices.new_empty(selection.indices.shape[0], 0)
                 selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
+            elif selection.aux_indices is not None:
+                selection.aux_values, selection.aux_indices = _positive_prefix(
+                    selection.aux_values.to(x_norm.dtype), selection.aux_indices
+                )
             return selection, n_masked
 
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -334,6 +347,15 @@ class TopKSAE(PreTrainedModel):
         from .hub.push import push_to_hub
 
         return push_to_hub(self, repo_id, folder=folder, **kwargs)
+
+
+def _positive_prefix(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The AuxK selection [batch, k_aux], sorted descending and cut after the last column holding a positive
+    value in some row. Exact: an entry ≤ 0 is 0 after ReLU and gets no gradient, so dropping it changes
+    neither the loss nor any gradient. One column stays, so the loss keeps its value when none is positive."""
+    values, order = values.sort(dim=1, descending=True)
+    kept = max(1, int((values > 0).sum(1).max()))
+    return values[:, :kept], indices.gather(1, order[:, :kept])
 
 
 def _dead_rows(weight: nn.Parameter, dead: torch.Tensor) -> torch.Tensor:
