@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import functools
+import math
+import os
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
 from transformers import PretrainedConfig
+
+from .folder import CONFIG_FILE, SAEFolderError
 
 NORMALIZATIONS = ("none", "layer_norm", "unit_norm", "dataset_scale")
 
@@ -50,8 +54,38 @@ class TopKSAEConfig(PretrainedConfig):
     dataset: str | None = None
     """The text the SAE was trained on."""
 
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' reading of config.json, refusing a file that is not a TopKSAEConfig.
+
+        transformers only logs a warning for a foreign model_type (a Llama folder would load as a
+        random SAE) and fails with a TypeError on a JSON list.
+        """
+        subfolder = kwargs.get("subfolder")
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        location = os.fspath(pretrained_model_name_or_path)
+        if not location.endswith(".json"):
+            location = "/".join(part for part in (location, subfolder, CONFIG_FILE) if part)
+        if not isinstance(config_dict, dict):
+            raise SAEFolderError(f"{location} should hold a JSON object; it holds a {type(config_dict).__name__}.")
+        model_type = config_dict.get("model_type", cls.model_type)
+        if model_type != cls.model_type:
+            raise SAEFolderError(
+                f"{location} describes a model of type {model_type!r}, not a TopK SAE ({cls.model_type!r}). "
+                "Load that model with its own class (e.g. transformers.AutoModel), or point at an SAE folder."
+            )
+        return config_dict, kwargs
+
     def validate_architecture(self):
         """Checks across fields, run on construction and on from_pretrained."""
+        for name in ("d_in", "n_latents", "k", "multi_topk_factor", "k_aux", "context_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise ValueError(f"{name} must be an integer; got {name}={value!r}.")
+        for name in ("aux_k_coef", "multi_topk_coef", "dataset_scale"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number; got {name}={value!r}.")
         for name in ("d_in", "n_latents", "k", "multi_topk_factor"):
             value = getattr(self, name)
             if value < 1:

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModel
 
 from hfsae import SparseCode, TopKSAE, TopKSAEConfig, modeling
-from hfsae.modeling import geometric_median
+from hfsae.folder import SAEFolderError
+from hfsae.modeling import FIRING_THRESHOLD, fired_latents, fvu, geometric_median
 
 
 def make_sae(seed=0, **overrides):
@@ -194,7 +195,7 @@ def test_save_then_load_gives_a_bit_identical_model(tmp_path):
 
 
 def test_an_input_of_the_wrong_width_names_both_widths():
-    with pytest.raises(ValueError, match=r"d_in=13.*last dimension 12"):
+    with pytest.raises(ValueError, match=r"d_in=13.*\(3, 12\) \(last dimension 12\)"):
         make_sae().encode(torch.randn(3, 12))
 
 
@@ -218,6 +219,12 @@ def test_a_code_outside_the_dictionary_is_refused():
         ({"n_latents": 0}, "n_latents must be a positive integer"),
         ({"normalize": "batch_norm"}, "normalize must be one of"),
         ({"aux_k_coef": -1.0}, "non-negative"),
+        ({"aux_k_coef": float("inf")}, r"aux_k_coef must be a finite number; got aux_k_coef=inf"),
+        ({"multi_topk_coef": float("nan")}, r"multi_topk_coef must be a finite number; got multi_topk_coef=nan"),
+        ({"k": 4.5}, r"k must be an integer; got k=4\.5"),
+        ({"k": True}, r"k must be an integer; got k=True"),
+        ({"d_in": 4.0}, r"d_in must be an integer; got d_in=4\.0"),
+        ({"n_latents": "50"}, r"n_latents must be an integer; got n_latents='50'"),
     ],
 )
 def test_bad_configs_raise_value_errors_naming_the_field(overrides, message):
@@ -246,3 +253,91 @@ def test_a_missing_weight_file_is_named_in_the_error(tmp_path):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(OSError, match="model.safetensors"):
         TopKSAE.from_pretrained(tmp_path)
+
+
+def test_fvu_is_the_fraction_of_variance_unexplained():
+    x = torch.tensor([[1.0, 0.0], [3.0, 2.0]])  # mean [2, 1]: total squared deviation 2 per token
+    x_hat = torch.tensor([[1.0, 1.0], [3.0, 2.0]])  # squared error 1 on the first token only
+    assert fvu(x_hat, x).item() == pytest.approx(0.5 / 2)
+    assert fvu(x_hat, x, variance=4.0).item() == pytest.approx(0.5 / 4)
+    assert fvu(x, x).item() == 0
+
+
+def test_fired_latents_counts_only_values_above_the_threshold():
+    indices = torch.tensor([[0, 1], [1, 2]])
+    values = torch.tensor([[1.0, FIRING_THRESHOLD], [2 * FIRING_THRESHOLD, 0.0]])
+    assert fired_latents(indices, values, 4).tolist() == [True, True, False, False]
+
+
+def test_an_empty_batch_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"input of shape \(0, 13\) holds no rows"):
+        make_sae().encode(torch.randn(0, 13))
+
+
+def test_k_at_inference_must_be_an_integer_in_range():
+    with pytest.raises(ValueError, match=r"k must be an integer in 1\.\.50; got k=2\.0"):
+        make_sae().encode(torch.randn(2, 13), k=2.0)
+
+
+def edit_weights(folder, edit):
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(folder / "model.safetensors")
+    save_file(edit(tensors), folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def edit_config(folder, edit):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(edit(config)))
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: {k: v for k, v in t.items() if k != "W_dec"}, r"model\.safetensors does not hold .*: it lacks W_dec\."),
+        (lambda t: {}, r"model\.safetensors does not hold .*: it lacks W_dec, W_enc, b_enc, b_pre\."),
+        (lambda t: t | {"extra": torch.zeros(2)}, r"model\.safetensors does not hold .*unexpected tensors extra"),
+    ],
+)
+def test_weights_missing_or_foreign_tensors_are_refused(tmp_path, edit, message):
+    make_sae().save_pretrained(tmp_path)
+    edit_weights(tmp_path, edit)
+    for load in (TopKSAE.from_pretrained, AutoModel.from_pretrained):
+        with pytest.raises(SAEFolderError, match=message):
+            load(tmp_path)
+
+
+def test_weights_shaped_unlike_config_json_are_refused(tmp_path):
+    make_sae().save_pretrained(tmp_path)
+    edit_config(tmp_path, lambda config: config | {"d_in": 12})
+    with pytest.raises(SAEFolderError, match=r"W_dec has shape \(50, 13\) where config\.json \(d_in=12, n_latents=50\) needs \(50, 12\)"):
+        TopKSAE.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[1, 2]", r"config\.json should hold a JSON object; it holds a list"),
+        (json.dumps({"model_type": "llama", "hidden_size": 13}), r"config\.json describes a model of type 'llama', not a TopK SAE"),
+    ],
+)
+def test_a_config_json_that_is_no_sae_config_is_refused(tmp_path, content, message):
+    make_sae().save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(content)
+    with pytest.raises(SAEFolderError, match=message):
+        TopKSAE.from_pretrained(tmp_path)
+    with pytest.raises(SAEFolderError, match=message):
+        TopKSAEConfig.from_pretrained(tmp_path)
+
+
+def test_a_llama_model_folder_is_not_loaded_as_an_sae(tmp_path, tiny_lm):
+    tiny_lm("llama").save_pretrained(tmp_path)
+    with pytest.raises(SAEFolderError, match=r"type 'llama', not a TopK SAE"):
+        TopKSAE.from_pretrained(tmp_path)
+
+
+def test_a_shape_mismatch_can_still_be_ignored_as_in_transformers(tmp_path):
+    make_sae().save_pretrained(tmp_path)
+    edit_config(tmp_path, lambda config: config | {"d_in": 12})
+    sae = TopKSAE.from_pretrained(tmp_path, ignore_mismatched_sizes=True)
+    assert sae.W_dec.shape == (50, 12)

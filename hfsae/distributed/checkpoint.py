@@ -8,97 +8,25 @@ just reads other rows. Rank 0 writes; every rank reads only its own rows (safete
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from ..configuration import TopKSAEConfig
-from .grid import barrier
-from .sharded import ShardedTopKSAE
+from .sharded import CheckpointError, ShardedTopKSAE
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
 
-class CheckpointError(FileNotFoundError):
-    """A folder lacks the files of an hfsae model or training state."""
-
-
-def _replace_folder(build, folder: str) -> None:
-    """Run build(tmp_folder), then move the result to `folder` in one rename.
-
-    A crash mid-write must not leave a folder that loads but holds half its tensors.
-    """
-    parent = os.path.dirname(os.path.abspath(folder))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-    try:
-        build(tmp)
-        if os.path.exists(folder):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.replace(folder, os.path.join(old, "x"))
-            os.replace(tmp, folder)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_sharded_model(sae: ShardedTopKSAE, folder: str, *, optimizer: torch.optim.Optimizer | None = None) -> None:
     """Gather the shards and write one hfsae folder (+ optimizer.safetensors); every rank must call this."""
-    model = sae.to_full_model() if sae.grid.data_rank == 0 else None
     optimizer_state = gather_optimizer_state(sae, optimizer) if optimizer is not None and sae.grid.data_rank == 0 else None
-
-    def build(tmp: str) -> None:
-        model.save_pretrained(tmp)
-        if optimizer_state is not None:
-            save_file(optimizer_state, os.path.join(tmp, OPTIMIZER_FILE))
-
-    if sae.grid.is_main:
-        _replace_folder(build, folder)
-    barrier(sae.grid)  # nobody reads the folder before rank 0 has finished it
-
-
-def _weight_files(folder: str) -> dict[str, str]:
-    """Parameter name → the safetensors file holding it (one file, or a sharded index)."""
-    index = os.path.join(folder, "model.safetensors.index.json")
-    if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f)["weight_map"]
-        return {name: os.path.join(folder, file) for name, file in weight_map.items()}
-    single = os.path.join(folder, "model.safetensors")
-    if not os.path.isfile(single):
-        raise CheckpointError(
-            f"{folder!r} holds no model.safetensors (nor model.safetensors.index.json); expected a folder "
-            f"written by save_pretrained."
-        )
-    with safe_open(single, "pt") as f:
-        return {name: single for name in f.keys()}
+    sae.save_pretrained(folder, extra_files={OPTIMIZER_FILE: optimizer_state} if optimizer_state is not None else None)
 
 
 def load_sharded_model(folder: str, grid, *, device: str | torch.device = "cpu") -> ShardedTopKSAE:
-    """This rank's shard of the hfsae model in `folder`, reading only its rows."""
-    config = TopKSAEConfig.from_pretrained(folder)
-    sae = ShardedTopKSAE(config, grid)
-    files = _weight_files(folder)
-    state = {}
-    for name, parameter in sae.named_parameters():
-        if name not in files:
-            raise CheckpointError(f"{folder!r} has no weight {name!r}; it holds {', '.join(sorted(files))}.")
-        with safe_open(files[name], "pt") as f:
-            state[name] = f.get_tensor(name) if name == "b_pre" else f.get_slice(name)[sae.start : sae.stop]
-    dtype = next(iter(state.values())).dtype
-    sae = sae.to(device=device, dtype=dtype)
-    with torch.no_grad():
-        for name, parameter in sae.named_parameters():
-            parameter.copy_(state[name])
-    return sae
+    """This rank's shard of the hfsae model in `folder`, reading only its rows (ShardedTopKSAE.from_pretrained)."""
+    return ShardedTopKSAE.from_pretrained(folder, grid, device=device)
 
 
 def _parameter_names(sae: ShardedTopKSAE, optimizer: torch.optim.Optimizer) -> list[str]:

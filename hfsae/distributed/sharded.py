@@ -29,14 +29,41 @@ this is plain data parallelism.
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from ..configuration import TopKSAEConfig
-from ..modeling import SparseCode, TopKSAE, TopKSAEOutput
+from ..folder import WEIGHTS_FILE, staged_folder
+from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize
 from ..ops import backend_for, selected_preactivations, sparse_decode
-from .grid import ProcessGrid, all_gather, all_reduce_, shard_ranges
+from .grid import ProcessGrid, all_gather, all_reduce_, barrier, shard_ranges
 from .stats import global_normalized_mse
+
+
+class CheckpointError(FileNotFoundError):
+    """A folder lacks the files of an hfsae model or training state."""
+
+
+def _weight_files(folder: str) -> dict[str, str]:
+    """Parameter name → the safetensors file holding it (one file, or a sharded index)."""
+    index = os.path.join(folder, f"{WEIGHTS_FILE}.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            weight_map = json.load(f)["weight_map"]
+        return {name: os.path.join(folder, file) for name, file in weight_map.items()}
+    single = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.isfile(single):
+        raise CheckpointError(
+            f"{folder!r} holds no {WEIGHTS_FILE} (nor {WEIGHTS_FILE}.index.json); expected a folder "
+            f"written by save_pretrained."
+        )
+    with safe_open(single, "pt") as f:
+        return {name: single for name in f.keys()}
 
 
 class _SumOverShards(torch.autograd.Function):
@@ -156,9 +183,19 @@ class ShardedTopKSAE(nn.Module):
         cls, folder: str, grid: ProcessGrid, *, device: str | torch.device = "cpu"
     ) -> ShardedTopKSAE:
         """Load this rank's shard of a saved hfsae folder, reading only its rows of the weight files."""
-        from .checkpoint import load_sharded_model
-
-        return load_sharded_model(folder, grid, device=device)
+        sae = cls(TopKSAEConfig.from_pretrained(folder), grid)
+        files = _weight_files(folder)
+        state = {}
+        for name, _ in sae.named_parameters():
+            if name not in files:
+                raise CheckpointError(f"{folder!r} has no weight {name!r}; it holds {', '.join(sorted(files))}.")
+            with safe_open(files[name], "pt") as f:
+                state[name] = f.get_tensor(name) if name == "b_pre" else f.get_slice(name)[sae.start : sae.stop]
+        sae = sae.to(device=device, dtype=next(iter(state.values())).dtype)
+        with torch.no_grad():
+            for name, parameter in sae.named_parameters():
+                parameter.copy_(state[name])
+        return sae
 
     @torch.no_grad()
     def load_full_state_dict_(self, state: dict[str, torch.Tensor]) -> None:
@@ -194,11 +231,19 @@ class ShardedTopKSAE(nn.Module):
         model.ops_backend = self.ops_backend
         return model
 
-    def save_pretrained(self, folder: str) -> None:
-        """Write one ordinary hfsae model folder (rank 0 writes; every rank must call this)."""
-        from .checkpoint import save_sharded_model
+    def save_pretrained(self, folder: str, *, extra_files: dict[str, dict[str, torch.Tensor]] | None = None) -> None:
+        """Write one ordinary hfsae model folder (rank 0 writes; every rank must call this).
 
-        save_sharded_model(self, folder)
+        `extra_files` ({file name: tensors}, used on rank 0) are saved into the folder with the model,
+        in the same swap: the optimizer state of a checkpoint (`checkpoint.save_sharded_model`).
+        """
+        model = self.to_full_model() if self.grid.data_rank == 0 else None
+        if self.grid.is_main:
+            with staged_folder(folder, overwrite=True) as staging:
+                model.save_pretrained(staging)
+                for name, tensors in (extra_files or {}).items():
+                    save_file(tensors, staging / name)
+        barrier(self.grid)  # nobody reads the folder before rank 0 has finished it
 
     # ---- initialisation, decoder norms and gradient synchronisation -----------------------------------
 
@@ -262,11 +307,11 @@ class ShardedTopKSAE(nn.Module):
         forward with the same k and the same kind of arguments: the collectives must match.
         """
         config = self.config
-        k = TopKSAE._check_k(self, k)
+        k = check_k(config, k)
         leading = x.shape[:-1]
-        # TopKSAE's input check and normalisation read only self.config: the same code path.
-        x = TopKSAE._check_input(self, x).reshape(-1, config.d_in).to(self.W_enc.dtype)
-        x_norm, mean, scale = TopKSAE._normalize(self, x)
+        # The same input check and normalisation as TopKSAE: they read only the config.
+        x = check_input(config, x).reshape(-1, config.d_in).to(self.W_enc.dtype)
+        x_norm, mean, scale = normalize(config, x)
         x_centred = _CopyToShards.apply(x_norm - self.b_pre, self.grid.latent_group)
 
         k_multi = min(config.multi_topk_factor * k, config.n_latents) if config.multi_topk_coef > 0 else k
@@ -297,17 +342,17 @@ class ShardedTopKSAE(nn.Module):
         decoded = _SumOverShards.apply(torch.cat(partials, dim=1), self.grid.latent_group).split(config.d_in, dim=1)
 
         x_hat_norm = decoded[0] + self.b_pre
-        fvu = self._normalized_mse(x_hat_norm, x_norm)
+        fvu = self._fvu(x_hat_norm, x_norm)
         loss = fvu
         multi_topk_loss = aux_loss = None
         if k_multi > k:
-            multi_topk_loss = self._normalized_mse(decoded[1] + self.b_pre, x_norm)
+            multi_topk_loss = self._fvu(decoded[1] + self.b_pre, x_norm)
             loss = loss + config.multi_topk_coef * multi_topk_loss
         if aux_mask is not None:
             aux_loss = x_norm.new_zeros(())
             if has_aux:
                 # 0/0 when the residual has no variance: the paper sets the term to 0.
-                aux_loss = torch.nan_to_num(self._normalized_mse(decoded[-1], (x_norm - x_hat_norm).detach()), nan=0.0)
+                aux_loss = torch.nan_to_num(self._fvu(decoded[-1], (x_norm - x_hat_norm).detach()), nan=0.0)
             loss = loss + config.aux_k_coef * aux_loss
 
         code = SparseCode(
@@ -316,7 +361,7 @@ class ShardedTopKSAE(nn.Module):
             input_mean=None if mean is None else mean.reshape(*leading, 1),
             input_scale=None if scale is None else scale.reshape(*leading, 1),
         )
-        x_hat = TopKSAE._denormalize(self, x_hat_norm, mean, scale).reshape(*leading, config.d_in)
+        x_hat = denormalize(config, x_hat_norm, mean, scale).reshape(*leading, config.d_in)
         return TopKSAEOutput(
             x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
@@ -347,8 +392,8 @@ class ShardedTopKSAE(nn.Module):
         values = torch.cat([values for values, _ in winners], dim=1)
         return indices, values, k
 
-    def _normalized_mse(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """normalized_mse over the global batch of the data group, carrying this rank's gradient share."""
+    def _fvu(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The FVU over the global batch of the data group, carrying this rank's gradient share."""
         return global_normalized_mse(x_hat, x, self.grid.data_group)
 
 
