@@ -85,7 +85,8 @@ def downstream_loss(
         raise ValueError("The SAE's config names no hook_point; pass hook_point= (e.g. 'layers.8.resid_post').")
     if input_ids.ndim != 2 or input_ids.shape[1] < 2 + FIRST_POSITION_USED:
         raise ValueError(
-            f"input_ids must be [contexts, seq] with seq ≥ {2 + FIRST_POSITION_USED}; got shape {tuple(input_ids.shape)}."
+            f"input_ids must be [contexts, seq] with seq ≥ {2 + FIRST_POSITION_USED}; "
+            f"got shape {tuple(input_ids.shape)}."
         )
     input_ids = input_ids.to(next(model.parameters()).device)
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}

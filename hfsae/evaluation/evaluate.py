@@ -28,6 +28,7 @@ from hfsae.activations import (
     positions_used,
     token_contexts,
 )
+from hfsae.activations.text import FILE_BUILDERS
 from hfsae.folder import EVAL_RESULTS_FILE, N2G_FILE, write_json_atomic
 
 from .ablation import ablation_sparsity
@@ -48,7 +49,9 @@ class EvalConfig:
 
     dataset: str | None = field(
         default=None,
-        metadata={"help": "Text to evaluate on ('builtin', a Hub dataset or local files); None: the SAE's training dataset."},
+        metadata={
+            "help": "Text to evaluate on ('builtin', a Hub dataset or local files); None: the SAE's training dataset."
+        },
     )
     text_column: str = field(default="text", metadata={"help": "Column holding the text of each document."})
     split: str = field(
@@ -56,7 +59,8 @@ class EvalConfig:
         metadata={"help": "Held-out split of the text ('test': documents the trainer never read; 'all')."},
     )
     context_size: int | None = field(
-        default=None, metadata={"help": "Tokens per context; None: the SAE's training context size, else 64 (the paper's)."}
+        default=None,
+        metadata={"help": "Tokens per context; None: the SAE's training context size, else 64 (the paper's)."},
     )
     n_tokens: int = field(
         default=8192,
@@ -67,7 +71,9 @@ class EvalConfig:
     )
     n_downstream_tokens: int = field(
         default=1024,
-        metadata={"help": "Tokens (of the above) for the spliced and zero-ablated CE and KL: three full forward passes."},
+        metadata={
+            "help": "Tokens (of the above) for the spliced and zero-ablated CE and KL: three full forward passes."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Contexts per forward pass."})
     ablation_positions: int = field(
@@ -76,7 +82,9 @@ class EvalConfig:
     ablation_horizon: int = field(
         default=4, metadata={"help": "T: positions whose logits are compared, the ablated token included."}
     )
-    n2g_latents: int = field(default=16, metadata={"help": "Random latents (among those that fire) to explain with N2G."})
+    n2g_latents: int = field(
+        default=16, metadata={"help": "Random latents (among those that fire) to explain with N2G."}
+    )
     n2g_examples: int = field(default=4, metadata={"help": "Top-activating examples per explained latent."})
     n2g_max_suffix: int = field(default=12, metadata={"help": "Longest context suffix an N2G pattern may keep."})
     probe_contexts: int = field(
@@ -85,7 +93,8 @@ class EvalConfig:
     probe_datasets: list[str] = field(
         default_factory=list,
         metadata={
-            "help": "Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet or Hub names), columns text, label."
+            "help": "Extra probe tasks: labelled datasets (local json/jsonl/csv/parquet or Hub names), "
+            "columns text, label."
         },
     )
     builtin_probes: bool = field(
@@ -172,7 +181,7 @@ def write_eval_results(directory: str | os.PathLike, results: EvalResults) -> Pa
 
 
 def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, texts=None) -> torch.Tensor:
-    """The first held-out contexts (or contexts of `texts`) holding n_tokens counted positions: [contexts, context_size]."""
+    """The first held-out contexts (or contexts of `texts`) with n_tokens positions that count: [contexts, seq]."""
     if context_size < 2 + FIRST_POSITION_USED:
         raise ValueError(f"context_size must be at least {2 + FIRST_POSITION_USED}; got context_size={context_size}.")
     wanted = math.ceil(config.n_tokens / (context_size - FIRST_POSITION_USED))
@@ -192,14 +201,14 @@ def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, te
 
 @torch.no_grad()
 def _activations(model, input_ids: torch.Tensor, hook_point: str, batch_size: int, quiet: bool) -> torch.Tensor:
-    """Activations at hook_point of the positions that count, on the model's device: [contexts · (seq − 1), d] float32.
+    """Activations at hook_point of the positions that count, on the model's device: [contexts · (seq − 1), d].
 
     Held whole (n_tokens × d_in floats: 19 MB for the built-in default) so that FVU is one call of
     `hfsae.modeling.fvu` over every row, exactly as the trainer measures it.
     """
     device = next(model.parameters()).device
     batches = tqdm(input_ids.split(batch_size), desc="activations", disable=quiet)
-    return torch.cat([positions_used(capture(model, ids.to(device), [hook_point])[hook_point].float()) for ids in batches])
+    return torch.cat([positions_used(capture(model, ids.to(device), [hook_point])[hook_point]).float() for ids in batches])
 
 
 def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[ProbeTask]:
@@ -211,9 +220,10 @@ def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[
     for name in config.probe_datasets:
         import datasets
 
-        suffix = Path(name).suffix.lower().lstrip(".")
-        if Path(name).exists():
-            builder = {"jsonl": "json"}.get(suffix, suffix)
+        if Path(name).is_file():  # a local file, read by the `datasets` builder for its type
+            builder = FILE_BUILDERS.get(Path(name).suffix.lower())
+            if builder is None:
+                raise ValueError(f"Probe dataset {name!r} is not a {'/'.join(FILE_BUILDERS)} file; convert it to one.")
             dataset = datasets.load_dataset(builder, data_files=name, split="train")
         else:
             dataset = datasets.load_dataset(name, split="train")

@@ -41,7 +41,7 @@ def progressive_ks(k: int, n_latents: int) -> list[int]:
 
 @torch.no_grad()
 def reconstruct(sae, x: torch.Tensor, *, k: int | None = None) -> tuple[SparseCode, torch.Tensor]:
-    """(code, x_hat) of x [tokens, d_in] with k latents kept (default sae.config.k), encoded CHUNK_ROWS rows at a time."""
+    """(code, x_hat) of x [tokens, d_in] keeping k latents (default config.k), CHUNK_ROWS rows at a time."""
     codes = [sae.encode(chunk, k=k) for chunk in x.split(CHUNK_ROWS)]
     x_hat = torch.cat([sae.decode(code) for code in codes])
     code = SparseCode(torch.cat([c.indices for c in codes]), torch.cat([c.values for c in codes]))

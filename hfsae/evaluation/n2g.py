@@ -194,7 +194,8 @@ def score(explanation: N2GExplanation, input_ids: torch.Tensor, activations: tor
     """Set precision and recall on held-out input_ids [contexts, seq]; activations: the latent's at the last
     positions of each context, [contexts, seq'] (seq' ≤ seq; the patterns still read the positions before)."""
     trie = explanation.trie()
-    predicted = torch.stack([trie.predict(row) for row in input_ids])[:, input_ids.shape[1] - activations.shape[1] :] > 0
+    skipped = input_ids.shape[1] - activations.shape[1]
+    predicted = torch.stack([trie.predict(row) for row in input_ids])[:, skipped:] > 0
     explanation.precision, explanation.recall = precision_recall(predicted, activations > FIRING_THRESHOLD)
     return explanation
 

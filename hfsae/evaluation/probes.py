@@ -203,7 +203,8 @@ def task_examples(task: ProbeTask) -> tuple[torch.Tensor, torch.Tensor]:
     """(pool [examples, contexts·seq] sparse averaging matrix, labels [examples]) for a task.
 
     Each example is one labelled token, or, for a per-sequence task, the mean over one context's
-    labelled tokens (never the first positions, `FIRST_POSITION_USED`); multiplying the pool by per-token activations [contexts·seq, d] gives the
+    labelled tokens (never the first positions, `FIRST_POSITION_USED`); multiplying the pool by
+    per-token activations [contexts·seq, d] gives the
     examples' activations.
     """
     labels = task.labels.clone()

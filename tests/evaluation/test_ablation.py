@@ -55,5 +55,6 @@ def test_ablation_sparsity_averages_one_value_per_active_latent_of_each_sampled_
 
 
 def test_a_horizon_longer_than_the_context_names_the_valid_range(tiny_llama, tiny_sae, tokens):
-    with pytest.raises(ValueError, match=r"horizon must be in 1..11 \(the positions that count in a context of 12\); got horizon=20"):
+    counted = r"horizon must be in 1..11 \(the positions that count in a context of 12\); got horizon=20"
+    with pytest.raises(ValueError, match=counted):
         ablation_sparsity(tiny_sae, tiny_llama, tokens, horizon=20)
