@@ -15,11 +15,12 @@ class EvalArgs(EvalConfig):
     """`hfsae eval MODEL`: the SAE to measure, where to write its results, and how to evaluate it."""
 
     model: str | None = field(
-        default=None, metadata={"help": "The SAE: a saved folder, a Hub repo id or a registry name (see `hfsae list`)."}
+        default=None,
+        metadata={"help": "The SAE: a saved folder, a Hub repo id or a registry name (see `hfsae list`)."},
     )
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where eval_results.json goes; default: the SAE's own folder when it is local, else ./eval-NAME."},
+        metadata={"help": "Where eval_results.json goes; default: the SAE's folder when it is local, else ./eval-NAME."},
     )
     card: bool = field(default=True, metadata={"help": "Rewrite the folder's README.md model card with the new metrics."})
     quiet: bool = field(default=False, metadata={"help": "No progress bars."})
