@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..training.losses import normalized_mse
+from ..modeling import fvu
 from .grid import all_reduce_, group_size
 
 
 def global_normalized_mse(x_hat: torch.Tensor, x: torch.Tensor, group) -> torch.Tensor:
-    """normalized_mse of the batch made of every rank's rows x, x_hat [tokens, d] in `group`.
+    """The FVU (hfsae.modeling.fvu) of the batch made of every rank's rows x, x_hat [tokens, d] in `group`.
 
     The value is the global one on every rank. Its gradient is this rank's share times the group
     size, so that averaging gradients over the group (as DDP and `sync_gradients_` do) gives the
@@ -23,7 +23,7 @@ def global_normalized_mse(x_hat: torch.Tensor, x: torch.Tensor, group) -> torch.
     """
     size = group_size(group)
     if size == 1:
-        return normalized_mse(x_hat, x)
+        return fvu(x_hat, x)
     error = (x - x_hat).pow(2).sum()
     # Σ‖x − μ‖² = Σ‖x‖² − N‖μ‖², accumulated in float64 so the subtraction keeps its precision.
     x64 = x.detach().double()

@@ -1,7 +1,6 @@
-"""Training TopK SAEs: losses, dead-latent statistics, EMA, checkpoints and the trainer.
+"""Training TopK SAEs: dead-latent statistics, EMA, checkpoints and the trainer.
 
-`TrainConfig`, `Trainer` and `train` load lazily: modeling.py imports `training.losses`, and
-importing the trainer here would import modeling.py back (and accelerate) on `import hfsae`.
+`TrainConfig`, `Trainer` and `train` load lazily, so that `import hfsae` does not import accelerate.
 """
 
 from importlib import import_module

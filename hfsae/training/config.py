@@ -1,9 +1,9 @@
 """TrainConfig: how TopK SAEs are trained (data, sweep, optimiser, schedule, checkpoints, output).
 
 What each SAE *is* lives in `TopKSAEConfig`. The architecture options a user may set for a run
-(`normalize`, `aux_k_coef`, `multi_topk_coef`, ...) are not redeclared here: `SAEOptions` is
-generated from TopKSAEConfig's own fields, so their types, defaults and documentation keep one home.
-TrainConfig inherits them, which keeps the command line and `training_config.json` flat.
+(`normalize`, `aux_k_coef`, ...) are declared here field by field (SAE_OPTION_FIELDS) with their
+default and `--help` text taken from TopKSAEConfig, so they keep one home while the command line and
+`training_config.json` stay flat.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import inspect
 import itertools
 import json
 import math
-import sys
 import textwrap
 from dataclasses import dataclass, field
 
@@ -23,6 +22,13 @@ from ..configuration import TopKSAEConfig
 # TopKSAEConfig fields a user chooses for a training run; the others are sizes the sweep sets
 # (n_latents, k), measurements the trainer fills (d_in, dataset_scale) or provenance.
 SAE_OPTION_FIELDS = ("normalize", "aux_k_coef", "k_aux", "multi_topk_coef", "multi_topk_factor", "latent_bias")
+
+# Options that may differ between a run and its resumption: they change neither the data order nor a
+# single optimiser step (train_tokens only moves the end; eval_tokens only the final measurement).
+RESUMABLE_CHANGES = frozenset({
+    "train_tokens", "save_steps", "save_total_limit", "logging_steps", "quiet", "report_to", "eval_tokens",
+    "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "activation_cache", "push_to_hub",
+})  # fmt: skip
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
@@ -49,26 +55,6 @@ def attribute_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _sae_options_dataclass() -> type:
-    """A dataclass with the SAE_OPTION_FIELDS of TopKSAEConfig: same types, defaults and docs."""
-    # Only TopKSAEConfig's own annotations: PretrainedConfig's refer to names this module lacks.
-    module = vars(sys.modules[TopKSAEConfig.__module__])
-    hints = {name: eval(hint, module) if isinstance(hint, str) else hint for name, hint in TopKSAEConfig.__annotations__.items()}
-    defaults = {f.name: f.default for f in dataclasses.fields(TopKSAEConfig)}
-    docs = attribute_docs(TopKSAEConfig)
-    fields = [
-        (name, hints[name], field(default=defaults[name], metadata={"help": docs.get(name, "")}))
-        for name in SAE_OPTION_FIELDS
-    ]
-    options = dataclasses.make_dataclass("SAEOptions", fields)
-    options.__module__ = __name__
-    options.__doc__ = "Architecture options shared by every SAE of a run (declared in TopKSAEConfig)."
-    return options
-
-
-SAEOptions = _sae_options_dataclass()
-
-
 def documented(cls: type) -> type:
     """Copy each attribute docstring into its field's metadata, where HfArgumentParser finds `--help`."""
     docs = attribute_docs(cls)
@@ -78,9 +64,18 @@ def documented(cls: type) -> type:
     return cls
 
 
+_SAE_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TopKSAEConfig)}
+_SAE_DOCS = attribute_docs(TopKSAEConfig)
+
+
+def sae_option(name: str):
+    """A TrainConfig field for TopKSAEConfig's option `name`: its default and its documentation."""
+    return field(default=_SAE_DEFAULTS[name], metadata={"help": _SAE_DOCS[name]})
+
+
 @documented
 @dataclass
-class TrainConfig(SAEOptions):
+class TrainConfig:
     """How to train one or more TopK SAEs on a causal language model's activations.
 
     One SAE is trained for every (hook point, n_latents, k) combination, all from the same forward
@@ -93,6 +88,14 @@ class TrainConfig(SAEOptions):
     # ---- what to read --------------------------------------------------------------------------------
     model: str = "builtin"
     """Language model: 'builtin' (SmolLM2-135M-Instruct, no download), a Hub id or a local folder."""
+    model_revision: str | None = None
+    """Hub branch, tag or commit of the language model."""
+    model_dtype: str | None = None
+    """float32 | bfloat16 | float16 for the language model; None: bfloat16 on a GPU, on the CPU the faster measured one."""
+    device_map: str | None = None
+    """Accelerate's big-model placement of the language model (e.g. 'auto') when it does not fit one device."""
+    trust_remote_code: bool = False
+    """Run model code from the language model's Hub repo (off unless asked)."""
     # Layer 10 of 30, measured on the built-in model (first position excluded): its token norms
     # stay within 1.5x of the mean (max 218, mean 147), while layer 6 has outliers of 9x and layer 15
     # of 130x (massive activations); and harvesting stops a third of the way in (layer 15: 1.4x slower).
@@ -106,10 +109,17 @@ class TrainConfig(SAEOptions):
     """Dataset split to train on; held-out FVU uses text outside it."""
     context_size: int = 64
     """Tokens per context (the paper uses 64)."""
-    # 120k harvested tokens gave held-out FVU 0.209 (train batches 0.097: overfitting); 200k gave
-    # 0.190 for ~80 s more harvesting. Both with 2M training tokens, n_latents 4096, k 32.
+    # Epochs by default: on 2 CPU cores the forward pass to layer 10 is the slow part (see
+    # FORWARD_NOTE in README "Training at scale"), so streaming all 2M training tokens would take
+    # several times the whole default run. 120k harvested tokens gave held-out FVU 0.209 (train
+    # batches 0.097: overfitting); 200k gave 0.190. Both with 2M training tokens, n_latents 4096, k 32.
+    streaming: bool = False
+    """Stream fresh activations for every step through a shuffle buffer (memory O(buffer_tokens), any
+    train_tokens); off: harvest harvest_tokens once and train epochs over them."""
     harvest_tokens: int = 200_000
-    """Distinct training tokens harvested once from the language model and reused for every epoch."""
+    """Distinct tokens harvested once and reused in epochs until train_tokens (without --streaming)."""
+    buffer_tokens: int = 65_536
+    """Rows per hook point shuffled together when streaming (a batch mixes this many tokens' documents)."""
     eval_tokens: int = 8192
     """Held-out tokens (text the SAE never trains on) for the final FVU."""
     activation_cache: str | None = None
@@ -120,8 +130,16 @@ class TrainConfig(SAEOptions):
     """Dictionary sizes (TopKSAEConfig.n_latents); one SAE per (hook point, n_latents, k)."""
     k: list[int] = field(default_factory=lambda: [32])
     """Latents kept per token (TopKSAEConfig.k); one SAE per (hook point, n_latents, k)."""
+    normalize: str = sae_option("normalize")
+    aux_k_coef: float = sae_option("aux_k_coef")
+    k_aux: int | None = sae_option("k_aux")
+    multi_topk_coef: float = sae_option("multi_topk_coef")
+    multi_topk_factor: int = sae_option("multi_topk_factor")
+    latent_bias: bool = sae_option("latent_bias")
     tied_init: bool = True
     """Initialise the encoder as the decoder's transpose (docs/method.md §1); false draws it separately."""
+    init_from: str | None = None
+    """Start from a pretrained SAE (registry name, Hub repo or folder) of the same d_in and n_latents."""
 
     # ---- optimisation (docs/method.md §3) ------------------------------------------------------------------
     learning_rate: float | None = None
@@ -154,8 +172,12 @@ class TrainConfig(SAEOptions):
     """Seed of the initialisation and the data order."""
     output_dir: str = "sae"
     """Folder for the trained SAE(s) and checkpoints."""
+    overwrite_output_dir: bool = False
+    """Replace a non-empty output_dir (refused otherwise, unless resuming the run in it)."""
     save_steps: int | None = None
     """Write a checkpoint every this many steps (and at the end); None writes none."""
+    save_total_limit: int | None = 2
+    """Keep only the newest this many checkpoints of this run; None keeps all."""
     resume_from_checkpoint: str | None = None
     """A checkpoint folder to continue from, or 'last' for the newest one in output_dir/checkpoints."""
     mixed_precision: str | None = None
@@ -168,11 +190,23 @@ class TrainConfig(SAEOptions):
     """Tokens per language-model forward while harvesting."""
     quiet: bool = False
     """Hide progress bars."""
+    push_to_hub: str | None = None
+    """Hub repo to push the trained SAE(s) to, with their cards, when training ends."""
+
+    # ---- parallelism (docs/method.md §6) ---------------------------------------------------------------
+    latent_shards: int = 1
+    """Split each SAE's latents over this many processes (must divide the process count and n_latents)."""
+    distribute_saes: bool = False
+    """Each process trains a share of the (hook point, n_latents, k) SAEs on the whole batch."""
 
     def __post_init__(self):
         checks = {
             "context_size": self.context_size >= 2,
             "harvest_tokens": self.harvest_tokens >= self.batch_size,
+            "buffer_tokens": self.buffer_tokens >= self.batch_size,
+            "save_total_limit": self.save_total_limit is None or self.save_total_limit >= 1,
+            "latent_shards": self.latent_shards >= 1 and all(n % self.latent_shards == 0 for n in self.n_latents),
+            "model_dtype": self.model_dtype in (None, "auto", "float32", "bfloat16", "float16"),
             "eval_tokens": self.eval_tokens >= 1,
             "batch_size": self.batch_size >= 1,
             "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
@@ -194,6 +228,11 @@ class TrainConfig(SAEOptions):
         if bad:
             name = bad[0]
             raise ValueError(f"Invalid training option {name}={getattr(self, name)!r}: {_VALID[name]}")
+        if self.latent_shards > 1 and self.distribute_saes:
+            raise ValueError(
+                f"latent_shards={self.latent_shards} and distribute_saes both split the work over processes; "
+                "choose one."
+            )
         if self.batch_size % self.gradient_accumulation_steps:
             raise ValueError(
                 f"batch_size={self.batch_size} must be a multiple of gradient_accumulation_steps="
@@ -210,6 +249,20 @@ class TrainConfig(SAEOptions):
     def sae_names(self) -> list[tuple[str, int, int]]:
         """Every (hook_point, n_latents, k) this run trains, in a fixed order."""
         return list(itertools.product(self.hook_points, self.n_latents, self.k))
+
+    def check_resumable(self, saved: TrainConfig, *, where: str) -> None:
+        """Raise ValueError naming every option that differs from the run being resumed (`saved`)."""
+        changed = [
+            f"{f.name}={getattr(self, f.name)!r} (was {getattr(saved, f.name)!r})"
+            for f in dataclasses.fields(self)
+            if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(saved, f.name)
+        ]
+        if changed:
+            raise ValueError(
+                f"Cannot resume from {where}: {', '.join(changed)}. Resume with the options of the saved run "
+                f"(only {', '.join(sorted(RESUMABLE_CHANGES - {'resume_from_checkpoint'}))} may change), "
+                "or start a new run in another output_dir."
+            )
 
     def sae_config(self, *, d_in: int, hook_point: str, n_latents: int, k: int, **measured) -> TopKSAEConfig:
         """The TopKSAEConfig of one SAE of the sweep; `measured` sets dataset_scale or overrides provenance."""
@@ -248,6 +301,10 @@ class TrainConfig(SAEOptions):
 _VALID = {
     "context_size": "use at least 2 tokens per context.",
     "harvest_tokens": "harvest at least batch_size tokens.",
+    "buffer_tokens": "shuffle at least batch_size rows (raise --buffer-tokens or lower --batch-size).",
+    "save_total_limit": "keep at least 1 checkpoint, or None for all.",
+    "latent_shards": "use a positive number that divides every n_latents (and the number of processes).",
+    "model_dtype": "choose float32, bfloat16, float16 or None.",
     "eval_tokens": "use at least 1 held-out token.",
     "batch_size": "use at least 1 token per step.",
     "gradient_accumulation_steps": "use at least 1.",

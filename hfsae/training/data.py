@@ -1,13 +1,21 @@
-"""Training activations held in memory and served as shuffled epochs, one batch per optimiser step.
+"""The batches of a run, one per optimiser step, each with the data position after it.
 
-Harvesting activations is the slow part of a CPU run (~1000 tokens/s through half of SmolLM2), so
-the trainer harvests a fixed number of tokens once and trains several epochs over them. The batch
-of a step is a pure function of (seed, step): the permutation of epoch e comes from a generator
-seeded with (seed, e). Resuming therefore needs only the step count, and every SAE of a sweep sees
-exactly the same tokens in the same order.
+Two kinds, chosen by TrainConfig.streaming:
+
+- `StreamBatches`: fresh activations from an `ActivationSource` (the language model runs as training
+  goes, through a shuffle buffer); the position is the source's state_dict.
+- `EpochBatches`: activations harvested once, held in memory and served as shuffled epochs (the
+  default on a CPU, where the forward pass is the slow part). The batch of a step is a pure function
+  of (seed, step): the permutation of epoch e comes from a generator seeded with (seed, e), so the
+  position is the step count.
+
+Iterating yields (batch {hook_point: [batch_size, d]}, position after it): a checkpoint stores the
+position of the last batch trained on, whatever was read ahead.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import torch
 
@@ -33,8 +41,23 @@ class EpochBatches:
         self.batch_size = batch_size
         self.seed = seed
         self.batches_per_epoch = self.tokens // batch_size
+        self.position = 0
         self._epoch: int | None = None
         self._permutation: torch.Tensor | None = None
+
+    def state_dict(self) -> dict:
+        """The data position: batches served so far."""
+        return {"step": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue after the batch recorded by `state_dict`."""
+        self.position = int(state["step"])
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+        while True:
+            batch = self.batch(self.position)
+            self.position += 1
+            yield batch, self.state_dict()
 
     def _permutation_of(self, epoch: int) -> torch.Tensor:
         if epoch != self._epoch:
@@ -53,6 +76,23 @@ class EpochBatches:
         """{hook_point: [batch_size, d]} for optimiser step `step`."""
         rows = self.rows(step)
         return {name: table[rows] for name, table in self.tables.items()}
+
+
+class StreamBatches:
+    """Batches streamed from an ActivationSource whose batch_tokens is the batch size."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def state_dict(self) -> dict:
+        return self.source.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.source.load_state_dict(state)
+
+    def __iter__(self) -> Iterator[tuple[dict[str, torch.Tensor], dict]]:
+        for batch in self.source:
+            yield batch, self.source.state_dict()
 
 
 def split_batch(batch: dict[str, torch.Tensor], parts: int, part: int) -> dict[str, torch.Tensor]:

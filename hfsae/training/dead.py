@@ -6,16 +6,8 @@ from collections.abc import Callable
 
 import torch
 
-# A latent "fires" when it is selected with a value above this (docs/method.md §2).
-FIRING_THRESHOLD = 1e-3
+from ..modeling import fired_latents
 
-
-def fired_latents(indices: torch.Tensor, values: torch.Tensor, n_latents: int) -> torch.Tensor:
-    """Which latents fired in a code: indices, values [tokens, k] → [n_latents] bool."""
-    # Counting with index_add_ avoids the host sync that boolean-mask indexing would need.
-    firing = (values.reshape(-1) > FIRING_THRESHOLD).to(torch.int32)
-    counts = torch.zeros(n_latents, dtype=torch.int32, device=indices.device)
-    return counts.index_add_(0, indices.reshape(-1), firing) > 0
 
 class DeadLatents:
     """Counts, per latent, the tokens seen since it last fired; dead once the count reaches `dead_tokens`.

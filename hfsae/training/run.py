@@ -1,52 +1,84 @@
-"""The whole training job: load the language model, harvest activations, train, save model folders.
+"""The whole training job: check the output folder, load the language model, stream or harvest, train, save.
 
     results = train(TrainConfig())          # the built-in default: SmolLM2-135M, one middle layer
 
-Output (`output_dir`): a single SAE goes directly into output_dir; several go into subfolders
-named like `layers.10.resid_post/n8192_k32`, listed in `index.json`. Each folder holds
-`config.json` and `model.safetensors` (save_pretrained; EMA or raw weights, whichever had the
-lower held-out FVU), `training_config.json` and `training_metrics.json`.
+Output (`output_dir`, refused when it is not empty unless overwrite_output_dir or resuming): a
+single SAE goes directly into output_dir; several go into subfolders named like
+`layers.10.resid_post/n8192_k32`, listed in `index.json` (hfsae.folder.write_index, what
+`hfsae.load_many` and `hookpoint=` read). Each folder is staged and swapped in whole: `config.json`
+and `model.safetensors` (EMA or raw weights, whichever had the lower held-out FVU),
+`training_config.json`, `training_metrics.json`, and last the card (README.md) rendered from them.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-import torch
-
-from ..activations.models import load_language_model  # noqa: F401 (H3b moves callers to hfsae.activations)
+from ..folder import (
+    TRAINING_CONFIG_FILE,
+    TRAINING_METRICS_FILE,
+    index_entry,
+    staged_folder,
+    write_index,
+    write_json_atomic,
+    write_text_atomic,
+)
+from .checkpoint import CHECKPOINTS_DIR, read_checkpoint_state, resolve_checkpoint
 from .config import TrainConfig
+from .data import EpochBatches, StreamBatches
 from .trainer import Trainer, TrainResult, make_accelerator
 
-INDEX_FILE = "index.json"
-TRAINING_CONFIG_FILE = "training_config.json"
-TRAINING_METRICS_FILE = "training_metrics.json"
+
+def check_output_dir(config: TrainConfig) -> Path | None:
+    """Refuse a non-empty output_dir (unless overwriting), check a resume: before any model is loaded.
+
+    Returns the checkpoint to resume from, or None.
+    """
+    output_dir = Path(config.output_dir)
+    if config.resume_from_checkpoint:
+        folder = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
+        saved = TrainConfig.from_json_string(read_checkpoint_state(folder)["train_config"])
+        config.check_resumable(saved, where=str(folder))
+        return folder
+    if output_dir.is_file() or (output_dir.is_dir() and any(output_dir.iterdir()) and not config.overwrite_output_dir):
+        raise FileExistsError(
+            f"Output directory {output_dir} already exists and is not empty. Pass --overwrite-output-dir to replace "
+            "it, --resume-from-checkpoint last to continue the run saved in it, or choose another --output-dir."
+        )
+    return None
 
 
-def harvest(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int) -> dict[str, torch.Tensor]:
-    """Activations {hook_point: [n_tokens, d_in]} (CPU, float32) from the documents of `split` ('train'/'test')."""
-    from ..activations.source import ActivationSource, TextSource
+def _text_source(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int, batch_tokens: int,
+                 buffer_tokens: int, cache: bool):  # fmt: skip
+    from ..activations import ActivationSource, TextSource
 
     text = TextSource(dataset=config.dataset, text_column=config.text_column, split=split, hub_split=config.split)
-    source = ActivationSource(
+    return ActivationSource(
         model,
         tokenizer,
         config.hook_points,
         text=text,
         context_size=config.context_size,
         contexts_per_forward=max(1, config.device_batch_tokens // config.context_size),
-        batch_tokens=config.device_batch_tokens,
-        buffer_tokens=config.device_batch_tokens,  # the trainer shuffles; no need to here
+        batch_tokens=batch_tokens,
+        buffer_tokens=buffer_tokens,
         n_tokens=n_tokens,
         seed=config.seed,
-        cache_dir=None if config.activation_cache is None else Path(config.activation_cache),
+        cache_dir=Path(config.activation_cache) if cache and config.activation_cache is not None else None,
         progress=not config.quiet,
     )
+
+
+def harvest(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int, cache: bool = False):
+    """Activations {hook_point: [n_tokens, d_in]} (CPU, float32) from the documents of `split` ('train'/'test')."""
+    import torch
+
+    # The trainer shuffles harvested tokens itself: no buffer beyond one forward batch is needed here.
+    source = _text_source(model, tokenizer, config, split=split, n_tokens=n_tokens, batch_tokens=config.device_batch_tokens,
+                          buffer_tokens=config.device_batch_tokens, cache=cache)  # fmt: skip
     batches: dict[str, list[torch.Tensor]] = {name: [] for name in config.hook_points}
     for batch in source:
         for name, x in batch.items():
@@ -62,73 +94,87 @@ def harvest(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int)
 
 
 def train(config: TrainConfig) -> list[TrainResult]:
-    """Train every SAE of `config` and write them to config.output_dir; returns their results.
+    """Train every SAE of `config` and write them to config.output_dir; returns their results (main process).
 
     Example:
         >>> results = train(TrainConfig(output_dir="my-sae"))   # about 4–5 minutes on 2 CPU cores
         >>> results[0].metrics["fvu"]
     """
+    from ..activations import load_language_model
+
     started = time.perf_counter()
+    resume_from = check_output_dir(config)
     accelerator = make_accelerator(config)
-    model, tokenizer = load_language_model(config.model, device=accelerator.device, quiet=config.quiet)
-    train_tables = harvest(model, tokenizer, config, split="train", n_tokens=config.harvest_tokens)
-    heldout_tables = harvest(model, tokenizer, config, split="test", n_tokens=config.eval_tokens)
+    if resume_from is None and accelerator.is_main_process:
+        shutil.rmtree(Path(config.output_dir) / CHECKPOINTS_DIR, ignore_errors=True)  # an overwritten run's
+    init_from = None
+    if config.init_from is not None and resume_from is None:
+        from ..hub.loading import load
+
+        init_from = load(config.init_from)
+    model, tokenizer = load_language_model(
+        config.model,
+        device=accelerator.device,
+        dtype=config.model_dtype,
+        revision=config.model_revision,
+        device_map=config.device_map,
+        trust_remote_code=config.trust_remote_code,
+        quiet=config.quiet,
+    )
     base_model = getattr(model, "name_or_path", None) or config.model
-    del model  # the SAEs need the memory more than the language model now
-    d_in = {name: table.shape[1] for name, table in train_tables.items()}
-    trainer = Trainer(config, d_in, accelerator=accelerator, base_model=base_model)
-    results = trainer.fit(train_tables, heldout_tables)
-    harvest_seconds = time.perf_counter() - started - results[0].metrics["elapsed_seconds"]
+    trainer = Trainer(config, accelerator=accelerator, base_model=base_model, init_from=init_from)
+    heldout = harvest(model, tokenizer, config, split="test", n_tokens=config.eval_tokens)
+    if config.streaming:
+        source = _text_source(model, tokenizer, config, split="train", n_tokens=config.steps * config.batch_size,
+                              batch_tokens=config.batch_size, buffer_tokens=config.buffer_tokens, cache=True)  # fmt: skip
+        data = StreamBatches(source)
+    else:
+        harvest_started = time.perf_counter()
+        tables = harvest(model, tokenizer, config, split="train", n_tokens=config.harvest_tokens, cache=True)
+        trainer.forward_seconds, trainer.forward_tokens = time.perf_counter() - harvest_started, config.harvest_tokens
+        del model  # the SAEs need the memory more than the language model now
+        data = EpochBatches(tables, batch_size=config.batch_size, seed=config.seed)
+    results = trainer.fit(data, heldout, resume_from=resume_from)
     for result in results:
-        result.metrics["harvest_seconds"] = round(harvest_seconds, 2)
         result.metrics["total_seconds"] = round(time.perf_counter() - started, 2)
-    if trainer.accelerator.is_main_process:
+        result.metrics["streaming"] = config.streaming
+    if accelerator.is_main_process:
         save_results(results, config)
-    trainer.accelerator.end_training()
+        if config.push_to_hub:
+            from ..hub.push import push_folder
+
+            push_folder(config.output_dir, config.push_to_hub)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return results
 
 
 # ---- output folders ---------------------------------------------------------------------------------
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
-        handle.write(text)
-    os.replace(handle.name, path)
+def _write_model_folder(result: TrainResult, config: TrainConfig, folder: Path) -> None:
+    """Stage one SAE's files, card last (it renders the training metrics), and swap the folder in."""
+    from ..hub.card import write_card
 
-
-def save_model_folder(result: TrainResult, config: TrainConfig, folder: Path) -> None:
-    """Write one SAE's folder; every file is written under a temporary name and renamed into place."""
-    folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
-    try:
+    with staged_folder(folder, overwrite=True) as staging:
         result.sae.save_pretrained(staging)
-        (staging / TRAINING_CONFIG_FILE).write_text(config.to_json_string())
-        (staging / TRAINING_METRICS_FILE).write_text(json.dumps(result.metrics, indent=2, sort_keys=True) + "\n")
-        for path in staging.iterdir():
-            os.replace(path, folder / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        write_text_atomic(staging / TRAINING_CONFIG_FILE, config.to_json_string())
+        write_json_atomic(staging / TRAINING_METRICS_FILE, result.metrics)
+        write_card(staging)
+        checkpoints = folder / CHECKPOINTS_DIR
+        if checkpoints.is_dir():  # a single SAE lives in output_dir itself: keep its checkpoints
+            os.replace(checkpoints, staging / CHECKPOINTS_DIR)
 
 
 def save_results(results: list[TrainResult], config: TrainConfig) -> None:
     """One folder per SAE: output_dir itself for a single SAE, else subfolders plus index.json."""
     output_dir = Path(config.output_dir)
     if len(results) == 1:
-        save_model_folder(results[0], config, output_dir)
+        _write_model_folder(results[0], config, output_dir)
         return
-    index = []
+    entries = []
     for result in results:
-        save_model_folder(result, config, output_dir / result.name)
-        sae_config = result.sae.config
-        index.append(
-            {
-                "path": result.name,
-                "hook_point": sae_config.hook_point,
-                "n_latents": sae_config.n_latents,
-                "k": sae_config.k,
-                "fvu": result.metrics["fvu"],
-                "dead_fraction": result.metrics["dead_fraction"],
-            }
-        )
-    _write_text_atomically(output_dir / INDEX_FILE, json.dumps({"saes": index}, indent=2) + "\n")
+        _write_model_folder(result, config, output_dir / result.name)
+        metrics = result.metrics
+        entries.append(index_entry(result.name, result.sae.config, fvu=metrics["fvu"], dead_fraction=metrics["dead_fraction"]))
+    write_index(output_dir, entries)

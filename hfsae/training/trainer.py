@@ -16,33 +16,51 @@ model's forward passes. One optimiser step of one run, in order (docs/method.md 
                                average's rows are close to, not exactly, unit norm)
     → EMA update               average the weights as they will be evaluated
 
-Device placement, mixed precision, gradient accumulation and (later) DDP go through Accelerate.
+Processes (docs/method.md §6): Accelerate starts torch.distributed and runs autocast; the trainer
+puts them on a data × latent `ProcessGrid`. Data parallelism and `latent_shards` train a
+`ShardedTopKSAE` (one shard per rank of a latent group, gradients averaged over the data group,
+losses of the global batch), so N processes train what one process would. `distribute_saes`
+instead gives each rank a share of the SAEs, each trained whole on the whole batch. Every rank runs
+the same language-model forward passes; checkpoints and the saved folders hold full-size tensors,
+so a run may resume on another number of processes.
 """
 
 from __future__ import annotations
 
+import resource
 import time
+import uuid
 import zlib
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
+from itertools import chain
 
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from ..configuration import TopKSAEConfig
-from ..distributed.sharded import data_parallel_sae, full_model
-from ..modeling import TopKSAE
-from ..training.losses import normalized_mse
-from .checkpoint import flatten_optimizer_state, load_checkpoint, save_checkpoint, unflatten_optimizer_state
+from ..distributed.grid import ProcessGrid, init_process_grid
+from ..distributed.sharded import ShardedTopKSAE
+from ..distributed.stats import any_rank
+from ..modeling import TopKSAE, fired_latents, fvu
+from .checkpoint import load_checkpoint, remove_orphans, save_checkpoint
 from .config import TrainConfig
-from .data import EpochBatches, split_batch
-from .dead import DeadLatents, fired_latents
+from .data import StreamBatches, split_batch
+from .dead import DeadLatents
 from .ema import EMA
 
 # Tokens used to initialise b_pre (geometric median) and dataset_scale (docs/method.md §1: ~32k).
 INIT_SAMPLE_TOKENS = 32_768
 # Rows per chunk when evaluating held-out activations (bounds the [rows, n_latents] pre-activations).
 EVAL_CHUNK = 4096
+# Collectives give up after this instead of hanging when another process died (long enough for a
+# slow checkpoint write on rank 0).
+COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+
+
+class TrainingDivergedError(ValueError):
+    """A loss became NaN or infinite: the options (learning rate, loss weights, batch) diverge."""
 
 
 def sae_name(hook_point: str, n_latents: int, k: int) -> str:
@@ -62,13 +80,21 @@ class SAERun:
 
     name: str
     hook_point: str
-    sae: TopKSAE  # the unwrapped model: decoder-norm helpers, saving
-    model: torch.nn.Module  # what accelerator.prepare returned (DDP-wrapped when distributed)
+    sae: TopKSAE | ShardedTopKSAE
     optimizer: torch.optim.Optimizer
     ema: EMA
     dead: DeadLatents
     learning_rate: float
     fvu_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # since the last log
+    diverged: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.bool))  # no host sync
+
+    def full(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """The full-size tensor of parameter `name` from this rank's part (collective when sharded)."""
+        return self.sae.gather_full(name, tensor) if isinstance(self.sae, ShardedTopKSAE) else tensor
+
+    def part(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a full-size tensor of parameter `name`."""
+        return self.sae.shard_of(name, tensor) if isinstance(self.sae, ShardedTopKSAE) else tensor
 
 
 @dataclass
@@ -81,7 +107,7 @@ class TrainResult:
 
 
 def make_accelerator(config: TrainConfig):
-    """The Accelerator for a run: bf16 autocast on a GPU unless told otherwise, accumulation, trackers."""
+    """The Accelerator for a run: bf16 autocast on a GPU unless told otherwise, trackers, timeouts."""
     from accelerate import Accelerator, InitProcessGroupKwargs
 
     mixed_precision = config.mixed_precision
@@ -89,11 +115,10 @@ def make_accelerator(config: TrainConfig):
         mixed_precision = "bf16" if torch.cuda.is_available() else "no"
     return Accelerator(
         mixed_precision=mixed_precision,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
         log_with=_available_trackers(config.report_to) or None,
         project_dir=config.output_dir,
         # Every collective times out instead of hanging when another process has died.
-        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(minutes=10))],
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=COLLECTIVE_TIMEOUT)],
     )
 
 
@@ -106,28 +131,68 @@ def _available_trackers(names: list[str]) -> list[str]:
     return list(names)
 
 
+def peak_memory() -> dict[str, int]:
+    """Peak resident memory of this process, and the peak CUDA allocation when there is a GPU (bytes)."""
+    peaks = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
+    if torch.cuda.is_available():
+        peaks["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    return peaks
+
+
 class Trainer:
-    """Trains every SAE of a TrainConfig on in-memory activations {hook_point: [tokens, d_in]}.
+    """Trains every SAE of a TrainConfig on a stream of activation batches (see `data.py`).
 
     Example:
-        >>> trainer = Trainer(TrainConfig(hook_points=["h"], n_latents=[64], k=[4], batch_size=256,
-        ...                               train_tokens=2560, harvest_tokens=1024), {"h": 16})
-        >>> results = trainer.fit({"h": torch.randn(1024, 16)}, {"h": torch.randn(256, 16)})
+        >>> config = TrainConfig(hook_points=["h"], n_latents=[64], k=[4], batch_size=256, train_tokens=2560,
+        ...                      harvest_tokens=1024)
+        >>> data = EpochBatches({"h": torch.randn(1024, 16)}, batch_size=256, seed=0)
+        >>> results = Trainer(config).fit(data, {"h": torch.randn(256, 16)})
     """
 
-    def __init__(self, config: TrainConfig, d_in: dict[str, int], *, accelerator=None, base_model: str | None = None):
+    def __init__(self, config: TrainConfig, *, accelerator=None, base_model: str | None = None, init_from=None):
         self.config = config
         self.accelerator = accelerator if accelerator is not None else make_accelerator(config)
         self.base_model = base_model or config.model
-        self.d_in = d_in
+        self.init_from = init_from  # a pretrained TopKSAE to start from (config.init_from, loaded)
         self.step = 0
         self.runs: list[SAERun] = []
-        processes = self.accelerator.num_processes * config.gradient_accumulation_steps
+        self.run_id = uuid.uuid4().hex
+        self.position: dict = {}  # the data position after the last step
+        self.forward_seconds = self.step_seconds = 0.0
+        self.forward_tokens = 0
+        world = self.accelerator.num_processes
+        if world > 1 and not config.distribute_saes:
+            self.grid = init_process_grid(latent_shards=config.latent_shards, timeout=COLLECTIVE_TIMEOUT)
+        elif config.latent_shards > 1:
+            self.grid = init_process_grid(latent_shards=config.latent_shards)  # raises: one process
+        else:
+            self.grid = ProcessGrid.single()
+        processes = self.grid.data_size * config.gradient_accumulation_steps
         if config.batch_size % processes:
             raise ValueError(
-                f"batch_size={config.batch_size} must split evenly over {self.accelerator.num_processes} "
+                f"batch_size={config.batch_size} must split evenly over {self.grid.data_size} data-parallel "
                 f"process(es) × {config.gradient_accumulation_steps} accumulation step(s)."
             )
+        if config.batch_size // processes < 2:
+            raise ValueError(
+                f"batch_size={config.batch_size} leaves {config.batch_size // processes} row per micro-batch and "
+                "process: the FVU divides by the batch's variance, which needs at least 2 rows. Raise batch_size."
+            )
+        names = config.sae_names()
+        if config.distribute_saes:
+            rank = self.accelerator.process_index
+            if len(names) < world:
+                raise ValueError(
+                    f"distribute_saes gives each of {world} processes a share of {len(names)} SAE(s); some would "
+                    "have none. Train more SAEs, or use fewer processes."
+                )
+            names = names[rank::world]
+        self.names = [sae_name(*name) for name in names]
+        self._sizes = dict(zip(self.names, names))
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
 
     # ---- setting up ---------------------------------------------------------------------------------
 
@@ -135,22 +200,33 @@ class Trainer:
         """Build and initialise every SAE: tied (or not) weights, b_pre and dataset_scale from `sample`."""
         config = self.config
         self.runs = []
-        for hook_point, n_latents, k in config.sae_names():
-            x = sample[hook_point][:INIT_SAMPLE_TOKENS].float()
+        for name in self.names:
+            hook_point, n_latents, k = self._sizes[name]
+            x = sample[hook_point][:INIT_SAMPLE_TOKENS].float().cpu()
             measured = {"base_model": self.base_model}
-            if config.normalize == "dataset_scale":
+            if self.init_from is not None and self.init_from.config.dataset_scale is not None:
+                measured["dataset_scale"] = self.init_from.config.dataset_scale
+            elif config.normalize == "dataset_scale":
                 # One constant for the layer so that E‖x‖² = d_in (docs/method.md §1).
                 measured["dataset_scale"] = float((x.shape[1] / x.pow(2).sum(dim=1).mean()).sqrt())
-            sae_config = config.sae_config(
-                d_in=self.d_in[hook_point], hook_point=hook_point, n_latents=n_latents, k=k, **measured
-            )
-            name = sae_name(hook_point, n_latents, k)
+            sae_config = config.sae_config(d_in=x.shape[1], hook_point=hook_point, n_latents=n_latents, k=k, **measured)
             sae = self._initialised_sae(sae_config, name, x)
             self.runs.append(self._prepare_run(name, hook_point, sae))
 
     def _initialised_sae(self, sae_config: TopKSAEConfig, name: str, sample: torch.Tensor) -> TopKSAE:
-        generator = torch.Generator().manual_seed(_seed_for(self.config.seed, name))
         sae = TopKSAE(sae_config)
+        if self.init_from is not None:
+            pretrained = self.init_from.config
+            if (pretrained.d_in, pretrained.n_latents) != (sae_config.d_in, sae_config.n_latents):
+                raise ValueError(
+                    f"init_from={self.config.init_from!r} has d_in={pretrained.d_in}, n_latents={pretrained.n_latents}; "
+                    f"this run trains d_in={sae_config.d_in}, n_latents={sae_config.n_latents} at "
+                    f"{sae_config.hook_point}. Pass --n-latents {pretrained.n_latents} and a hook point of width "
+                    f"{pretrained.d_in}, or start from another SAE."
+                )
+            sae.load_state_dict(self.init_from.state_dict())
+            return sae
+        generator = torch.Generator().manual_seed(_seed_for(self.config.seed, name))
         sae.init_tied_(generator=generator)
         if not self.config.tied_init:
             with torch.no_grad():
@@ -162,9 +238,11 @@ class Trainer:
     def _prepare_run(self, name: str, hook_point: str, sae: TopKSAE) -> SAERun:
         config = self.config
         learning_rate = config.learning_rate_for(sae.config.n_latents)
-        # Under several processes, a one-shard ShardedTopKSAE: its losses divide by the global batch's
-        # variance, so DDP's averaged gradient equals the one-process gradient on the whole batch.
-        sae = data_parallel_sae(sae.to(self.accelerator.device))
+        sae = sae.to(self.device)
+        if self.grid.data_size * self.grid.latent_size > 1:
+            # Its losses divide by the global batch's variance and its gradients are averaged over the
+            # data group, so N processes step exactly as one process on the whole batch.
+            sae = ShardedTopKSAE.from_model(sae, self.grid)
         optimizer = torch.optim.Adam(
             sae.parameters(),
             lr=learning_rate,
@@ -172,110 +250,169 @@ class Trainer:
             eps=config.adam_epsilon,
             fused=True,
         )
-        model, optimizer = self.accelerator.prepare(sae, optimizer)
         return SAERun(
             name=name,
             hook_point=hook_point,
-            sae=self.accelerator.unwrap_model(model),
-            model=model,
+            sae=sae,
             optimizer=optimizer,
             ema=EMA(sae, config.ema_decay),
-            dead=DeadLatents(sae.config.n_latents, config.dead_tokens, device=self.accelerator.device),
+            dead=DeadLatents(sae.config.n_latents, config.dead_tokens, device=self.device),
             learning_rate=learning_rate,
-            fvu_sum=torch.zeros((), device=self.accelerator.device),
+            fvu_sum=torch.zeros((), device=self.device),
+            diverged=torch.zeros((), dtype=torch.bool, device=self.device),
         )
 
     # ---- one optimiser step (see the module docstring for the order) ---------------------------------
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> None:
         """One optimiser step of every run on a global batch {hook_point: [batch_size, d_in]}."""
-        accelerator = self.accelerator
         micro_batches = self.config.gradient_accumulation_steps
-        batch = split_batch(batch, accelerator.num_processes, accelerator.process_index)
-        self._set_learning_rates()
-        for micro in range(micro_batches):
-            x_by_hook = split_batch(batch, micro_batches, micro)
-            with accelerator.accumulate(*[run.model for run in self.runs]):
-                for run in self.runs:
-                    self._forward_backward(run, x_by_hook[run.hook_point].to(accelerator.device))
-                    if accelerator.sync_gradients:
-                        self._update_weights(run)
-        self.step += 1
-
-    def _set_learning_rates(self) -> None:
+        batch = split_batch(batch, self.grid.data_size, self.grid.data_rank)
         factor = self.config.learning_rate_factor(self.step)
         for run in self.runs:
             for group in run.optimizer.param_groups:
                 group["lr"] = run.learning_rate * factor
+        for micro in range(micro_batches):
+            x_by_hook = split_batch(batch, micro_batches, micro)
+            for run in self.runs:
+                self._forward_backward(run, x_by_hook[run.hook_point].to(self.device))
+        for run in self.runs:
+            self._update_weights(run)
+        self.step += 1
 
     def _forward_backward(self, run: SAERun, x: torch.Tensor) -> None:
-        output = run.model(x, dead_mask=run.dead.dead_mask)
-        self.accelerator.backward(output.loss)
-        run.fvu_sum += output.fvu.detach() / self.config.gradient_accumulation_steps
-        # Tokens of every process: a latent is alive if it fired on any of them.
-        tokens = x.shape[0] * self.accelerator.num_processes
-        reduce = self.accelerator.reduce if self.accelerator.num_processes > 1 else None
-        run.dead.update_(output.code.indices, output.code.values, tokens=tokens, reduce=reduce)
+        micro_batches = self.config.gradient_accumulation_steps
+        with self.accelerator.autocast():
+            output = run.sae(x, dead_mask=run.dead.dead_mask)
+        (output.loss / micro_batches).backward()
+        run.fvu_sum += output.fvu.detach() / micro_batches
+        run.diverged |= ~torch.isfinite(output.loss.detach())
+        # Tokens of every data-parallel rank: a latent is alive if it fired on any of them.
+        group = self.grid.data_group
+        reduce = None if group is None else (lambda fired: any_rank(fired.bool(), group))
+        run.dead.update_(output.code.indices, output.code.values, tokens=x.shape[0] * self.grid.data_size, reduce=reduce)
 
     def _update_weights(self, run: SAERun) -> None:
-        run.sae.project_decoder_grad_()
+        sae = run.sae
+        if isinstance(sae, ShardedTopKSAE):
+            sae.sync_gradients_()
+        sae.project_decoder_grad_()
         if self.config.max_grad_norm is not None:
-            self.accelerator.clip_grad_norm_(run.model.parameters(), self.config.max_grad_norm)
+            if isinstance(sae, ShardedTopKSAE):
+                sae.clip_grad_norm_(self.config.max_grad_norm)
+            else:
+                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.config.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad(set_to_none=True)
-        run.sae.normalize_decoder_()
-        run.ema.update_(run.sae)
+        sae.normalize_decoder_()
+        run.ema.update_(sae)
+
+    def check_finite(self) -> None:
+        """Raise TrainingDivergedError if any run's loss was NaN or infinite (one host sync, every rank)."""
+        flags = torch.stack([run.diverged for run in self.runs]).to(torch.int32)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            total = flags.sum().reshape(1)
+            dist.all_reduce(total, op=dist.ReduceOp.MAX)
+            if int(total) == 0:
+                return
+        elif not bool(flags.any()):
+            return
+        bad = [run.name for run, flag in zip(self.runs, flags.tolist()) if flag] or ["an SAE on another process"]
+        config = self.config
+        kept = "the last checkpoint is kept" if config.save_steps else "nothing was saved (set save_steps to keep checkpoints)"
+        raise TrainingDivergedError(
+            f"Training diverged: the loss of {', '.join(bad)} became NaN or infinite by step {self.step} "
+            f"(learning_rate={config.learning_rate}, aux_k_coef={config.aux_k_coef}, batch_size={config.batch_size}); "
+            f"{kept}. Lower the learning rate or the loss weights, or use larger batches."
+        )
 
     # ---- the loop -----------------------------------------------------------------------------------
 
-    def fit(self, train: dict[str, torch.Tensor], heldout: dict[str, torch.Tensor]) -> list[TrainResult]:
-        """Train on `train` {hook_point: [tokens, d_in]} for config.steps steps; evaluate on `heldout`."""
-        config = self.config
-        batches = EpochBatches(train, batch_size=config.batch_size, seed=config.seed)
-        if not self.runs:
-            self.init_runs_(train)
-        if config.resume_from_checkpoint:
-            from .checkpoint import resolve_checkpoint
+    def fit(self, data, heldout: dict[str, torch.Tensor], *, resume_from=None) -> list[TrainResult]:
+        """Train for config.steps steps on `data` (EpochBatches / StreamBatches), evaluate on `heldout`.
 
-            self.load_state_(resolve_checkpoint(config.output_dir, config.resume_from_checkpoint))
+        `resume_from`: a checkpoint folder to continue from (the runs are rebuilt from it).
+        """
+        config = self.config
+        if resume_from is not None:
+            tensors, state = load_checkpoint(resume_from)
+            self.load_state_(tensors, state)
+            data.load_state_dict(self.position)
+        batches = iter(data)
+        if resume_from is None:
+            batches = self._init_from_first_batches(batches)
         if config.report_to:
             hyperparameters = {name: str(value) if isinstance(value, list) else value for name, value in vars(config).items()}
             self.accelerator.init_trackers("hfsae", config=hyperparameters)
+        if self.accelerator.is_main_process:
+            remove_orphans(config.output_dir)
+        streaming = isinstance(data, StreamBatches)
         started = time.perf_counter()
         hidden = config.quiet or not self.accelerator.is_local_main_process
         progress = tqdm(total=config.steps, initial=self.step, desc="training", unit="step", disable=hidden)
-        tokens_at_log, time_at_log = self.step * config.batch_size, started
+        at_log = (self.step, self.forward_seconds, self.step_seconds)
         while self.step < config.steps:
-            self.train_step(batch=batches.batch(self.step))
+            tick = time.perf_counter()
+            try:
+                batch, position = next(batches)
+            except StopIteration:
+                raise ValueError(
+                    f"The training text ran out after {self.step} of {config.steps} steps. Use more text "
+                    "(dataset), fewer train_tokens, or epochs over harvested tokens (no --streaming)."
+                ) from None
+            tock = time.perf_counter()
+            self.train_step(batch)
+            self.position = position
+            if streaming:
+                self.forward_seconds += tock - tick
+                self.forward_tokens += config.batch_size
+            self.step_seconds += time.perf_counter() - tock
             progress.update(1)
             if self.step % config.logging_steps == 0 or self.step == config.steps:
-                tokens_at_log, time_at_log = self._log(progress, tokens_at_log, time_at_log)
+                self.check_finite()
+                at_log = self._log(progress, at_log)
             if config.save_steps and self.step % config.save_steps == 0:
                 self.save_state()
         progress.close()
+        self.check_finite()
         if config.save_steps and self.step % config.save_steps != 0:
             self.save_state()
         elapsed = time.perf_counter() - started
-        return [self._finish(run, heldout[run.hook_point], elapsed) for run in self.runs]
+        return self._finish(heldout, elapsed)
 
-    def _log(self, progress, tokens_at_log: int, time_at_log: float) -> tuple[int, float]:
+    def _init_from_first_batches(self, batches):
+        """Initialise the SAEs from the first batches (INIT_SAMPLE_TOKENS rows), then train on them too."""
+        first = []
+        rows = 0
+        for item in batches:
+            first.append(item)
+            rows += next(iter(item[0].values())).shape[0]
+            if rows >= INIT_SAMPLE_TOKENS or len(first) >= self.config.steps:
+                break
+        sample = {name: torch.cat([batch[name] for batch, _ in first]) for name in first[0][0]}
+        self.init_runs_(sample)
+        return chain(first, batches)
+
+    def _log(self, progress, at_log: tuple[int, float, float]) -> tuple[int, float, float]:
         """Progress bar and trackers: the only host syncs of the loop, every logging_steps steps."""
-        now, tokens = time.perf_counter(), self.step * self.config.batch_size
-        steps = self.step - (tokens_at_log // self.config.batch_size)
+        step_then, forward_then, sae_then = at_log
+        steps = self.step - step_then
+        tokens = steps * self.config.batch_size
         logs = {}
         for run in self.runs:
             logs[f"{run.name}/fvu"] = (run.fvu_sum / max(steps, 1)).item()
             logs[f"{run.name}/dead_fraction"] = run.dead.dead_fraction()
             run.fvu_sum.zero_()
         first = self.runs[0].name
+        postfix = {"sae_tok/s": f"{tokens / max(self.step_seconds - sae_then, 1e-9):,.0f}"}
+        if self.forward_seconds > forward_then:
+            postfix["forward_tok/s"] = f"{tokens / (self.forward_seconds - forward_then):,.0f}"
         progress.set_postfix(
-            tokens_per_s=f"{(tokens - tokens_at_log) / max(now - time_at_log, 1e-9):,.0f}",
-            fvu=f"{logs[f'{first}/fvu']:.4f}",
-            dead=f"{logs[f'{first}/dead_fraction']:.3f}",
+            **postfix, fvu=f"{logs[f'{first}/fvu']:.4f}", dead=f"{logs[f'{first}/dead_fraction']:.3f}"
         )
         if self.config.report_to:
             self.accelerator.log(logs, step=self.step)
-        return tokens, now
+        return self.step, self.forward_seconds, self.step_seconds
 
     # ---- evaluation and the model to keep -----------------------------------------------------------
 
@@ -285,84 +422,142 @@ class Trainer:
 
         FVU is measured in the activation's own scale: x_hat is what would be spliced back.
         """
-        x_hats, fired = [], torch.zeros(sae.config.n_latents, dtype=torch.bool, device=self.accelerator.device)
+        x_hats, fired = [], torch.zeros(sae.config.n_latents, dtype=torch.bool, device=self.device)
         for chunk in x.split(EVAL_CHUNK):
-            output = sae(chunk.to(self.accelerator.device))
+            output = sae(chunk.to(self.device))
             x_hats.append(output.x_hat.float().cpu())
             fired |= fired_latents(output.code.indices, output.code.values, sae.config.n_latents)
-        fvu = normalized_mse(torch.cat(x_hats).double(), x.double()).item()
-        return fvu, 1.0 - fired.float().mean().item()
+        return fvu(torch.cat(x_hats).double(), x.double()).item(), 1.0 - fired.float().mean().item()
 
-    def _finish(self, run: SAERun, heldout: torch.Tensor, elapsed: float) -> TrainResult:
-        """Evaluate raw and EMA weights on held-out data; keep the better (the paper reports the better)."""
-        raw = run.sae = full_model(run.sae)
-        ema = TopKSAE(raw.config).to(self.accelerator.device)
-        ema.load_state_dict(raw.state_dict())
-        run.ema.copy_to_(ema)
-        (fvu_raw, unfired_raw), (fvu_ema, unfired_ema) = self._evaluate(raw, heldout), self._evaluate(ema, heldout)
-        kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
-        metrics = {
-            "fvu": min(fvu_raw, fvu_ema),
-            "fvu_raw": fvu_raw,
-            "fvu_ema": fvu_ema,
-            "weights": weights,
-            "dead_fraction": run.dead.dead_fraction(),
-            "dead_tokens": self.config.dead_tokens,
-            "heldout_unfired_fraction": unfired_ema if weights == "ema" else unfired_raw,
-            "tokens": self.step * self.config.batch_size,
-            "steps": self.step,
-            "heldout_tokens": heldout.shape[0],
-            "learning_rate": run.learning_rate,
-            "elapsed_seconds": round(elapsed, 2),
-        }
-        return TrainResult(name=run.name, sae=kept.cpu(), metrics=metrics)
+    def _full_models(self, run: SAERun) -> tuple[TopKSAE, TopKSAE]:
+        """(raw, EMA) weights as ordinary TopKSAEs (collective when sharded)."""
+        averaged = run.ema.averaged()
+        raw = TopKSAE(run.sae.config).to(self.device)
+        ema = TopKSAE(run.sae.config).to(self.device)
+        raw.load_state_dict({name: run.full(name, p.detach()) for name, p in run.sae.named_parameters()})
+        ema.load_state_dict({name: run.full(name, averaged[name]) for name in averaged})
+        return raw, ema
 
-    # ---- checkpoints --------------------------------------------------------------------------------
+    def _finish(self, heldout: dict[str, torch.Tensor], elapsed: float) -> list[TrainResult]:
+        """Evaluate raw and EMA weights on held-out data; keep the better (the paper reports the better).
+
+        Returns every run's result on the main process, [] on the others.
+        """
+        results = []
+        for run in self.runs:
+            raw, ema = self._full_models(run)
+            if not (self.config.distribute_saes or self.accelerator.is_main_process):
+                continue
+            x = heldout[run.hook_point]
+            (fvu_raw, unfired_raw), (fvu_ema, unfired_ema) = self._evaluate(raw, x), self._evaluate(ema, x)
+            kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
+            tokens = self.step * self.config.batch_size
+            metrics = {
+                "fvu": min(fvu_raw, fvu_ema),
+                "fvu_raw": fvu_raw,
+                "fvu_ema": fvu_ema,
+                "weights": weights,
+                "dead_fraction": run.dead.dead_fraction(),
+                "dead_tokens": self.config.dead_tokens,
+                "heldout_unfired_fraction": unfired_ema if weights == "ema" else unfired_raw,
+                "tokens": tokens,
+                "steps": self.step,
+                "heldout_tokens": x.shape[0],
+                "learning_rate": run.learning_rate,
+                "elapsed_seconds": round(elapsed, 2),
+                "sae_tokens_per_s": round(tokens / max(self.step_seconds, 1e-9), 1),
+                **peak_memory(),
+            }
+            if self.forward_seconds:
+                metrics["forward_tokens_per_s"] = round(self.forward_tokens / self.forward_seconds, 1)
+            results.append(TrainResult(name=run.name, sae=kept.cpu(), metrics=metrics))
+        if self.config.distribute_saes and self.accelerator.num_processes > 1:
+            gathered = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
+            dist.gather_object(results, gathered, dst=0)
+            if not self.accelerator.is_main_process:
+                return []
+            by_name = {result.name: result for part in gathered for result in part}
+            results = [by_name[sae_name(*name)] for name in self.config.sae_names()]
+        return results
+
+    # ---- checkpoints (full-size tensors: any number of processes can resume them) --------------------
 
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Every tensor of the training state by flat name, and the rest as JSON-able data."""
+        """Every tensor of the training state by flat name, and the rest as JSON-able data.
+
+        Collective when SAEs are sharded (every rank must call it); with distribute_saes, this
+        rank's SAEs only.
+        """
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        state: dict = {"step": self.step, "train_config": self.config.to_json_string(), "saes": {}}
+        state: dict = {
+            "step": self.step,
+            "run_id": self.run_id,
+            "train_config": self.config.to_json_string(),
+            "data": self.position,
+            "saes": {},
+        }
         for run in self.runs:
             prefix = f"{run.name}/"
-            tensors.update({f"{prefix}weights.{n}": p for n, p in run.sae.state_dict().items()})
-            tensors.update({f"{prefix}ema.{n}": t for n, t in run.ema.state_dict().items()})
-            tensors.update({f"{prefix}dead.{n}": t for n, t in run.dead.state_dict().items()})
-            optimizer_tensors, optimizer_rest = flatten_optimizer_state(run.optimizer.state_dict(), f"{prefix}adam.")
-            tensors.update(optimizer_tensors)
-            state["saes"][run.name] = {"config": run.sae.config.to_dict(), "optimizer": optimizer_rest}
+            for name, parameter in run.sae.named_parameters():
+                tensors[f"{prefix}weights.{name}"] = run.full(name, parameter.detach())
+                tensors[f"{prefix}ema.{name}"] = run.full(name, run.ema.shadow[run.ema.names.index(name)])
+                adam = run.optimizer.state[parameter]
+                for key in ("exp_avg", "exp_avg_sq"):
+                    tensors[f"{prefix}adam.{name}.{key}"] = run.full(name, adam[key])
+                tensors[f"{prefix}adam.{name}.step"] = adam["step"]
+            tensors[f"{prefix}ema_updates"] = torch.tensor(run.ema.updates)
+            tensors[f"{prefix}dead.tokens_since_fired"] = run.dead.tokens_since_fired
+            state["saes"][run.name] = {"config": run.sae.config.to_dict()}
         return tensors, state
 
     def save_state(self):
-        """Write a checkpoint of the current step into output_dir/checkpoints (main process only)."""
-        self.accelerator.wait_for_everyone()
+        """Write a checkpoint of the current step into output_dir/checkpoints (the main process writes)."""
+        self.check_finite()  # a diverged state never replaces the last good checkpoint
+        tensors, state = self.state()
+        if self.config.distribute_saes and self.accelerator.num_processes > 1:
+            parts = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
+            dist.gather_object(({n: t.cpu() for n, t in tensors.items()}, state["saes"]), parts, dst=0)
+            if self.accelerator.is_main_process:
+                for part_tensors, part_saes in parts:
+                    tensors.update(part_tensors)
+                    state["saes"].update(part_saes)
+        folder = None
         if self.accelerator.is_main_process:
-            tensors, state = self.state()
-            return save_checkpoint(self.config.output_dir, self.step, tensors, state)
+            folder = save_checkpoint(
+                self.config.output_dir, self.step, tensors, state, run_id=self.run_id, keep=self.config.save_total_limit
+            )
+        self.accelerator.wait_for_everyone()
+        return folder
 
-    def load_state_(self, folder) -> None:
-        """Restore the state written by `save_state` (the runs must exist: same sweep, same sizes)."""
-        tensors, state = load_checkpoint(folder)
-        names = [run.name for run in self.runs]
-        if sorted(state["saes"]) != sorted(names):
+    def load_state_(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        """Rebuild this rank's runs from a checkpoint (`load_checkpoint`'s tensors and state)."""
+        missing = sorted(set(self.names) - set(state["saes"]))
+        if missing:
             raise ValueError(
-                f"Checkpoint {folder} holds SAEs {sorted(state['saes'])}, but this run trains {sorted(names)}. "
+                f"The checkpoint holds SAEs {sorted(state['saes'])}, but this run trains {sorted(self.names)} too. "
                 "Resume with the same hook_points, n_latents and k."
             )
-        device = self.accelerator.device
-        for run in self.runs:
-            prefix = f"{run.name}/"
-
-            def part(kind: str, prefix=prefix) -> dict[str, torch.Tensor]:
-                start = f"{prefix}{kind}."
-                return {n[len(start) :]: t.to(device) for n, t in tensors.items() if n.startswith(start)}
-
-            run.sae.load_state_dict(part("weights"))
-            run.ema.load_state_dict(part("ema"))
-            run.dead.load_state_dict(part("dead"))
-            optimizer_state = unflatten_optimizer_state(
-                {n: t.to(device) for n, t in tensors.items()}, state["saes"][run.name]["optimizer"], f"{prefix}adam."
-            )
-            run.optimizer.load_state_dict(optimizer_state)
+        device = self.device
+        self.runs = []
+        for name in self.names:
+            prefix = f"{name}/"
+            sae = TopKSAE(TopKSAEConfig.from_dict(state["saes"][name]["config"]))
+            sae.load_state_dict({n: tensors[f"{prefix}weights.{n}"] for n, _ in sae.named_parameters()})
+            run = self._prepare_run(name, self._sizes[name][0], sae)
+            for index, shadow in enumerate(run.ema.shadow):
+                shadow.copy_(run.part(run.ema.names[index], tensors[f"{prefix}ema.{run.ema.names[index]}"]))
+            run.ema.updates = int(tensors[f"{prefix}ema_updates"])
+            run.dead.load_state_dict({"tokens_since_fired": tensors[f"{prefix}dead.tokens_since_fired"].to(device)})
+            optimizer_state = {
+                index: {
+                    "step": tensors[f"{prefix}adam.{n}.step"],
+                    **{key: run.part(n, tensors[f"{prefix}adam.{n}.{key}"]).to(device) for key in ("exp_avg", "exp_avg_sq")},
+                }
+                for index, (n, _) in enumerate(run.sae.named_parameters())
+            }
+            run.optimizer.load_state_dict({"state": optimizer_state, "param_groups": run.optimizer.state_dict()["param_groups"]})
+            self.runs.append(run)
         torch.set_rng_state(tensors["rng.torch"])
         self.step = state["step"]
+        self.run_id = state["run_id"]
+        self.position = state["data"]

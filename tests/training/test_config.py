@@ -28,6 +28,7 @@ def test_sae_options_take_type_default_and_doc_from_topksaeconfig():
     for name in SAE_OPTION_FIELDS:
         assert train_fields[name].default == topk_fields[name].default
         assert train_fields[name].metadata["help"] == topk_docs[name]
+        assert train_fields[name].type == topk_fields[name].type  # declared with TopKSAEConfig's type
 
 
 def test_every_train_config_field_is_documented():
@@ -61,3 +62,26 @@ def test_an_invalid_option_raises_a_value_error_that_quotes_it(options, message)
 def test_the_config_round_trips_through_json():
     config = TrainConfig(n_latents=[64, 128], k=[4], hook_points=["layers.1.resid_post"], learning_rate=1e-3)
     assert TrainConfig.from_json_string(config.to_json_string()) == config
+
+
+def test_resuming_names_every_changed_option_that_would_change_the_run():
+    saved = TrainConfig(seed=0, learning_rate=1e-3, train_tokens=4096, batch_size=1024)
+    TrainConfig(seed=0, learning_rate=1e-3, train_tokens=8192, batch_size=1024, save_steps=3).check_resumable(saved, where="c")
+    with pytest.raises(ValueError, match=r"normalize='layer_norm' \(was 'none'\), learning_rate=0.002 \(was 0.001\), seed=1 \(was 0\)\. "):
+        TrainConfig(seed=1, learning_rate=2e-3, normalize="layer_norm", train_tokens=4096, batch_size=1024).check_resumable(
+            saved, where="c"
+        )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(buffer_tokens=1000), r"buffer_tokens=1000: shuffle at least batch_size rows"),
+        (dict(latent_shards=3), r"latent_shards=3: use a positive number that divides every n_latents"),
+        (dict(latent_shards=2, distribute_saes=True), r"choose one"),
+        (dict(model_dtype="int8"), r"model_dtype='int8'"),
+    ],
+)
+def test_bad_scale_options_raise_one_line_errors(options, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**options)

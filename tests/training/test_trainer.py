@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from hfsae.training.checkpoint import load_checkpoint, resolve_checkpoint
+from hfsae.training.data import EpochBatches
 from hfsae.training.trainer import Trainer
 
 from training_helpers import synthetic_activations, tiny_config
@@ -10,6 +12,10 @@ from training_helpers import synthetic_activations, tiny_config
 
 def data(tokens=1024, hooks=("h",)):
     return {hook: synthetic_activations(tokens, seed=i) for i, hook in enumerate(hooks)}
+
+
+def batches(config, tables=None):
+    return EpochBatches(tables if tables is not None else data(), batch_size=config.batch_size, seed=config.seed)
 
 
 def heldout(hooks=("h",)):
@@ -30,10 +36,11 @@ def trained_state(trainer):
 
 def test_a_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_path, monkeypatch):
     config = tiny_config(tmp_path, save_steps=5, train_tokens=128 * 12, dead_tokens=300)
-    uninterrupted = Trainer(config, {"h": 16})
-    uninterrupted.fit(data(), heldout())
+    uninterrupted = Trainer(config)
+    uninterrupted.fit(batches(config), heldout())
 
-    killed = Trainer(tiny_config(tmp_path / "killed", save_steps=5, train_tokens=128 * 12, dead_tokens=300), {"h": 16})
+    killed_config = tiny_config(tmp_path / "killed", save_steps=5, train_tokens=128 * 12, dead_tokens=300)
+    killed = Trainer(killed_config)
     original_step = Trainer.train_step
 
     def train_step_until_killed(self, batch):
@@ -43,14 +50,11 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_pat
 
     monkeypatch.setattr(Trainer, "train_step", train_step_until_killed)
     with pytest.raises(KeyboardInterrupt):
-        killed.fit(data(), heldout())
+        killed.fit(batches(killed_config), heldout())
     monkeypatch.setattr(Trainer, "train_step", original_step)
 
-    resumed = Trainer(
-        tiny_config(tmp_path / "killed", save_steps=5, train_tokens=128 * 12, dead_tokens=300, resume_from_checkpoint="last"),
-        {"h": 16},
-    )
-    resumed.fit(data(), heldout())
+    resumed = Trainer(killed_config)
+    resumed.fit(batches(killed_config), heldout(), resume_from=resolve_checkpoint(killed_config.output_dir, "last"))
     expected, actual = trained_state(uninterrupted), trained_state(resumed)
     assert resumed.step == uninterrupted.step == 12
     assert actual.keys() == expected.keys()
@@ -60,24 +64,27 @@ def test_a_killed_and_resumed_run_ends_with_the_same_weights_bit_for_bit(tmp_pat
 
 def test_a_sweep_trains_each_sae_exactly_as_training_it_alone(tmp_path):
     hooks = ("h", "g")
-    sweep = Trainer(tiny_config(tmp_path, hook_points=list(hooks), n_latents=[64, 96], k=[4, 8]), {"h": 16, "g": 16})
-    sweep.fit(data(hooks=hooks), heldout(hooks))
+    config = tiny_config(tmp_path, hook_points=list(hooks), n_latents=[64, 96], k=[4, 8])
+    sweep = Trainer(config)
+    sweep.fit(batches(config, data(hooks=hooks)), heldout(hooks))
     swept = trained_state(sweep)
     assert len(sweep.runs) == 8
     for hook, n_latents, k in [("g", 96, 4), ("h", 64, 8)]:
-        alone = Trainer(tiny_config(tmp_path, hook_points=[hook], n_latents=[n_latents], k=[k]), {hook: 16})
-        alone.fit({hook: data(hooks=hooks)[hook]}, {hook: heldout(hooks)[hook]})
+        config = tiny_config(tmp_path, hook_points=[hook], n_latents=[n_latents], k=[k])
+        alone = Trainer(config)
+        alone.fit(batches(config, {hook: data(hooks=hooks)[hook]}), {hook: heldout(hooks)[hook]})
         for name, tensor in trained_state(alone).items():
             assert torch.equal(swept[name], tensor), name
 
 
 def test_decoder_rows_stay_unit_norm_and_training_lowers_the_loss(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, train_tokens=128 * 40, learning_rate=1e-2), {"h": 16})
+    config = tiny_config(tmp_path, train_tokens=128 * 40, learning_rate=1e-2)
+    trainer = Trainer(config)
     trainer.init_runs_(data())
-    sae = trainer.runs[0].sae
     with torch.no_grad():
-        fvu_before = sae(heldout()["h"]).fvu.item()
-    (result,) = trainer.fit(data(), heldout())
+        fvu_before = trainer.runs[0].sae(heldout()["h"]).fvu.item()
+    (result,) = trainer.fit(batches(config), heldout())
+    sae = trainer.runs[0].sae
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(64))
     assert result.metrics["fvu_raw"] < 0.5 * fvu_before
     assert result.metrics["fvu"] == min(result.metrics["fvu_raw"], result.metrics["fvu_ema"])
@@ -86,7 +93,7 @@ def test_decoder_rows_stay_unit_norm_and_training_lowers_the_loss(tmp_path):
 
 @pytest.mark.parametrize("tied_init", [True, False])
 def test_tied_init_sets_the_encoder_to_the_decoder_only_when_asked(tmp_path, tied_init):
-    trainer = Trainer(tiny_config(tmp_path, tied_init=tied_init), {"h": 16})
+    trainer = Trainer(tiny_config(tmp_path, tied_init=tied_init))
     trainer.init_runs_(data())
     sae = trainer.runs[0].sae
     assert torch.equal(sae.W_enc, sae.W_dec) is tied_init
@@ -97,7 +104,7 @@ def test_b_pre_starts_at_the_geometric_median_and_dataset_scale_makes_the_mean_s
     from hfsae.modeling import geometric_median
 
     x = data()["h"] * 7.0
-    trainer = Trainer(tiny_config(tmp_path, normalize="dataset_scale"), {"h": 16})
+    trainer = Trainer(tiny_config(tmp_path, normalize="dataset_scale"))
     trainer.init_runs_({"h": x})
     sae = trainer.runs[0].sae
     scale = sae.config.dataset_scale
@@ -111,11 +118,35 @@ def test_a_batch_that_does_not_split_over_accumulation_steps_is_refused(tmp_path
 
 
 def test_gradient_accumulation_steps_the_optimizer_once_per_batch(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, train_tokens=128 * 3, gradient_accumulation_steps=4), {"h": 16})
-    trainer.fit(data(), heldout())
+    config = tiny_config(tmp_path, train_tokens=128 * 3, gradient_accumulation_steps=4)
+    trainer = Trainer(config)
+    trainer.fit(batches(config), heldout())
     run = trainer.runs[0]
     adam_steps = {int(state["step"]) for state in run.optimizer.state_dict()["state"].values()}
     assert adam_steps == {3}
     assert run.ema.updates == 3
     # Every micro-batch's tokens are counted: 3 steps × 128 tokens for a latent that never fired.
     assert int(run.dead.tokens_since_fired.max()) <= 384
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_only_good_checkpoints(tmp_path):
+    from hfsae.training.trainer import TrainingDivergedError
+
+    config = tiny_config(tmp_path, save_steps=1, logging_steps=2, train_tokens=128 * 6, learning_rate=1e30)
+    with pytest.raises(TrainingDivergedError, match=r"h/n64_k4 became NaN or infinite by step 2 \(learning_rate=1e\+30"):
+        Trainer(config).fit(batches(config), heldout())
+    saved = list((tmp_path / "out" / "checkpoints").glob("step-*"))
+    assert [folder.name for folder in saved] == ["step-00000001"]  # step 2 diverged and was not saved
+    tensors, _ = load_checkpoint(saved[0])
+    assert all(torch.isfinite(t.float()).all() for t in tensors.values())
+
+
+def test_an_infinite_loss_weight_is_refused_by_the_config(tmp_path):
+    with pytest.raises(ValueError, match="aux_k_coef must be a finite number; got aux_k_coef=inf"):
+        tiny_config(tmp_path, aux_k_coef=float("inf"))
+
+
+def test_a_one_row_micro_batch_is_refused_before_training(tmp_path):
+    config = tiny_config(tmp_path, batch_size=4, gradient_accumulation_steps=4, harvest_tokens=1024)
+    with pytest.raises(ValueError, match="1 row per micro-batch"):
+        Trainer(config)
