@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .commands.analyze import AnalyzeArgs, run_analyze
+from .commands.card import CardArgs, run_card
 from .commands.env import EnvArgs, run_env
 from .commands.eval import EvalArgs, run_eval
 from .commands.scaling import ScalingArgs, run_scaling
-from .hub.card import CardArgs, run_card
-from .hub.commands import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
+from .commands.hub import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .commands.space import SpaceArgs, run_space
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig, sweep
@@ -62,7 +62,7 @@ COMMANDS: dict[str, Command] = {
     "convert": Command(
         ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens).", ("src", "dst")
     ),
-    "list": Command(ListArgs, run_list, "List SAEs known by name, and hfsae models on the Hub when online."),
+    "list": Command(ListArgs, run_list, "List SAEs known by name (--base-model to filter); --remote adds Hub models tagged hfsae."),
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),

@@ -1,9 +1,10 @@
-"""Hub integration: friendly names, loading one or many SAEs, pushing, and converting foreign formats."""
+"""Hub integration: friendly names, loading one or many SAEs in any supported format, pushing, converting."""
 
+from ..folder import HookPointNotInRepoError
 from .convert import convert
+from .dictionary_learning import from_dictionary_learning
 from .files import SAEFileError, UnsupportedArchitectureError
 from .loading import NotInCacheError, list_saes, load, load_many
-from .multi import HookPointNotInRepoError
 from .openai import from_openai
 from .push import push_folder, push_many, push_to_hub
 from .registry import UnknownSAEError
@@ -17,6 +18,7 @@ __all__ = [
     "UnknownSAEError",
     "UnsupportedArchitectureError",
     "convert",
+    "from_dictionary_learning",
     "from_openai",
     "from_saelens",
     "from_sparsify",

@@ -1,7 +1,9 @@
-"""Model cards: render README.md and its PNG figures for a saved SAE folder (issue 4 §2).
+"""Model cards: render README.md and its PNG figures from what a saved SAE folder holds.
 
-The card is `huggingface_hub.ModelCard.from_template` over the Jinja2 template shipped in
-`hfsae/model_cards/`: YAML metadata from `ModelCardData` (library_name hfsae, base_model,
+The card is written last, by whoever finishes the folder (`hfsae train` after its metrics, `hfsae eval`
+after eval_results.json, `push` with the repo id); `save_pretrained` writes one only when there is none.
+It is `huggingface_hub.ModelCard.from_template` over a Jinja2 template of the top-level `model_cards/`
+(installed as the package `hfsae.model_cards`; `template_path`): YAML metadata from `ModelCardData` (library_name hfsae, base_model,
 datasets, tags, license, and a model-index built from `EvalResult`s), then a summary, a usage
 snippet that runs as written, the configuration and metrics tables and the figures. It reads
 whatever the folder holds; every file but `config.json` is optional:
@@ -17,11 +19,11 @@ whatever the folder holds; every file but `config.json` is optional:
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -29,9 +31,19 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..configuration import TopKSAEConfig
+from ..folder import (
+    ANALYSIS_DIR,
+    CARD_FILE,
+    CONFIG_FILE,
+    EVAL_RESULTS_FILE,
+    TRAINING_CONFIG_FILE,
+    TRAINING_METRICS_FILE,
+    read_json,
+    write_bytes_atomic,
+    write_text_atomic,
+)
 
-CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "topk_sae.md"
-CARD_FILE = "README.md"
+MODEL_CARD_TEMPLATE = "topk_sae.md"
 DENSITY_FIGURE = "latent_density.png"
 PROGRESSIVE_FIGURE = "progressive_recovery.png"
 
@@ -98,23 +110,22 @@ class CardError(ValueError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict:
+def template_path(name: str) -> Path:
+    """The card template `name` ("topk_sae.md", "multi_sae.md", "dataset.md", "space.md") of hfsae.model_cards."""
+    templates = resources.files("hfsae.model_cards")
+    if not templates.joinpath(name).is_file():
+        available = sorted(entry.name for entry in templates.iterdir() if entry.name.endswith(".md"))
+        raise FileNotFoundError(f"hfsae has no card template {name!r}; it ships {', '.join(available)}.")
+    return Path(str(templates.joinpath(name)))
+
+
+def _read_optional_json(path: Path) -> dict:
     """The JSON object in path, or {} when the file does not exist."""
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise CardError(
-            f"{path} is not valid JSON ({err}); regenerate it or delete it to leave it off the card."
-        ) from err
-    if not isinstance(data, dict):
-        raise CardError(f"{path} must hold a JSON object; got {type(data).__name__}.")
-    return data
+    return read_json(path) if path.is_file() else {}
 
 
 def _read_config(model_dir: Path) -> TopKSAEConfig:
-    if not (model_dir / "config.json").is_file():
+    if not (model_dir / CONFIG_FILE).is_file():
         raise FileNotFoundError(
             f"{str(model_dir)!r} has no config.json; pass a folder written by TopKSAE.save_pretrained or `hfsae train`."
         )
@@ -133,9 +144,9 @@ def read_latent_density(model_dir: Path):
         if "density" not in tensors:
             raise CardError(f"{tensor_path} has no tensor named 'density'; it holds {sorted(tensors)}.")
         return tensors["density"].astype(np.float64)
-    data = _read_json(json_path)
+    data = _read_optional_json(json_path)
     if not data:
-        return _analysis_density(model_dir / "analysis" / "latents.parquet")
+        return _analysis_density(model_dir / ANALYSIS_DIR / "latents.parquet")
     if "density" not in data:
         raise CardError(f"{json_path} has no key 'density'; it holds {sorted(data)}.")
     return np.asarray(data["density"], dtype=np.float64)
@@ -174,11 +185,10 @@ def _progressive(eval_results: dict) -> dict[int, float]:
 def _save_figure(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    # Render to a temporary name and rename: an interrupted save must not leave a truncated PNG.
-    temporary = path.with_name(f".{path.name}.tmp")
-    figure.savefig(temporary, dpi=110, format="png")
+    png = io.BytesIO()
+    figure.savefig(png, dpi=110, format="png")
     plt.close(figure)
-    os.replace(temporary, path)
+    write_bytes_atomic(path, png.getvalue())
 
 
 def plot_latent_density(density, path: Path) -> Path:
@@ -362,12 +372,6 @@ def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, 
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def render_card(
     model_dir: str | Path,
     *,
@@ -379,9 +383,9 @@ def render_card(
     """The card of the SAE in model_dir, as a ModelCard; with figures, its PNGs are written into model_dir."""
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
-    training_config = _read_json(model_dir / "training_config.json")
-    training_metrics = _read_json(model_dir / "training_metrics.json")
-    eval_results = _read_json(model_dir / "eval_results.json")
+    training_config = _read_optional_json(model_dir / TRAINING_CONFIG_FILE)
+    training_metrics = _read_optional_json(model_dir / TRAINING_METRICS_FILE)
+    eval_results = _read_optional_json(model_dir / EVAL_RESULTS_FILE)
     progressive = _progressive(eval_results)
 
     figure_links = []
@@ -401,7 +405,7 @@ def render_card(
     base_model = config.base_model
     return ModelCard.from_template(
         card_data,
-        template_path=str(CARD_TEMPLATE),
+        template_path=str(template_path(MODEL_CARD_TEMPLATE)),
         title=model_name,
         sae=config,
         load_name=repo_id or str(model_dir),
@@ -443,9 +447,9 @@ def write_card(
     license: str = "apache-2.0",
     figures: bool = True,
 ) -> Path:
-    """Write README.md (and its PNG figures) into a saved SAE folder; returns the card's path.
+    """Write README.md (and its PNG figures) into a saved SAE folder from what it holds; returns the card's path.
 
-    repo_id ("org/name") is where the folder will be pushed, and subfolder its folder inside a
+    Call it last, once the folder's files are written (it replaces an existing card). repo_id ("org/name") is where the folder will be pushed, and subfolder its folder inside a
     multi-SAE repo: the usage snippet loads it from there. Without repo_id the snippet loads the
     folder itself.
 
@@ -455,33 +459,9 @@ def write_card(
     """
     model_dir = Path(model_dir)
     card = render_card(model_dir, repo_id=repo_id, subfolder=subfolder, license=license, figures=figures)
-    path = model_dir / CARD_FILE
-    _atomic_write_text(path, str(card))
-    return path
+    return write_text_atomic(model_dir / CARD_FILE, str(card))
 
 
 def usage_code(card_text: str) -> str:
     """The card's Python usage snippet: its ```python blocks joined, in order (what the tests execute)."""
     return "\n".join(re.findall(r"```python\n(.*?)```", card_text, flags=re.DOTALL))
-
-
-@dataclass
-class CardArgs:
-    """Options of `hfsae card`."""
-
-    model_dir: str = field(
-        metadata={"help": "A saved SAE folder (config.json) whose README.md card to write or rewrite."}
-    )
-    repo_id: str | None = field(
-        default=None, metadata={"help": "The Hub repo 'org/name' the usage snippet loads; default: the folder."}
-    )
-    license: str = field(
-        default="apache-2.0", metadata={"help": "The license in the card's metadata (a Hub license id)."}
-    )
-
-
-def run_card(args: CardArgs) -> Path:
-    """`hfsae card --model-dir DIR`: regenerate the README.md card and figures of a saved SAE folder, print its path."""
-    path = write_card(args.model_dir, repo_id=args.repo_id, license=args.license)
-    print(path)
-    return path

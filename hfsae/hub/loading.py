@@ -1,38 +1,71 @@
-"""Load SAEs by friendly name, Hub repo id or local path, one or many, and list the known ones.
+"""Load SAEs by friendly name, Hub repo id or local path, in any supported format, one or many.
 
     hfsae.load("gpt2-small-v5-32k-resid-post-layer-8")                    # registry name
-    hfsae.load("org/sae-smollm2", revision="3f2c…")                          # Hub repo, pinned
-    TopKSAE.from_pretrained("org/multi-sae", hookpoint="layers.8.resid_post")
-    load_many("org/multi-sae")                                             # {folder: TopKSAE}
+    hfsae.load("EleutherAI/sae-pythia-70m-32k", hookpoint="layers.3")      # a folder of a sparsify repo
+    TopKSAE.from_pretrained("org/multi-sae", hookpoint="layers.8.resid_post", dtype=torch.bfloat16)
+    hfsae.load_many("org/multi-sae")                                       # {folder: TopKSAE}, natural order
+
+One path for all of them: list the repo's (or folder's) files, find the folders holding one SAE and
+their format (`FORMATS`), pick one by folder name or hook point, download only that folder's files
+and convert them. Weights are read through safetensors or `torch.load(weights_only=True)` only.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi, constants, hf_hub_download
+import torch
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from safetensors import SafetensorError
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from safetensors import SafetensorError, safe_open
 
-from ..modeling import TopKSAE
-from . import openai, saelens, sparsify
+from ..folder import (
+    CONFIG_FILE,
+    INDEX_FILE,
+    WEIGHTS_FILE,
+    check_folder_name,
+    folder_for_hook_point,
+    natural_key,
+    read_index,
+    read_json,
+)
+from . import dictionary_learning, openai, saelens, sparsify
 from .files import SAEFileError
-from .multi import INDEX_FILE, folder_for_hook_point, read_index
+from .mixin import sae_class
 from .registry import RegistryEntry, UnknownSAEError, lookup, registry, unknown_name_error
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"
+
+# The files that mark a folder as one SAE of each format (a .pt file alone is an OpenAI SAE).
+FORMATS = {
+    "dictionary_learning": (dictionary_learning.CONFIG_FILE, dictionary_learning.WEIGHTS_FILE),
+    "hfsae": (CONFIG_FILE, WEIGHTS_FILE),
+    "saelens": (saelens.CONFIG_FILE, saelens.WEIGHTS_FILE),
+    "sparsify": (sparsify.CONFIG_FILE, sparsify.WEIGHTS_FILE),
+}
+CONVERTERS: dict[str, Callable[[Path], Any]] = {
+    "dictionary_learning": dictionary_learning.from_dictionary_learning,
+    "openai": openai.from_openai,
+    "saelens": saelens.from_saelens,
+    "sparsify": sparsify.from_sparsify,
+}
+EXPECTED = (
+    "config.json + model.safetensors (hfsae), cfg.json + sae_weights.safetensors (SAELens), "
+    "cfg.json + sae.safetensors (sparsify), config.json + ae.pt (dictionary_learning) or an OpenAI .pt file"
+)
 
 
 class NotInCacheError(FileNotFoundError):
@@ -41,10 +74,10 @@ class NotInCacheError(FileNotFoundError):
 
 @dataclass(frozen=True)
 class Source:
-    """Where an SAE's files are: a local folder or a Hub repo, a subfolder, a revision and a format."""
+    """One SAE's files: a local folder or Hub repo (location), its folder or .pt file there, a revision, a format."""
 
-    location: str  # local path or Hub repo id
-    subfolder: str
+    location: str  # local root folder or Hub repo id
+    subfolder: str  # the SAE's folder (or .pt file) inside it; "" for the root
     revision: str | None
     format: str
     local: bool
@@ -54,81 +87,224 @@ class Source:
         return where if self.local or not self.revision else f"{where} at revision {self.revision}"
 
 
-# ---- resolving a name to a Source --------------------------------------------------------------------
+# ---- a repo or folder and the SAEs in it -------------------------------------------------------------
+
+
+@dataclass
+class SAERepo:
+    """A local folder or a Hub repo at a revision, with the list of its files ('/'-separated paths)."""
+
+    location: str
+    revision: str | None
+    local: bool
+    files: list[str]
+    token: str | bool | None = None
+
+    @classmethod
+    def open(cls, location: str, *, revision: str | None = None, token: str | bool | None = None) -> "SAERepo":
+        if Path(location).expanduser().is_dir():
+            root = Path(location).expanduser()
+            files = [
+                path.relative_to(root).as_posix()
+                for path in root.rglob("*")
+                if path.is_file() and not any(part.startswith(".") for part in path.relative_to(root).parts)
+            ]
+            return cls(str(root), None, True, files)
+        return cls(location, revision, False, list_hub_files(location, revision, token), token)
+
+    def describe(self, subfolder: str = "") -> str:
+        return Source(self.location, subfolder, self.revision, "", self.local).describe()
+
+    def fetch(self, paths: list[str]) -> Path:
+        """The local folder holding `paths` (downloaded through the cache for a Hub repo): its root."""
+        if self.local:
+            return Path(self.location)
+        root = None
+        for path in paths:
+            downloaded = download(Source(self.location, "", self.revision, "", False), path, token=self.token)
+            root = Path(str(downloaded)[: -len(path)])
+        return root
+
+    def json(self, path: str) -> dict[str, Any]:
+        return read_json(self.fetch([path]) / path)
+
+    def index(self) -> dict[str, Any] | None:
+        return read_index(self.fetch([INDEX_FILE]) / INDEX_FILE) if INDEX_FILE in self.files else None
+
+
+def list_hub_files(repo_id: str, revision: str | None, token: str | bool | None) -> list[str]:
+    """The files of a Hub repo at `revision`; offline, those of its cached snapshot."""
+    described = Source(repo_id, "", revision, "", False).describe()
+    if constants.HF_HUB_OFFLINE:
+        try:
+            snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True))
+        except (LocalEntryNotFoundError, OfflineModeIsEnabled, FileNotFoundError) as err:
+            raise not_in_cache(described, "The file list") from err
+        return [path.relative_to(snapshot).as_posix() for path in snapshot.rglob("*") if path.is_file()]
+    try:
+        return HfApi(token=token).list_repo_files(repo_id, revision=revision)
+    except RepositoryNotFoundError as err:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} does not exist (or you lack access to it).") from err
+    except RevisionNotFoundError as err:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from err
+    except (OSError, HFValidationError) as err:  # requests' connection errors are OSErrors
+        raise FileNotFoundError(f"Could not list the files of {described} on the Hub: {err}") from err
+
+
+def folder_format(names: set[str]) -> str | None:
+    """The format of the SAE whose folder directly holds the files `names`, or None."""
+    for name, marks in FORMATS.items():
+        if all(mark in names for mark in marks):
+            return name
+    if CONFIG_FILE in names and SHARDED_WEIGHTS_INDEX in names:
+        return "hfsae"
+    return None
+
+
+def sae_folders(repo: SAERepo) -> dict[str, str]:
+    """{folder or .pt path: format} of every SAE in the repo, in natural order ('' is an SAE at the root).
+
+    A repo with index.json lists its SAEs there (checked by hfsae.folder.read_index). Otherwise each
+    folder whose files mark a format is one SAE; folders inside an SAE's folder (its checkpoints) are not.
+    """
+    by_folder: dict[str, set[str]] = {}
+    for path in repo.files:
+        parent, _, name = path.rpartition("/")
+        by_folder.setdefault(parent, set()).add(name)
+    index = repo.index()
+    if index is not None:
+        found = {}
+        for entry in index["saes"]:
+            found[entry["folder"]] = folder_format(by_folder.get(entry["folder"], set())) or "hfsae"
+        return found
+    found = {}
+    for folder in sorted(by_folder, key=lambda name: (name.count("/"), natural_key(name))):
+        if any(folder == other or folder.startswith(f"{other}/") for other in found if other) or "" in found:
+            continue  # inside an SAE's folder
+        fmt = folder_format(by_folder[folder])
+        if fmt:
+            found[folder] = fmt
+        elif not folder.startswith(".") and "checkpoints" not in folder.split("/"):
+            for name in by_folder[folder]:
+                if name.endswith(".pt") and name != dictionary_learning.WEIGHTS_FILE:
+                    found[f"{folder}/{name}" if folder else name] = "openai"
+    return dict(sorted(found.items(), key=lambda item: natural_key(item[0])))
+
+
+def hook_point_of(repo: SAERepo, folder: str, fmt: str, index: dict[str, Any] | None) -> str | None:
+    """The hook point of one SAE of the repo, from its folder name or its (small) config file."""
+    prefix = f"{folder}/" if folder else ""
+    if fmt == "hfsae":
+        if index is not None:
+            return next((entry.get("hook_point") for entry in index["saes"] if entry["folder"] == folder), None)
+        return repo.json(prefix + CONFIG_FILE).get("hook_point")
+    if fmt == "sparsify":
+        return sparsify.hook_point_from_folder(folder)
+    if fmt == "openai":
+        return openai.hook_point_from_filename(folder)
+    if fmt == "saelens":
+        path = prefix + saelens.CONFIG_FILE
+        return saelens.hook_point_from_transformer_lens(saelens.hook_name_of(repo.json(path), Path(path)))
+    path = prefix + dictionary_learning.CONFIG_FILE
+    return dictionary_learning.hook_point_of(dictionary_learning.trainer_config(repo.json(path), Path(path)))
+
+
+def pick(repo: SAERepo, *, hookpoint: str | None, subfolder: str) -> tuple[str, str]:
+    """(folder, format) of the one SAE that `subfolder` / `hookpoint` name, or an error listing the choices."""
+    found = sae_folders(repo)
+    if subfolder:
+        check_folder_name(subfolder, where=f"subfolder of {repo.describe()}")
+        found = {name: fmt for name, fmt in found.items() if name == subfolder or name.startswith(f"{subfolder}/")}
+    where = repo.describe(subfolder)
+    if not found:
+        raise SAEFileError(f"{where} holds no SAE hfsae can read: expected {EXPECTED}.")
+    if hookpoint is None:
+        if subfolder in found:
+            return subfolder, found[subfolder]
+        if len(found) == 1:
+            return next(iter(found.items()))
+        raise SAEFileError(
+            f"{where} holds several SAEs ({', '.join(found)}); pick one with hookpoint= (a folder name or a hook "
+            "point) or load them all with hfsae.load_many()."
+        )
+    if hookpoint in found:
+        return hookpoint, found[hookpoint]
+    wanted = saelens.hook_point_from_transformer_lens(sparsify.hook_point_from_folder(hookpoint))
+    index = repo.index()
+    entries = [{"folder": name, "hook_point": hook_point_of(repo, name, fmt, index)} for name, fmt in found.items()]
+    folder = folder_for_hook_point({"saes": entries}, wanted, where=where)
+    return folder, found[folder]
+
+
+# ---- resolving a name --------------------------------------------------------------------------------
 
 
 def is_repo_id(name: str) -> bool:
     return bool(REPO_ID.fullmatch(name)) and not name.startswith((".", "/")) and ".." not in name
 
 
-def resolve(
-    name_or_path: str | os.PathLike, *, hookpoint: str | None = None, subfolder: str = "", revision: str | None = None
-) -> Source:
-    """Decide where `name_or_path` points: a registry name, a local path, or a Hub repo id."""
-    name = os.fspath(name_or_path)
+def locate(
+    name: str, *, hookpoint: str | None, subfolder: str, revision: str | None, token: str | bool | None
+) -> tuple[SAERepo, str, str]:
+    """(repo, folder, format) of the SAE that `name` (+ hookpoint / subfolder) names."""
     if name in registry():
         entry = lookup(name)
-        return Source(entry.repo, entry.folder, revision or entry.revision, entry.format, local=False)
+        repo = SAERepo.open(entry.repo, revision=revision or entry.revision, token=token)
+        return repo, entry.folder, entry.format
     path = Path(name).expanduser()
-    if path.exists():
-        return resolve_local(path, hookpoint=hookpoint, subfolder=subfolder)
-    if is_repo_id(name):
-        if hookpoint is not None and not subfolder:
-            index = read_index(download(Source(name, "", revision, "hfsae", local=False), INDEX_FILE))
-            subfolder = folder_for_hook_point(index, hookpoint, where=f"Hub repo {name}")
-        return Source(name, subfolder, revision, "hfsae", local=False)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"No SAE at {name}: that path does not exist.")
-    raise unknown_name_error(name)
+    if path.is_file():
+        if path.suffix != ".pt":
+            raise SAEFileError(f"{path} is a file but not an OpenAI .pt SAE; hfsae reads {EXPECTED}.")
+        return SAERepo(str(path.parent), None, True, [path.name]), path.name, "openai"
+    if not path.exists() and not is_repo_id(name):
+        if name.startswith((".", "/", "~")) or name.count("/") > 1:
+            raise FileNotFoundError(f"No SAE at {name}: that path does not exist.")
+        raise unknown_name_error(name)
+    repo = SAERepo.open(name, revision=revision, token=token)
+    return (repo, *pick(repo, hookpoint=hookpoint, subfolder=subfolder))
 
 
-def resolve_local(path: Path, *, hookpoint: str | None, subfolder: str) -> Source:
-    """A local file or folder: an hfsae folder, a multi-SAE folder (needs hookpoint), or a foreign format."""
-    from .convert import detect_format
-
-    folder = path / subfolder if subfolder else path
-    if hookpoint is not None and (folder / INDEX_FILE).is_file():
-        folder = folder / folder_for_hook_point(read_index(folder / INDEX_FILE), hookpoint, where=str(folder))
-    found = detect_format(folder)
-    if found is None:
-        if (folder / INDEX_FILE).is_file():
-            names = ", ".join(entry["folder"] for entry in read_index(folder / INDEX_FILE)["saes"])
-            raise SAEFileError(f"{folder} holds several SAEs ({names}); pick one with hookpoint= or load_many().")
-        raise SAEFileError(
-            f"{folder} holds no SAE hfsae can read: expected config.json + model.safetensors, "
-            f"{INDEX_FILE}, a SAELens or sparsify folder, or an OpenAI .pt file."
-        )
-    if found == "hfsae":
-        check_local_weights(folder)
-    return Source(str(folder), "", None, found, local=True)
+def resolve(
+    name_or_path: str | os.PathLike,
+    *,
+    hookpoint: str | None = None,
+    subfolder: str = "",
+    revision: str | None = None,
+    token: str | bool | None = None,
+) -> Source:
+    """Where the SAE that `name_or_path` (+ hookpoint / subfolder) names is: a registry name, a path or a repo id."""
+    repo, folder, fmt = locate(os.fspath(name_or_path), hookpoint=hookpoint, subfolder=subfolder, revision=revision,
+                               token=token)
+    return Source(repo.location, folder, repo.revision, fmt, repo.local)
 
 
-def check_local_weights(folder: Path) -> None:
-    """Fail early, naming the file, when a safetensors file in `folder` is truncated or corrupt."""
-    weights = sorted(folder.glob("*.safetensors"))
-    if not weights:
-        raise FileNotFoundError(f"{folder} has a config.json but no model.safetensors; re-save or re-download it.")
-    for path in weights:
-        try:
-            with safe_open(path, framework="pt") as handle:
-                handle.keys()
-        except (SafetensorError, OSError) as err:
-            raise SAEFileError(
-                f"{path} is not a readable safetensors file ({err}). It may be truncated: re-save or re-download it."
-            ) from err
+def files_of(repo: SAERepo, folder: str, fmt: str) -> list[str]:
+    """The files of one SAE to download: its weights and config only (no card, no analysis, no checkpoints)."""
+    if fmt == "openai":
+        return [folder]
+    prefix = f"{folder}/" if folder else ""
+    if fmt == "hfsae":
+        names = {CONFIG_FILE, WEIGHTS_FILE, SHARDED_WEIGHTS_INDEX}
+        shards = re.compile(r"model-\d+-of-\d+\.safetensors")
+        return [
+            path for path in repo.files
+            if path.startswith(prefix) and "/" not in path[len(prefix):]
+            and (path[len(prefix):] in names or shards.fullmatch(path[len(prefix):]))
+        ]
+    return [prefix + name for name in FORMATS[fmt]]
 
 
-# ---- downloading and loading ---------------------------------------------------------------------------
+# ---- loading -----------------------------------------------------------------------------------------
 
 
-def download(source: Source, filename: str) -> Path:
+def download(source: Source, filename: str, *, token: str | bool | None = None) -> Path:
     """One file of a Hub source, through the cache; errors name the repo, the file and the revision."""
     path_in_repo = f"{source.subfolder}/{filename}" if source.subfolder else filename
     try:
-        return Path(hf_hub_download(source.location, path_in_repo, revision=source.revision))
+        return Path(hf_hub_download(source.location, path_in_repo, revision=source.revision, token=token))
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
         if constants.HF_HUB_OFFLINE:
-            raise not_in_cache(source, path_in_repo) from err
+            raise not_in_cache(source.describe(), path_in_repo) from err
         raise FileNotFoundError(
             f"Could not reach the Hub to download {path_in_repo} from {source.describe()} and it is not cached: {err}"
         ) from err
@@ -137,80 +313,103 @@ def download(source: Source, filename: str) -> Path:
     except RevisionNotFoundError as err:
         raise FileNotFoundError(f"Hub repo {source.location!r} has no revision {source.revision!r}.") from err
     except EntryNotFoundError as err:
-        raise FileNotFoundError(f"Hub repo {source.location!r} has no file {path_in_repo} (revision {source.revision or 'main'}).") from err
+        raise FileNotFoundError(
+            f"Hub repo {source.location!r} has no file {path_in_repo} (revision {source.revision or 'main'})."
+        ) from err
 
 
-def not_in_cache(source: Source, what: str) -> NotInCacheError:
+def not_in_cache(described: str, what: str) -> NotInCacheError:
     return NotInCacheError(
-        f"{what} of {source.describe()} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and "
+        f"{what} of {described} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}), and "
         "HF_HUB_OFFLINE=1 forbids downloading it. Load it once with network access, or unset HF_HUB_OFFLINE."
     )
 
 
-def load_foreign(source: Source) -> TopKSAE:
-    """Convert an SAE stored in a foreign format (downloading its files first when remote)."""
-    if source.local:
-        from .convert import load_local
-
-        return load_local(source.location, source.format)
-    files = {"saelens": [saelens.CONFIG_FILE, saelens.WEIGHTS_FILE], "sparsify": [sparsify.CONFIG_FILE, sparsify.WEIGHTS_FILE]}
-    if source.format == "openai":
-        return openai.from_openai(download(Source(source.location, "", source.revision, "openai", False), source.subfolder))
-    if source.format not in files:
-        raise ValueError(f"Unknown format {source.format!r} for {source.describe()}.")
-    folder = [download(source, name) for name in files[source.format]][0].parent
-    return saelens.from_saelens(folder) if source.format == "saelens" else sparsify.from_sparsify(folder)
-
-
-def from_pretrained(
-    base_from_pretrained: Callable[..., TopKSAE],
+def load_sae(
+    cls: type,
+    base_from_pretrained: Callable[..., Any],
     name_or_path: str | os.PathLike,
     *args: Any,
     hookpoint: str | None = None,
     subfolder: str = "",
     revision: str | None = None,
     **kwargs: Any,
-) -> TopKSAE:
-    """TopKSAE.from_pretrained's logic: resolve the name, then convert or call transformers' loader."""
-    source = resolve(name_or_path, hookpoint=hookpoint, subfolder=subfolder, revision=revision)
-    if source.format != "hfsae":
-        return load_foreign(source)
-    try:
-        return base_from_pretrained(source.location, *args, subfolder=source.subfolder, revision=source.revision, **kwargs)
-    except OSError as err:
-        if not source.local and constants.HF_HUB_OFFLINE and not isinstance(err, FileNotFoundError):
-            raise not_in_cache(source, "The SAE") from err
-        raise
+):
+    """HubMixin.from_pretrained: find the SAE, download its folder, then convert it or call transformers' loader."""
+    token = kwargs.get("token")
+    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+    name = os.fspath(name_or_path)
+    repo, folder, fmt = locate(name, hookpoint=hookpoint, subfolder=subfolder, revision=revision, token=token)
+    paths = files_of(repo, folder, fmt)
+    if fmt == "hfsae" and not any(path.endswith((WEIGHTS_FILE, SHARDED_WEIGHTS_INDEX)) for path in paths):
+        raise FileNotFoundError(
+            f"{repo.describe(folder)} has a config.json but no {WEIGHTS_FILE}; re-save or re-upload the SAE."
+        )
+    root = repo.fetch(paths)
+    local = root / folder if folder else root
+    if fmt == "hfsae":
+        options = {"dtype": dtype} if dtype is not None else {}
+        try:
+            sae = base_from_pretrained(str(local), *args, **options, **without_hub_options(kwargs))
+        except SafetensorError as err:
+            raise SAEFileError(
+                f"Could not read the weights of {repo.describe(folder)} ({WEIGHTS_FILE} is corrupt or incomplete: "
+                f"{err}). Re-download or re-save the SAE."
+            ) from err
+    else:
+        sae = CONVERTERS[fmt](local)
+        if dtype not in (None, "auto"):
+            sae = sae.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    # What the explorer and cards resolve again: the registry name or repo, with the folder picked in it.
+    sae.name_or_path = str(local) if repo.local else f"{name}/{folder}" if folder and name not in registry() else name
+    return sae
+
+
+def without_hub_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """from_pretrained options that concern downloading, which `SAERepo.fetch` has already done."""
+    hub_only = ("token", "cache_dir", "force_download", "local_files_only", "proxies", "resume_download")
+    return {name: value for name, value in kwargs.items() if name not in hub_only}
 
 
 def load(
-    name_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu", hookpoint: str | None = None
-) -> TopKSAE:
-    """Load an SAE by friendly name, Hub repo id or local folder (or file, for foreign formats).
+    name_or_path: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    device: str = "cpu",
+    dtype: Any = None,
+    hookpoint: str | None = None,
+    subfolder: str = "",
+):
+    """Load an SAE by friendly name, Hub repo id or local folder/file, in eval mode on `device`.
 
     Example:
         >>> sae = hfsae.load("gpt2-small-v5-32k-resid-post-layer-8")
+        >>> sae = hfsae.load("EleutherAI/sae-pythia-70m-32k", hookpoint="layers.3", dtype=torch.bfloat16)
     """
-    return TopKSAE.from_pretrained(name_or_path, revision=revision, hookpoint=hookpoint).to(device).eval()
+    options = {"dtype": dtype} if dtype is not None else {}
+    sae = sae_class().from_pretrained(name_or_path, revision=revision, hookpoint=hookpoint, subfolder=subfolder, **options)
+    return sae.to(device).eval()
 
 
-def load_many(repo_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu") -> dict[str, TopKSAE]:
-    """Every SAE of a multi-SAE repo or folder (listed in its index.json), by folder name.
+def load_many(
+    repo_or_path: str | os.PathLike, *, revision: str | None = None, device: str = "cpu", dtype: Any = None
+) -> dict:
+    """Every SAE of a repo or folder, by folder name in natural order (layers.2 before layers.10).
 
     Example:
-        >>> saes = load_many("org/smollm2-saes")      # {"layers.8.resid_post": TopKSAE, ...}
+        >>> saes = load_many("EleutherAI/sae-pythia-70m-32k")      # {"layers.0": TopKSAE, ...}
     """
     name = os.fspath(repo_or_path)
-    local = Path(name).expanduser()
-    if local.exists():
-        index = read_index(local / INDEX_FILE)
-    else:
-        if not is_repo_id(name):
-            raise UnknownSAEError(f"{name!r} is neither a local folder nor a Hub repo id ('org/name').")
-        index = read_index(download(Source(name, "", revision, "hfsae", local=False), INDEX_FILE))
+    if not Path(name).expanduser().exists() and not is_repo_id(name):
+        raise UnknownSAEError(f"{name!r} is neither a local folder nor a Hub repo id ('org/name').")
+    repo = SAERepo.open(name, revision=revision)
+    found = sae_folders(repo)
+    if not found:
+        raise SAEFileError(f"{repo.describe()} holds no SAE hfsae can read: expected {EXPECTED}.")
     return {
-        entry["folder"]: TopKSAE.from_pretrained(name, subfolder=entry["folder"], revision=revision).to(device).eval()
-        for entry in index["saes"]
+        folder: load(name, revision=revision, device=device, dtype=dtype, subfolder=folder) if folder else
+        load(name, revision=revision, device=device, dtype=dtype)
+        for folder in found
     }
 
 
@@ -230,21 +429,35 @@ class Listing:
     base_model: str | None = None
 
 
-def list_saes(*, online: bool | None = None) -> list[Listing]:
-    """The registry, plus Hub models tagged library_name hfsae when online (never when HF_HUB_OFFLINE=1)."""
+def list_saes(*, remote: bool = False, base_model: str | None = None) -> list[Listing]:
+    """The registry, plus (remote=True) the Hub models whose card says library_name: hfsae.
+
+    `base_model` keeps the SAEs of that model only (a Hub id like 'EleutherAI/pythia-70m', or its name).
+    """
     listings = [listing_for(entry) for entry in registry().values()]
-    if online is None:
-        online = not constants.HF_HUB_OFFLINE
-    if online:
-        try:
-            # The Hub indexes a card's library_name among the tags that `filter` matches.
-            models = list(HfApi().list_models(filter="hfsae", limit=1000))
-        except Exception as err:  # a listing convenience: any network failure falls back to the registry
-            warnings.warn(f"Could not list hfsae models on the Hub ({err}); showing the registry only.", stacklevel=2)
-            models = []
-        listings += [Listing(model.id, model.id, "", "hfsae", "hub") for model in models]
+    if remote:
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE=1 is set, so the Hub cannot be listed; unset it or drop --remote.")
+        models = HfApi().list_models(library="hfsae", limit=1000, full=True)
+        listings += [
+            Listing(model.id, model.id, "", "hfsae", "hub", base_model=hub_base_model(model)) for model in models
+        ]
+    if base_model:
+        wanted = base_model.lower()
+        listings = [
+            item for item in listings
+            if item.base_model and wanted in (item.base_model.lower(), item.base_model.lower().rsplit("/", 1)[-1])
+        ]
     return listings
+
+
+def hub_base_model(model: Any) -> str | None:
+    """The base_model a Hub listing carries in its card data (a string or a list of them), if any."""
+    card = getattr(model, "card_data", None)
+    value = card.get("base_model") if card is not None else None
+    return value[0] if isinstance(value, list) and value else value if isinstance(value, str) else None
 
 
 def listing_for(entry: RegistryEntry) -> Listing:
     return Listing(entry.name, entry.repo, entry.folder, entry.format, "registry", entry.hook_point, entry.base_model)
+

@@ -16,8 +16,7 @@ import os
 import re
 from pathlib import Path
 
-from ..modeling import TopKSAE
-from .build import sae_from_tensors
+from .build import positive_int, sae_from_tensors
 from .files import SAEFileError, UnsupportedArchitectureError, read_torch_state_dict, require_tensors
 
 # OpenAI's location names for GPT-2 small (the v5 release) → hfsae hook-point sites.
@@ -40,7 +39,7 @@ def hook_point_from_filename(path: str | os.PathLike) -> str | None:
     return f"layers.{layer.group(1)}.{site}"
 
 
-def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_model: str | None = None) -> TopKSAE:
+def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_model: str | None = None):
     """Load one OpenAI `.pt` TopK SAE (weights only, never pickled code) as a TopKSAE.
 
     Example:
@@ -54,7 +53,12 @@ def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_
             f"{path}: unsupported architecture {activation!r}: hfsae converts OpenAI TopK SAEs only "
             "(state dict entry activation='TopK')."
         )
-    activation_state = state.get("activation_state_dict") or {}
+    activation_state = state.get("activation_state_dict")
+    if not isinstance(activation_state, dict):
+        raise SAEFileError(
+            f"{path}: activation_state_dict should be a dict like {{'k': 32, 'postact_fn': 'ReLU'}}; "
+            f"got {activation_state!r:.80}."
+        )
     postact = activation_state.get("postact_fn", "ReLU")
     if postact != "ReLU":
         raise UnsupportedArchitectureError(
@@ -70,9 +74,10 @@ def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_
         b_enc=state["latent_bias"].float() if "latent_bias" in state else None,
         W_dec=state["decoder.weight"].float().T.contiguous(),
         b_pre=state["pre_bias"].float(),
-        k=int(activation_state["k"]),
+        k=positive_int(activation_state["k"], "activation_state_dict['k']", path),
         # OpenAI enables layer norm exactly for TopK SAEs (Autoencoder.from_state_dict).
         normalize="layer_norm",
         hook_point=hook_point or guessed_hook_point,
         base_model=base_model or (GPT2_SMALL if W_enc.shape[1] == 768 and guessed_hook_point else None),
+        where=path,
     )

@@ -15,7 +15,6 @@ layer_norm is the same per-token normalisation as hfsae's (docs/method.md §1).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import warnings
@@ -25,9 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..modeling import TopKSAE
-from .build import sae_from_tensors
-from .files import UnsupportedArchitectureError, read_json, read_safetensors, require_tensors
+from ..folder import write_json_atomic
+from .build import positive_int, sae_from_tensors
+from .files import SAEFileError, UnsupportedArchitectureError, read_json, read_safetensors, require_tensors
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -68,10 +67,10 @@ def topk_of(cfg: dict[str, Any], path: Path) -> int:
     activation = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
     kwargs = cfg.get("activation_fn_kwargs") or {}
     if architecture == "topk" or (architecture == "standard" and activation == "topk"):
-        k = cfg.get("k", kwargs.get("k"))
+        k = cfg.get("k", kwargs.get("k") if isinstance(kwargs, dict) else None)
         if k is None:
             raise UnsupportedArchitectureError(f"{path}: a TopK SAE config without k.")
-        return int(k)
+        return positive_int(k, "k", path)
     name = architecture if architecture != "standard" else f"standard (activation {activation})"
     raise UnsupportedArchitectureError(
         f"{path}: unsupported architecture {name}. hfsae converts SAELens TopK SAEs only "
@@ -82,6 +81,10 @@ def topk_of(cfg: dict[str, Any], path: Path) -> int:
 def normalization_of(cfg: dict[str, Any], path: Path, norm_scaling_factor: float | None) -> dict[str, Any]:
     """TopKSAEConfig fields reproducing SAELens's normalize_activations."""
     mode = cfg.get("normalize_activations")
+    if mode is not None and not isinstance(mode, (str, bool)):
+        raise SAEFileError(
+            f"{path}: normalize_activations must be a string (none, layer_norm, expected_average_only_in); got {mode!r}."
+        )
     if isinstance(mode, bool):  # SAELens's older boolean form
         mode = "expected_average_only_in" if mode else "none"
     mode = mode or "none"
@@ -105,7 +108,29 @@ def normalization_of(cfg: dict[str, Any], path: Path, norm_scaling_factor: float
     )
 
 
-def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None = None) -> TopKSAE:
+def hook_name_of(cfg: dict[str, Any], path: Path) -> str | None:
+    """The TransformerLens hook name of a SAELens config (v6 keeps it under metadata), checked to be a string."""
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    hook_name = metadata.get("hook_name", cfg.get("hook_name", cfg.get("hook_point")))
+    if hook_name is not None and not isinstance(hook_name, str):
+        raise SAEFileError(f"{path}: hook_name must be a string like 'blocks.8.hook_resid_post'; got {hook_name!r}.")
+    return hook_name
+
+
+def checked_fields(cfg: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line naming the field, a cfg.json whose fields have the wrong kind of value."""
+    for name in ("d_in", "d_sae"):
+        if name not in cfg:
+            raise SAEFileError(f"{path} lacks {name}, the {'input width' if name == 'd_in' else 'number of latents'}.")
+        positive_int(cfg[name], name, path)
+    for name in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
+        if name in cfg and not isinstance(cfg[name], bool):
+            raise SAEFileError(f"{path}: {name} must be true or false; got {cfg[name]!r}.")
+    if "metadata" in cfg and not isinstance(cfg["metadata"], dict):
+        raise SAEFileError(f"{path}: metadata must be an object; got {cfg['metadata']!r}.")
+
+
+def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None = None):
     """Load a SAELens TopK SAE folder as a TopKSAE with the same outputs.
 
     Example:
@@ -113,9 +138,10 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
     """
     path = Path(path)
     cfg = read_json(path / CONFIG_FILE)
+    checked_fields(cfg, path / CONFIG_FILE)
     metadata = {**cfg, **(cfg.get("metadata") or {})}
     k = topk_of(cfg, path / CONFIG_FILE)
-    hook_name = metadata.get("hook_name") or metadata.get("hook_point")
+    hook_name = hook_name_of(cfg, path / CONFIG_FILE)
     if cfg.get("reshape_activations", "none") != "none" or (hook_name or "").endswith("hook_z"):
         raise UnsupportedArchitectureError(
             f"{path}: unsupported architecture: per-head (hook_z) SAEs reshape their input; hfsae reads flat activations."
@@ -127,12 +153,24 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
     require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], weights_path)
     W_enc = tensors["W_enc"].T.contiguous()  # [d_sae, d_in]: hfsae keeps one row per latent
     b_enc, W_dec, b_dec = tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
+    shape = (int(cfg["d_sae"]), int(cfg["d_in"]))
+    if tuple(W_enc.shape) != shape:
+        raise SAEFileError(
+            f"{weights_path}: W_enc has shape {tuple(W_enc.T.shape)}, but cfg.json says d_in={shape[1]}, d_sae={shape[0]} "
+            f"(expected {(shape[1], shape[0])})."
+        )
 
     scaling = tensors.get("finetuning_scaling_factor", tensors.get("scaling_factor"))
     if scaling is not None:
         W_dec = W_dec * scaling[:, None]
     if cfg.get("rescale_acts_by_decoder_norm"):
         norms = W_dec.norm(dim=1)
+        if not (norms > 0).all():
+            raise SAEFileError(
+                f"{weights_path}: {int((norms == 0).sum())} decoder row(s) have zero norm (e.g. latent "
+                f"{int((norms == 0).nonzero()[0])}), so rescale_acts_by_decoder_norm divides by zero; "
+                "this SAE cannot be converted exactly."
+            )
         W_enc, b_enc, W_dec = W_enc * norms[:, None], b_enc * norms, W_dec / norms[:, None]
     if not cfg.get("apply_b_dec_to_input", True):
         # TopKSAE always encodes x − b_pre; adding W_enc b_dec to b_enc cancels that subtraction.
@@ -149,11 +187,12 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
         base_model=MODEL_NAMES.get(model_name, model_name),
         context_size=metadata.get("context_size"),
         dataset=metadata.get("dataset_path"),
+        where=path,
         **normalization,
     )
 
 
-def to_saelens(sae: TopKSAE, path: str | os.PathLike) -> Path:
+def to_saelens(sae, path: str | os.PathLike) -> Path:
     """Write `sae` as a SAELens v6 TopK folder (cfg.json + sae_weights.safetensors) with the same outputs."""
     config = sae.config
     W_enc = sae.W_enc.detach().float()
@@ -195,5 +234,5 @@ def to_saelens(sae: TopKSAE, path: str | os.PathLike) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tensors = {"W_enc": W_enc.T.contiguous(), "b_enc": b_enc.contiguous(), "W_dec": W_dec.contiguous(), "b_dec": b_pre}
     save_file(tensors, path / WEIGHTS_FILE)
-    (path / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(path / CONFIG_FILE, cfg)
     return path

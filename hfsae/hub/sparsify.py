@@ -13,10 +13,10 @@ A checkpoint folder holds one subfolder per hook point (e.g. layers.6/, layers.6
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
-from ..modeling import TopKSAE
-from .build import sae_from_tensors
+from .build import positive_int, sae_from_tensors
 from .files import UnsupportedArchitectureError, read_json, read_safetensors, require_tensors
 
 CONFIG_FILE = "cfg.json"
@@ -24,7 +24,8 @@ WEIGHTS_FILE = "sae.safetensors"
 
 
 def hook_point_from_folder(name: str) -> str:
-    """sparsify names folders after module paths: 'layers.6' is that layer's output (resid_post)."""
+    """sparsify names folders after module paths: 'layers.6' (or 'layer_6') is that layer's output (resid_post)."""
+    name = re.sub(r"^layer_(\d+)", r"layers.\1", name.rsplit("/", 1)[-1])
     parts = name.split(".")
     if len(parts) == 2 and parts[0] in ("layers", "h") and parts[1].isdigit():
         return f"layers.{parts[1]}.resid_post"
@@ -33,7 +34,7 @@ def hook_point_from_folder(name: str) -> str:
     return name
 
 
-def from_sparsify(path: str | os.PathLike, *, base_model: str | None = None) -> TopKSAE:
+def from_sparsify(path: str | os.PathLike, *, base_model: str | None = None):
     """Load one sparsify SAE folder as a TopKSAE with the same outputs.
 
     Example:
@@ -68,7 +69,8 @@ def from_sparsify(path: str | os.PathLike, *, base_model: str | None = None) -> 
         b_enc=tensors["encoder.bias"],
         W_dec=tensors["W_dec"],
         b_pre=tensors["b_dec"],
-        k=int(cfg["k"]),
+        k=positive_int(cfg["k"], "k", path / CONFIG_FILE),
         hook_point=hook_point_from_folder(path.name),
         base_model=base_model,
+        where=path,
     )

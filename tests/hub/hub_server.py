@@ -6,13 +6,21 @@ listing, validate-yaml, preupload, the LFS batch API plus PUT with a sha256 chec
 tree, paths-info, and resolve (HEAD/GET) with X-Repo-Commit, ETag, Content-Length and the LFS
 X-Linked-* headers; errors carry X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound).
 Each commit is a full snapshot of the repo's files, addressed by a 40-hex sha; a revision is a
-branch name ("main") or a commit sha.
+branch name ("main", "dev"), a pull request ref ("refs/pr/1") or a commit sha.
+
+Branches: `POST /api/models/{ns}/{name}/branch/{branch}` (create_branch) starts a branch at
+`startingPoint` or main's head (409 when it exists); commits, resolve and repo info take its name.
+Pull requests: a commit with `?create_pr=1` goes onto a new ref `refs/pr/N` started from the head
+of the branch it names, the answer carries `pullRequestUrl` (`.../discussions/N`, which the client
+turns into `refs/pr/N`), and `GET /api/models/{ns}/{name}/discussions/N` (get_discussion_details)
+describes it; PRs are never merged or closed here.
 
 What it does NOT model: permissions and tokens (any token is accepted; none is checked), private
-or gated repos, Xet storage (clients must set HF_HUB_DISABLE_XET=1), branches other than the ones
-commits create, tags, pull requests, rate limits, pagination, multipart LFS uploads, the Hub's
-own choice of upload mode (here: LFS for binary content, common weight extensions and files of
-10 MiB or more), and history rewrites. State lives in memory and is lost when the server stops.
+or gated repos, Xet storage (clients must set HF_HUB_DISABLE_XET=1), tags, merging, closing or
+commenting on pull requests, discussions that are not pull requests, rate limits, pagination,
+multipart LFS uploads, the Hub's own choice of upload mode (here: LFS for binary content, common
+weight extensions and files of 10 MiB or more), and history rewrites. State lives in memory and is
+lost when the server stops.
 """
 
 from __future__ import annotations
@@ -68,8 +76,9 @@ class Repo:
     repo_type: str
     repo_id: str
     private: bool
-    branches: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, str] = field(default_factory=dict)  # also refs/pr/N of pull requests
     commits: dict[str, Commit] = field(default_factory=dict)
+    pull_requests: list[dict] = field(default_factory=list)  # {"num", "title", "base", "ref", "created"}
 
     def resolve(self, revision: str) -> Commit | None:
         if revision in self.branches:
@@ -114,6 +123,21 @@ class FakeHub:
         repo.branches["main"] = sha
         self.repos[(repo_type, repo_id)] = repo
         return repo
+
+    def create_branch(self, repo: Repo, branch: str, starting_point: str | None) -> None:
+        if branch in repo.branches:
+            raise HubError(409, None, f"Reference already exists: refs/heads/{branch}")
+        repo.branches[branch] = self.revision(repo, starting_point or "main").sha
+
+    def open_pull_request(self, repo: Repo, base: str, title: str) -> str:
+        """A new ref refs/pr/N at the head of `base`, for the commit that follows; returns the ref."""
+        if base not in repo.branches:
+            raise HubError(404, "RevisionNotFound", f"Invalid rev id: {base}")
+        num = len(repo.pull_requests) + 1
+        ref = f"refs/pr/{num}"
+        repo.branches[ref] = repo.branches[base]
+        repo.pull_requests.append({"num": num, "title": title, "base": base, "ref": ref, "created": time.time()})
+        return ref
 
     def commit(self, repo: Repo, branch: str, operations: list[dict]) -> Commit:
         if branch not in repo.branches:
@@ -386,15 +410,35 @@ class HubHandler(BaseHTTPRequestHandler):
             ]})
         match = re.fullmatch(r"commit/([^/]+)", rest)
         if match and method == "POST":
-            if query.get("create_pr"):
-                raise HubError(400, None, "pull requests are not modelled by this test server")
             operations = [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-            commit = self.hub.commit(repo, unquote(match.group(1)), operations)
+            branch, pull_request_url = unquote(match.group(1)), None
             prefix = URL_PREFIXES[repo.repo_type]
+            if query.get("create_pr"):
+                header = next((op["value"] for op in operations if op.get("key") == "header"), {})
+                branch = self.hub.open_pull_request(repo, branch, header.get("summary", ""))
+                pull_request_url = f"{self.base_url}/{prefix}{repo.repo_id}/discussions/{branch.rsplit('/', 1)[1]}"
+            commit = self.hub.commit(repo, branch, operations)
             return self.send_json({
                 "commitUrl": f"{self.base_url}/{prefix}{repo.repo_id}/commit/{commit.sha}",
                 "commitOid": commit.sha,
-                "pullRequestUrl": None,
+                "pullRequestUrl": pull_request_url,
+            })
+        match = re.fullmatch(r"branch/(.+)", rest)
+        if match and method == "POST":
+            payload = json.loads(body) if body else {}
+            self.hub.create_branch(repo, unquote(match.group(1)), payload.get("startingPoint"))
+            return self.send_json({})
+        match = re.fullmatch(r"discussions/(\d+)", rest)
+        if match and method == "GET":
+            pr = next((pr for pr in repo.pull_requests if pr["num"] == int(match.group(1))), None)
+            if pr is None:
+                raise HubError(404, None, f"Discussion {match.group(1)} not found")
+            created = time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(pr["created"]))
+            return self.send_json({
+                "num": pr["num"], "title": pr["title"], "status": "open", "isPullRequest": True,
+                "createdAt": created, "author": {"name": "tester"},
+                "repo": {"name": repo.repo_id, "type": repo.repo_type},
+                "changes": {"base": f"refs/heads/{pr['base']}"}, "filesWithConflicts": [], "events": [],
             })
         match = re.fullmatch(r"tree/([^/]+)(?:/(.*))?", rest)
         if match and method == "GET":
@@ -415,7 +459,8 @@ class HubHandler(BaseHTTPRequestHandler):
             return self.send_json(entries)
         match = re.fullmatch(r"refs", rest)
         if match and method == "GET":
-            branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha} for name, sha in repo.branches.items()]
+            branches = [{"name": name, "ref": f"refs/heads/{name}", "targetCommit": sha}
+                        for name, sha in repo.branches.items() if not name.startswith("refs/pr/")]
             return self.send_json({"branches": branches, "converts": [], "tags": []})
         raise HubError(404, None, f"no route for {method} /api/.../{rest}")
 
