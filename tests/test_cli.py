@@ -1,12 +1,16 @@
-"""The `hfsae` command: parsing, one-line errors, and an end-to-end `hfsae train` on a tiny model."""
+"""The `hfsae` command: parsing, one-line errors, --version, `hfsae env`, and end-to-end runs on a tiny model."""
 
+import importlib.metadata
 import json
+import platform
 import random
 
 import pytest
+import torch
 
-from hfsae import TopKSAE
-from hfsae.cli import COMMANDS, main, parse
+from hfsae import TopKSAE, TopKSAEConfig
+from hfsae.cli import COMMANDS, Command, error_line, is_user_error, main, parse
+from hfsae.commands.env import EnvArgs
 from hfsae.training.config import TrainConfig
 
 
@@ -97,3 +101,163 @@ def test_leading_positional_arguments_fill_the_commands_positional_fields():
     assert (convert_args.src, convert_args.dst, convert_args.source_format) == ("in.pt", "out", "openai")
     _, space_args = parse(["space", "my-sae"])
     assert space_args.sae == "my-sae"
+
+
+# ---- one line for every error -------------------------------------------------------------------------
+
+
+def one_line_error(capsys) -> str:
+    """hfsae's message of a failed command, checked to be one line with no traceback (progress bars and
+    the libraries' log lines may share stderr)."""
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("hfsae:")]
+    assert len(ours) == 1 and "Traceback" not in err, err
+    assert ours[0].startswith("hfsae: error: ") and err.endswith(ours[0] + "\n")
+    return ours[0]
+
+
+@pytest.fixture
+def tiny_sae_folder(tmp_path, tiny_model_folder):
+    """A saved SAE on the tiny Llama's layers.1.resid_post (d 32), whose base_model is the tiny model folder."""
+    torch.manual_seed(0)
+    config = TopKSAEConfig(
+        d_in=32, n_latents=64, k=4, hook_point="layers.1.resid_post", base_model=str(tiny_model_folder), context_size=16
+    )
+    folder = tmp_path / "sae"
+    TopKSAE(config).save_pretrained(folder)
+    return folder
+
+
+EVAL_RECONSTRUCTION_ONLY = ["--split", "all", "--n-tokens", "60", "--skip", "downstream", "ablation", "n2g", "probes"]
+
+
+def test_hfsae_eval_writes_eval_results_then_the_card_with_them(tiny_sae_folder, text_file, capsys):
+    args = ["eval", str(tiny_sae_folder), "--dataset", str(text_file), "--quiet", *EVAL_RECONSTRUCTION_ONLY]
+    assert main(args) == 0, capsys.readouterr().err
+    results = json.loads((tiny_sae_folder / "eval_results.json").read_text())
+    assert results["n_tokens"] == 4 * 15 and results["hook_point"] == "layers.1.resid_post"
+    assert f"FVU {results['fvu']:.4f}" in capsys.readouterr().out
+    card = (tiny_sae_folder / "README.md").read_text()
+    assert f"{results['fvu']:.4f}"[:5] in card  # rendered after eval_results.json existed
+
+
+def test_an_empty_dataset_file_is_a_one_line_user_error(tiny_sae_folder, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert main(["eval", str(tiny_sae_folder), "--dataset", str(empty), *EVAL_RECONSTRUCTION_ONLY]) == 1
+    err = one_line_error(capsys)
+    assert "unexpected" not in err and "empty.jsonl" in err
+
+
+def test_a_malformed_dataset_file_says_what_the_parser_found(tiny_sae_folder, tmp_path, capsys):
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "fine"}\n{"text": \n')
+    assert main(["eval", str(tiny_sae_folder), "--dataset", str(broken), *EVAL_RECONSTRUCTION_ONLY]) == 1
+    err = one_line_error(capsys)
+    assert "unexpected" not in err and "JSON parse error" in err
+
+
+def test_a_config_json_that_is_a_list_is_a_one_line_error_naming_the_file(tiny_sae_folder, capsys):
+    (tiny_sae_folder / "config.json").write_text("[1, 2]")
+    assert main(["eval", str(tiny_sae_folder), *EVAL_RECONSTRUCTION_ONLY]) == 1
+    err = one_line_error(capsys)
+    assert "unexpected" not in err and "config.json" in err
+
+
+def test_corrupt_weights_are_a_one_line_error(tiny_sae_folder, capsys):
+    (tiny_sae_folder / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}")
+    assert main(["eval", str(tiny_sae_folder), *EVAL_RECONSTRUCTION_ONLY]) == 1
+    assert "unexpected" not in one_line_error(capsys)
+
+
+def test_an_infinite_aux_k_coef_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    assert main(["train", "--aux-k-coef", "inf", "--output-dir", str(tmp_path / "out")]) == 1
+    err = one_line_error(capsys)
+    assert "unexpected" not in err and "aux_k_coef" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_user_error_families_include_the_data_libraries_exceptions_and_not_programming_errors():
+    import datasets
+    import pyarrow
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+    from safetensors import SafetensorError
+
+    user = [
+        StrictDataclassFieldValidationError("k", ValueError("k must be positive")),
+        SafetensorError("Error while deserializing header"),
+        datasets.exceptions.DatasetGenerationError("An error occurred while generating the dataset"),
+        pyarrow.ArrowInvalid("JSON parse error"),
+        torch.OutOfMemoryError("CUDA out of memory"),
+        json.JSONDecodeError("Expecting value", "[", 1),
+        KeyError("W_dec"),
+        FileNotFoundError("nowhere"),
+    ]
+    bugs = [TypeError("f() got an unexpected keyword"), AttributeError("x"), RuntimeError("shape mismatch"),
+            AssertionError(), ZeroDivisionError("division by zero")]  # fmt: skip
+    assert [is_user_error(err) for err in user] == [True] * len(user)
+    assert [is_user_error(err) for err in bugs] == [False] * len(bugs)
+
+
+def test_the_error_line_adds_each_cause_that_says_something_new():
+    try:
+        try:
+            raise ValueError("JSON parse error: Invalid value. in row 1")
+        except ValueError as cause:
+            raise OSError("An error occurred while generating the dataset") from cause
+    except OSError as err:
+        assert error_line(err) == "An error occurred while generating the dataset: JSON parse error: Invalid value. in row 1"
+    multi_line = ValueError("first line\n   second line")
+    assert error_line(multi_line) == "first line second line"
+
+
+@pytest.fixture
+def crashing_command(monkeypatch):
+    """A command whose run has a genuine bug (ZeroDivisionError), registered like any other."""
+
+    def run(args):
+        return 1 / 0
+
+    monkeypatch.setitem(COMMANDS, "crash", Command(EnvArgs, run, "Fail with a bug."))
+    monkeypatch.delenv("HFSAE_DEBUG", raising=False)
+
+
+def test_a_bug_is_one_line_that_points_to_debug(crashing_command, capsys):
+    assert main(["crash"]) == 1
+    err = one_line_error(capsys)
+    assert "unexpected ZeroDivisionError: division by zero" in err and "--debug" in err and "HFSAE_DEBUG=1" in err
+
+
+def test_debug_shows_the_traceback_of_a_bug(crashing_command, monkeypatch):
+    with pytest.raises(ZeroDivisionError):
+        main(["--debug", "crash"])
+    monkeypatch.setenv("HFSAE_DEBUG", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["crash"])
+
+
+def test_debug_also_shows_the_traceback_of_a_user_error(tmp_path):
+    with pytest.raises(ValueError, match="k must be in 1..4095"):
+        main(["--debug", "train", "--k", "5000"])
+
+
+# ---- --version and env ----------------------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_distributions_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"hfsae {importlib.metadata.version('hfsae')}\n"
+
+
+def test_env_lists_the_versions_a_bug_report_needs(capsys):
+    assert main(["env"]) == 0
+    lines = dict(
+        line[2:].split(": ", 1) for line in capsys.readouterr().out.splitlines() if line.startswith("- ")
+    )
+    for name in ("hfsae", "torch", "transformers", "huggingface_hub", "accelerate", "datasets", "safetensors"):
+        assert lines[name] == importlib.metadata.version(name)
+    assert lines["Python"] == platform.python_version() and lines["Platform"] == platform.platform()
+    assert lines["CUDA available"].startswith("yes" if torch.cuda.is_available() else "no")
+    assert "gradio" in lines

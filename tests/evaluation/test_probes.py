@@ -5,7 +5,7 @@ import pytest
 import scipy.optimize
 import torch
 
-from hfsae.activations.hook_points import capture
+from hfsae.activations import FIRST_POSITION_USED, capture
 from hfsae.evaluation.probes import (
     ProbeTask,
     builtin_probe_tasks,
@@ -62,25 +62,27 @@ def test_the_sparse_fit_treats_absent_entries_as_zeros():
         assert sparse_fit.loss[j].item() == pytest.approx(expected, abs=1e-5)
 
 
-def test_per_sequence_examples_average_the_code_over_each_context_s_labelled_tokens():
-    task = ProbeTask("t", torch.zeros(2, 3, dtype=torch.long), torch.tensor([[1, 1, -1], [0, 0, 0]]), per_sequence=True)
+def test_per_sequence_examples_average_the_code_over_each_context_s_labelled_tokens_after_the_first():
+    labels = torch.tensor([[1, 1, 1, -1], [0, 0, 0, 0]])
+    task = ProbeTask("t", torch.zeros(2, 4, dtype=torch.long), labels, per_sequence=True)
     pool, labels = task_examples(task)
-    assert labels.tolist() == [1, 0]
-    # Tokens 0..5 in row-major order; token t has latent t % 2 active with value t + 1.
-    indices = torch.tensor([[0], [1], [0], [1], [0], [1]])
-    values = torch.arange(1.0, 7.0)[:, None]
+    assert FIRST_POSITION_USED == 1 and labels.tolist() == [1, 0]
+    # Tokens 0..7 in row-major order; token t has latent t % 2 active with value t + 1. Tokens 0 and
+    # 4 are first positions, left out; token 3 is ignored.
+    indices = torch.tensor([[0], [1], [0], [1], [0], [1], [0], [1]])
+    values = torch.arange(1.0, 9.0)[:, None]
     rows, columns, entries = sparse_examples(pool, indices, values, n_latents=2)
     dense = torch.zeros(2, 2, dtype=torch.float64)
     dense[rows, columns] = entries
-    expected = torch.tensor([[1 / 2, 2 / 2], [5 / 3, (4 + 6) / 3]], dtype=torch.float64)
+    expected = torch.tensor([[3 / 2, 2 / 2], [7 / 3, (6 + 8) / 3]], dtype=torch.float64)
     torch.testing.assert_close(dense, expected)
 
 
-def test_per_token_examples_skip_ignored_tokens():
-    task = ProbeTask("t", torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, -1, 0, 1]]))
+def test_per_token_examples_skip_ignored_tokens_and_first_positions():
+    task = ProbeTask("t", torch.zeros(1, 5, dtype=torch.long), torch.tensor([[0, 1, -1, 0, 1]]))
     pool, labels = task_examples(task)
     assert labels.tolist() == [1, 0, 1]
-    assert pool.indices()[1].tolist() == [0, 2, 3]
+    assert pool.indices()[1].tolist() == [1, 3, 4]
 
 
 class CharTokenizer:
@@ -156,4 +158,4 @@ def test_probing_an_sae_finds_the_latent_and_channel_that_best_predict_a_task(ti
     fires_result, channel_result = evaluate_probes(tiny_sae, tiny_llama, tasks, hook_point="layers.0.resid_post")
     assert fires_result.latent == latent and fires_result.loss < 0.05
     assert channel_result.channel == 3 and channel_result.baseline_loss < 0.05
-    assert fires_result.n_examples == tokens.numel()
+    assert fires_result.n_examples == tokens.shape[0] * (tokens.shape[1] - FIRST_POSITION_USED)
