@@ -108,8 +108,9 @@ def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tens
 
 
 # Block sizes (elements) timed against each other once per machine and shape class when the encoder's
-# work (batch · n · d multiply-adds) is at least MIN_MEASURED_WORK; ENCODE_TILE_ELEMENTS otherwise.
-TILE_ELEMENT_CHOICES = (1 << 22, 1 << 24, 1 << 26)
+# work (batch · n · d multiply-adds) is at least MIN_MEASURED_WORK; ENCODE_TILE_ELEMENTS otherwise. The
+# largest bounds the transient block at 128 MiB in fp32 (benchmarks/bench_memory.py counts it).
+TILE_ELEMENT_CHOICES = (1 << 22, 1 << 24, 1 << 25)
 MIN_MEASURED_WORK = 1 << 33
 MEASURED_ROWS = 2048  # rows the blocks are timed on: enough for every choice's row blocks
 
