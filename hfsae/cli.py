@@ -30,8 +30,9 @@ from .commands.eval import EvalArgs, run_eval
 from .commands.scaling import ScalingArgs, run_scaling
 from .commands.hub import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .commands.space import SpaceArgs, run_space
+from .commands.train import run_sweep, run_train
 from .training.config import TrainConfig
-from .training.sweep import SweepConfig, sweep
+from .training.sweep import SweepConfig
 
 
 @dataclass(frozen=True)
@@ -45,19 +46,8 @@ class Command:
     """Fields that may also be given as leading positional arguments, in this order."""
 
 
-def _train(config: TrainConfig) -> None:
-    from .training.run import train
-
-    for result in train(config):
-        metrics = result.metrics
-        print(
-            f"{result.name}: held-out FVU {metrics['fvu']:.4f} ({metrics['weights']} weights), "
-            f"dead {metrics['dead_fraction']:.2%}, {metrics['tokens']:,} tokens → {config.output_dir}"
-        )
-
-
 COMMANDS: dict[str, Command] = {
-    "train": Command(TrainConfig, _train, "Train TopK SAEs on a language model's activations."),
+    "train": Command(TrainConfig, run_train, "Train TopK SAEs on a language model's activations."),
     "eval": Command(EvalArgs, run_eval, "Measure an SAE with the paper's metrics; write eval_results.json.", ("model",)),
     "convert": Command(
         ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens).", ("src", "dst")
@@ -65,7 +55,7 @@ COMMANDS: dict[str, Command] = {
     "list": Command(ListArgs, run_list, "List SAEs known by name (--base-model to filter); --remote adds Hub models tagged hfsae."),
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
-    "sweep": Command(SweepConfig, sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
+    "sweep": Command(SweepConfig, run_sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
     "scaling": Command(
         ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them.",
         ("sweep_dir",),
@@ -153,15 +143,21 @@ def is_user_error(err: BaseException) -> bool:
     return any(cls.__module__.split(".")[0] in USER_ERROR_LIBRARIES for cls in type(err).__mro__)
 
 
+def _restates(message: str, other: str) -> bool:
+    """Whether one message contains the other, either whole or after its first 'Label: ' prefix."""
+    return any(a in b or a.split(": ", 1)[-1] in b for a, b in ((message, other), (other, message)))
+
+
 def error_line(err: BaseException) -> str:
-    """The one line `hfsae` prints for an error: its message, then any cause it wraps that adds to it."""
+    """The one line `hfsae` prints for an error: its message, then each cause it wraps that says something new."""
     parts = []
     while err is not None and len(parts) < 4:
         message = " ".join(str(err).split()) or type(err).__name__
-        if not any(message in part for part in parts):
+        # A wrapper often repeats its cause, or the cause restates the wrapper at length: keep one of them.
+        if not any(_restates(message, part) for part in parts):
             parts.append(message)
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
-    return ": ".join(parts)
+    return ": ".join([part.rstrip(".") for part in parts[:-1]] + parts[-1:])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

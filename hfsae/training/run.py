@@ -76,9 +76,9 @@ def harvest(model, tokenizer, config: TrainConfig, *, split: str, n_tokens: int,
     """Activations {hook_point: [n_tokens, d_in]} (CPU, float32) from the documents of `split` ('train'/'test')."""
     import torch
 
-    # The trainer shuffles harvested tokens itself: no buffer beyond one forward batch is needed here.
+    # The trainer shuffles harvested tokens itself: the smallest buffer the source accepts will do.
     source = _text_source(model, tokenizer, config, split=split, n_tokens=n_tokens, batch_tokens=config.device_batch_tokens,
-                          buffer_tokens=config.device_batch_tokens, cache=cache)  # fmt: skip
+                          buffer_tokens=4 * config.device_batch_tokens, cache=cache)  # fmt: skip
     batches: dict[str, list[torch.Tensor]] = {name: [] for name in config.hook_points}
     for batch in source:
         for name, x in batch.items():

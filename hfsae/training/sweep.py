@@ -44,7 +44,7 @@ class SweepConfig(TrainConfig):
     # from converged there (docs/method.md §3: tokens to convergence grow ~ n^0.6), so raise
     # train_tokens for a fit of converged losses.
     harvest_tokens: int = field(
-        default=50_000, metadata={"help": "Distinct training tokens harvested once and reused for every epoch."}
+        default=50_000, metadata={"help": "Distinct tokens harvested once and reused in epochs (without --streaming)."}
     )
     eval_tokens: int = field(default=8_192, metadata={"help": "Held-out tokens for each SAE's final FVU."})
     batch_size: int = field(default=1024, metadata={"help": "Tokens per optimiser step."})
@@ -54,16 +54,17 @@ class SweepConfig(TrainConfig):
     )
 
 
-def sweep(config: SweepConfig | None = None) -> ScalingReport:
+def sweep(config: SweepConfig | None = None) -> ScalingReport | None:
     """Train every (hook point, n_latents, k) SAE of config into config.output_dir and fit the scaling laws.
 
     With several hook points the fits are made per hook point (`scaling(..., hook_point=...)`);
-    this returns the first hook point's report.
+    this returns the first hook point's report (None on processes other than the main one).
     """
     from .run import train
 
     config = config if config is not None else SweepConfig()
-    train(config)
+    if not train(config):
+        return None
     reports = [
         scaling(config.output_dir, hook_point=hook_point, plot_path=_plot_path(config, hook_point), quiet=config.quiet)
         for hook_point in config.hook_points

@@ -2,7 +2,6 @@
 
 import json
 
-import pytest
 
 from hfsae.training.sweep import DEFAULT_K, DEFAULT_N_LATENTS, SweepConfig, sweep
 
@@ -11,26 +10,6 @@ def test_the_default_sweep_is_a_3_by_3_grid():
     config = SweepConfig()
     assert (config.n_latents, config.k) == (list(DEFAULT_N_LATENTS), list(DEFAULT_K))
     assert len(config.sae_names()) == 9
-
-
-@pytest.fixture
-def tiny_lm_dir(tmp_path, tiny_lm, tiny_tokenizer):
-    folder = tmp_path / "tiny-llama"
-    tiny_lm("llama").save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture
-def small_corpus(tmp_path):
-    """~20k characters of varied text (bytes are tokens for the tiny tokenizer) in a JSON-lines file."""
-    words = "sparse autoencoders learn latents from the activations of language models at one hook point".split()
-    lines = [
-        json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 13 + 8))}) for i in range(300)
-    ]
-    path = tmp_path / "corpus.jsonl"
-    path.write_text("\n".join(lines))
-    return path
 
 
 def test_a_sweep_writes_every_sae_of_the_grid_and_fits_them(tmp_path, tiny_lm_dir, small_corpus):
