@@ -18,7 +18,7 @@ def sae_from_tensors(
     W_dec: torch.Tensor,
     b_pre: torch.Tensor,
     k: int,
-    where: str | os.PathLike,
+    where: str | os.PathLike = "the converted SAE",
     **config_fields: Any,
 ):
     """A float32 TopKSAE with W_enc [n_latents, d_in], b_enc [n_latents], W_dec [n_latents, d_in], b_pre [d_in].

@@ -353,8 +353,8 @@ def load_sae(
             sae = base_from_pretrained(str(local), *args, **options, **without_hub_options(kwargs))
         except SafetensorError as err:
             raise SAEFileError(
-                f"Could not read the weights of {repo.describe(folder)} ({WEIGHTS_FILE} is corrupt or incomplete: "
-                f"{err}). Re-download or re-save the SAE."
+                f"{local / WEIGHTS_FILE} is not a readable safetensors file ({err}); it may be truncated. "
+                f"Re-download or re-save {repo.describe(folder)}."
             ) from err
     else:
         sae = CONVERTERS[fmt](local)
@@ -438,7 +438,8 @@ def list_saes(*, remote: bool = False, base_model: str | None = None) -> list[Li
     if remote:
         if constants.HF_HUB_OFFLINE:
             raise OSError("HF_HUB_OFFLINE=1 is set, so the Hub cannot be listed; unset it or drop --remote.")
-        models = HfApi().list_models(library="hfsae", limit=1000, full=True)
+        # The Hub matches a card's library_name among the tags that `filter` selects.
+        models = HfApi().list_models(filter="hfsae", limit=1000, full=True)
         listings += [
             Listing(model.id, model.id, "", "hfsae", "hub", base_model=hub_base_model(model)) for model in models
         ]

@@ -27,7 +27,8 @@ def test_hfsae_convert_with_an_unknown_format_fails_in_one_line(tmp_path, capsys
     assert error.count("\n") == 1 and "Unknown source format 'pickle'" in error
 
 
-def test_hfsae_list_offline_prints_the_registry(capsys):
-    assert main(["list", "--offline"]) == 0
+def test_hfsae_list_prints_the_registry_filtered_by_base_model(capsys):
+    assert main(["list", "--base-model", "pythia-70m"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert any(line.startswith("gpt2-small-v5-32k-resid-post-layer-8\tlayers.8.resid_post\tsaelens") for line in lines)
+    assert len(lines) == 6 and all("\tEleutherAI/pythia-70m\tsparsify\tEleutherAI/sae-pythia-70m-32k/layers." in line for line in lines)
+    assert lines[0].startswith("pythia-70m-32k-layer-0\tlayers.0.resid_post")

@@ -157,15 +157,15 @@ emit({{"ours": sae(x).x_hat.tolist(), "loaded": loaded(x).x_hat.tolist(), "hook_
     assert result["hook_point"] == "layers.8.resid_post"
 
 
-def test_hfsae_list_shows_hub_models_with_library_name_hfsae_when_online(hub):
+def test_hfsae_list_remote_shows_hub_models_with_library_name_hfsae(hub):
     repo = new_repo()
     listed = hub.run(MAKE_SAE + f"""
 from hfsae.hub import list_saes
 make_sae(9).push_to_hub({repo!r})
-emit([[item.name, item.source] for item in list_saes()])
+emit([[[item.name, item.source] for item in list_saes(remote=remote)] for remote in (False, True)])
 """)
-    assert [repo, "hub"] in listed
-    assert ["gpt2-small-v5-32k-resid-post-layer-8", "registry"] in listed
+    assert [repo, "hub"] in listed[1] and [repo, "hub"] not in listed[0]
+    assert ["gpt2-small-v5-32k-resid-post-layer-8", "registry"] in listed[1]
 
 
 def test_hfsae_push_uploads_a_saved_folder_with_a_card(hub):
