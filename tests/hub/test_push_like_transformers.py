@@ -1,0 +1,70 @@
+"""push_to_hub / save_pretrained(push_to_hub=True) / `hfsae push` with transformers' options, over HTTP."""
+
+import pytest
+
+from test_push_load import MAKE_SAE, new_repo
+
+pytestmark = pytest.mark.slow  # each test starts a Python subprocess that imports torch and transformers
+
+
+def test_a_pull_request_against_a_new_branch_carries_our_card_and_leaves_main_alone(hub):
+    repo = new_repo()
+    result = hub.run(MAKE_SAE + f"""
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from hfsae import TopKSAE
+commit = make_sae(1).push_to_hub({repo!r}, revision="dev", create_pr=True, commit_message="Add SAE",
+                                 commit_description="the details", tags=["pythia"])
+card = ModelCard.load(hf_hub_download({repo!r}, "README.md", revision=commit.pr_revision))
+pr = HfApi().get_discussion_details({repo!r}, commit.pr_num)
+main_files = HfApi().list_repo_files({repo!r}, revision="main")
+loaded = TopKSAE.from_pretrained({repo!r}, revision=commit.pr_revision)
+emit({{"pr_url": commit.pr_url, "pr_revision": commit.pr_revision, "library": card.data.library_name,
+      "tags": card.data.tags, "target": pr.target_branch, "title": pr.title, "main": main_files,
+      "same": torch.equal(loaded.W_dec, make_sae(1).W_dec)}})
+""")
+    assert result["pr_url"].endswith(f"{repo}/discussions/1") and result["pr_revision"] == "refs/pr/1"
+    assert result["library"] == "hfsae" and "pythia" in result["tags"]
+    assert (result["target"], result["title"]) == ("refs/heads/dev", "Add SAE")
+    assert result["main"] == [".gitattributes"] and result["same"]
+
+
+def test_save_pretrained_push_uses_our_card_and_the_namespace_create_repo_returns(hub, tmp_path):
+    name = new_repo().split("/")[1]
+    result = hub.run(MAKE_SAE + f"""
+from huggingface_hub import ModelCard, hf_hub_download
+commit = make_sae(2).save_pretrained({str(tmp_path / 'sae')!r}, push_to_hub=True, repo_id={name!r})
+card = ModelCard.load(hf_hub_download("tester/{name}", "README.md"))
+emit({{"url": commit.commit_url, "library": card.data.library_name, "usage": "tester/{name}" in card.text}})
+""")
+    assert f"tester/{name}/commit/" in result["url"]
+    assert result["library"] == "hfsae" and result["usage"]
+
+
+def test_hfsae_push_uploads_the_allow_list_and_a_multi_sae_card_and_says_what_it_left_out(hub, tmp_path):
+    repo = new_repo()
+    folder = tmp_path / "saes"
+    result = hub.run(MAKE_SAE + f"""
+import contextlib, io, os
+from pathlib import Path
+from huggingface_hub import HfApi, ModelCard, hf_hub_download
+from hfsae.cli import main
+from hfsae.hub.multi import save_many
+folder = Path({str(folder)!r})
+save_many({{"layers.2": make_sae(2, "layers.2.resid_post"), "layers.10": make_sae(3, "layers.10.resid_post")}}, folder)
+(folder / ".env").write_text("SECRET=1")
+(folder / "layers.2" / "checkpoints" / "step-1").mkdir(parents=True)
+(folder / "layers.2" / "checkpoints" / "step-1" / "model.safetensors").write_bytes(b"x")
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status = main(["push", "--folder", str(folder), "--repo-id", {repo!r}, "--revision", "dev", "--create-pr",
+                   "--commit-message", "SAEs", "--tags", "pythia"])
+files = HfApi().list_repo_files({repo!r}, revision="refs/pr/1")
+card = ModelCard.load(hf_hub_download({repo!r}, "README.md", revision="refs/pr/1"))
+emit({{"status": status, "out": out.getvalue(), "files": files, "library": card.data.library_name, "text": card.text}})
+""")
+    assert result["status"] == 0
+    assert ".env" in result["out"] and "layers.2/checkpoints/" in result["out"] and "/discussions/1" in result["out"]
+    assert not any(path.startswith(".env") or "checkpoints" in path for path in result["files"])
+    assert {"config.json", "index.json", "README.md", "layers.2/model.safetensors", "layers.10/README.md"} <= set(result["files"])
+    assert result["library"] == "hfsae"
+    assert result["text"].index("`layers.2`") < result["text"].index("`layers.10`")
