@@ -165,7 +165,7 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
         W_dec = W_dec * scaling[:, None]
     if cfg.get("rescale_acts_by_decoder_norm"):
         norms = W_dec.norm(dim=1)
-        if not (norms > 0).all():
+        if (norms == 0).any():  # NaN rows are caught by the finite check of sae_from_tensors
             raise SAEFileError(
                 f"{weights_path}: {int((norms == 0).sum())} decoder row(s) have zero norm (e.g. latent "
                 f"{int((norms == 0).nonzero()[0])}), so rescale_acts_by_decoder_norm divides by zero; "
