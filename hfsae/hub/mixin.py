@@ -15,8 +15,8 @@ _SAE_CLASS: type | None = None
 
 def sae_class() -> type:
     """The model class built on HubMixin (TopKSAE): what loaders and converters return."""
-    if _SAE_CLASS is None:  # only reachable when hfsae.hub is imported without hfsae
-        import hfsae.modeling  # noqa: F401 (defining TopKSAE records it)
+    # `import hfsae` (which runs before any hfsae.hub module) defines TopKSAE, so this is always set.
+    assert _SAE_CLASS is not None, "hfsae.modeling defines the SAE class; import hfsae first"
     return _SAE_CLASS
 
 
