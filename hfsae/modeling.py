@@ -5,19 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
+from .folder import WEIGHTS_FILE, SAEFolderError
+from .hub.mixin import HubMixin
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
 from .ops.auxk import auxk_path
-from .training.losses import normalized_mse
 
 # Added to the standard deviation, not inside a square root: what OpenAI's released SAEs expect (docs/method.md §1).
 LAYER_NORM_EPS = 1e-5
-# A latent "fires" when selected with a value above this (docs/method.md §2).
+# A latent "fires" when selected with a value above this (docs/method.md §2): training's dead-latent
+# count, the evaluation's dead fraction and the explorer's densities all use it.
 FIRING_THRESHOLD = 1e-3
 # The AuxK path is measured where it runs (ops/auxk.py); this rule decides when measuring is off or the
 # work is too small to time: dense matmuls over the dead latents while there are at most this many per
@@ -25,6 +26,89 @@ FIRING_THRESHOLD = 1e-3
 # thread, batch 4096, d_in 576, n 16384, whole step): dense 1.27x / 1.32x / 1.64x the floor at 1.1 /
 # 2.3 / 5.7 dead latents per k_aux, sparse 1.46x / 1.44x / 1.48x.
 AUX_DENSE_MAX_RATIO = 4
+
+
+def fvu(x_hat: torch.Tensor, x: torch.Tensor, *, variance: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Fraction of variance unexplained ‖x − x_hat‖² / ‖x − mean(x)‖² over a batch [tokens, d] (docs/method.md §2).
+
+    The one FVU of hfsae: every loss and every metric uses it. `variance` replaces the denominator's
+    per-token mean squared deviation with a fixed estimate; by default it comes from the batch.
+    """
+    error = (x - x_hat).pow(2).sum(dim=-1).mean()
+    if variance is None:
+        variance = (x - x.mean(dim=0)).pow(2).sum(dim=-1).mean()
+    return error / variance
+
+
+def fired_latents(indices: torch.Tensor, values: torch.Tensor, n_latents: int) -> torch.Tensor:
+    """Which latents fired in a code: indices, values [..., k] → [n_latents] bool (value > FIRING_THRESHOLD)."""
+    # Counting with index_add_ avoids the host sync that boolean-mask indexing would need.
+    firing = (values.reshape(-1) > FIRING_THRESHOLD).to(torch.int32)
+    counts = torch.zeros(n_latents, dtype=torch.int32, device=indices.device)
+    return counts.index_add_(0, indices.reshape(-1), firing) > 0
+
+
+# ---- what encoding needs of the config alone (shared with distributed.ShardedTopKSAE) ------------------
+
+
+def check_k(config: TopKSAEConfig, k: int | None) -> int:
+    """k, or config.k when None; an error unless 1 ≤ k ≤ n_latents."""
+    if k is None:
+        return config.k
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= config.n_latents:
+        raise ValueError(f"k must be an integer in 1..{config.n_latents}; got k={k!r}.")
+    return k
+
+
+def check_input(config: TopKSAEConfig, x: torch.Tensor) -> torch.Tensor:
+    """x [..., d_in] as given, or an error naming what is wrong with it (width, emptiness, NaN/inf)."""
+    if x.dim() == 0 or x.shape[-1] != config.d_in:
+        raise ValueError(
+            f"This SAE reads activations of width d_in={config.d_in}; got input of shape "
+            f"{tuple(x.shape)} (last dimension {x.shape[-1] if x.dim() else None}). Check the hook point and base model."
+        )
+    if x.numel() == 0:
+        raise ValueError(f"The input of shape {tuple(x.shape)} holds no rows; pass at least one activation vector.")
+    if not torch.isfinite(x).all():
+        raise ValueError("The input holds NaN or infinite values; the SAE would reconstruct garbage.")
+    return x
+
+
+def normalize(
+    config: TopKSAEConfig, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """x [tokens, d_in] → (normalised x, mean [tokens, 1] or None, scale [tokens, 1] or None).
+
+    `scale` is what decoding multiplies by. For layer_norm it is the std itself although encoding
+    divides by std + eps: OpenAI's released SAEs (and SAELens's port of them) undo it that way.
+    """
+    mode = config.normalize
+    if mode == "none":
+        return x, None, None
+    if mode == "dataset_scale":
+        if config.dataset_scale is None:
+            raise ValueError("normalize='dataset_scale' needs config.dataset_scale; the trainer estimates it.")
+        return x * config.dataset_scale, None, None
+    mean = x.mean(dim=-1, keepdim=True)
+    centred = x - mean
+    if mode == "layer_norm":
+        std = centred.std(dim=-1, keepdim=True)
+        return centred / (std + LAYER_NORM_EPS), mean, std
+    scale = centred.norm(dim=-1, keepdim=True).clamp_min(LAYER_NORM_EPS)  # unit_norm
+    return centred / scale, mean, scale
+
+
+def denormalize(
+    config: TopKSAEConfig, y: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None
+) -> torch.Tensor:
+    """Undo `normalize` on a reconstruction y [tokens, d_in]."""
+    if config.normalize == "dataset_scale":
+        return y / config.dataset_scale
+    if scale is not None:
+        y = y * scale
+    if mean is not None:
+        y = y + mean
+    return y
 
 
 @dataclass
@@ -58,7 +142,7 @@ class TopKSAEOutput(ModelOutput):
     multi_topk_loss: torch.Tensor | None = None  # FVU with multi_topk_factor · k latents, when enabled
 
 
-class TopKSAE(PreTrainedModel):
+class TopKSAE(HubMixin, PreTrainedModel):
     """z = ReLU(TopK(W_enc (x − b_pre) + b_enc)), x_hat = W_decᵀ z + b_pre, with sparse kernels.
 
     `W_dec` is stored as [n_latents, d_in]: each row is one latent's decoder vector (the paper's
@@ -94,31 +178,12 @@ class TopKSAE(PreTrainedModel):
             self.init_tied_()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, hookpoint: str | None = None, **kwargs):
-        """Load an SAE by registry name, Hub repo id or local path (foreign formats are converted).
-
-        `hookpoint=` picks one SAE of a multi-SAE repo or folder; `subfolder=` and `revision=` work as
-        in transformers. A corrupt weight file raises an error that names it.
+    def from_pretrained_folder(cls, folder, *args, **kwargs):
+        """Load an hfsae folder on disk (HubMixin.from_pretrained finds and downloads it first) strictly:
+        a weights file whose tensors are missing, extra or shaped unlike config.json raises an error
+        that names it (transformers would only log it and initialise those weights at random).
         """
-        from .hub.loading import from_pretrained
-
-        try:
-            return from_pretrained(
-                super().from_pretrained, pretrained_model_name_or_path, *args, hookpoint=hookpoint, **kwargs
-            )
-        except SafetensorError as err:
-            raise OSError(
-                f"Could not read the weights of {pretrained_model_name_or_path} (model.safetensors is "
-                f"corrupt or incomplete: {err}). Re-download or re-save the SAE."
-            ) from err
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        """Save config.json and model.safetensors as transformers does, then our README.md model card."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
-            from .hub.card import write_card
-
-            write_card(save_directory)
+        return _load_strictly(super().from_pretrained_folder, folder, *args, **kwargs)
 
     # ---- initialisation and decoder-norm helpers (docs/method.md §1) --------------------------------------
 
@@ -136,7 +201,7 @@ class TopKSAE(PreTrainedModel):
     @torch.no_grad()
     def init_b_pre_(self, sample: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> None:
         """Set b_pre to the geometric median of a sample of activations [tokens, d_in] (Weiszfeld)."""
-        x, _, _ = self._normalize(self._check_input(sample).reshape(-1, self.config.d_in).float())
+        x, _, _ = normalize(self.config, check_input(self.config, sample).reshape(-1, self.config.d_in).float())
         self.b_pre.copy_(geometric_median(x, iterations=iterations, tolerance=tolerance))
 
     @torch.no_grad()
@@ -154,48 +219,6 @@ class TopKSAE(PreTrainedModel):
         parallel = torch.bmm(self.W_dec.grad.unsqueeze(1), self.W_dec.unsqueeze(2)).squeeze(2)  # [n_latents, 1]
         self.W_dec.grad.addcmul_(parallel, self.W_dec, value=-1)
 
-    # ---- input normalisation -------------------------------------------------------------------------
-
-    def _check_input(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.config.d_in:
-            raise ValueError(
-                f"This SAE reads activations of width d_in={self.config.d_in}; got input of shape "
-                f"{tuple(x.shape)} (last dimension {x.shape[-1]}). Check the hook point and base model."
-            )
-        if not torch.isfinite(x).all():
-            raise ValueError("The input holds NaN or infinite values; the SAE would reconstruct garbage.")
-        return x
-
-    def _normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """x [tokens, d_in] → (normalised x, mean [tokens, 1] or None, scale [tokens, 1] or None).
-
-        `scale` is what decoding multiplies by. For layer_norm it is the std itself although encoding
-        divides by std + eps: OpenAI's released SAEs (and SAELens's port of them) undo it that way.
-        """
-        mode = self.config.normalize
-        if mode == "none":
-            return x, None, None
-        if mode == "dataset_scale":
-            if self.config.dataset_scale is None:
-                raise ValueError("normalize='dataset_scale' needs config.dataset_scale; the trainer estimates it.")
-            return x * self.config.dataset_scale, None, None
-        mean = x.mean(dim=-1, keepdim=True)
-        centred = x - mean
-        if mode == "layer_norm":
-            std = centred.std(dim=-1, keepdim=True)
-            return centred / (std + LAYER_NORM_EPS), mean, std
-        scale = centred.norm(dim=-1, keepdim=True).clamp_min(LAYER_NORM_EPS)  # unit_norm
-        return centred / scale, mean, scale
-
-    def _denormalize(self, y: torch.Tensor, mean: torch.Tensor | None, scale: torch.Tensor | None) -> torch.Tensor:
-        if self.config.normalize == "dataset_scale":
-            return y / self.config.dataset_scale
-        if scale is not None:
-            y = y * scale
-        if mean is not None:
-            y = y + mean
-        return y
-
     # ---- encode / decode / forward ------------------------------------------------------------------
 
     @property
@@ -205,10 +228,10 @@ class TopKSAE(PreTrainedModel):
 
     def encode(self, x: torch.Tensor, *, k: int | None = None) -> SparseCode:
         """x: [..., d_in] → the k largest latents of each row (k defaults to config.k)."""
-        k = self._check_k(k)
+        k = check_k(self.config, k)
         leading = x.shape[:-1]
-        x = self._check_input(x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
-        x_norm, mean, scale = self._normalize(x)
+        x = check_input(self.config, x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
+        x_norm, mean, scale = normalize(self.config, x)
         selection, _ = self._select(x_norm, k)
         values = torch.relu(self._preactivations(x_norm, selection.indices, selection.values))
         return SparseCode(
@@ -227,17 +250,17 @@ class TopKSAE(PreTrainedModel):
         y = sparse_decode(indices, code.values.reshape(-1, k).to(self.W_dec.dtype), self.W_dec, self.ops) + self.b_pre
         mean = None if code.input_mean is None else code.input_mean.reshape(-1, 1)
         scale = None if code.input_scale is None else code.input_scale.reshape(-1, 1)
-        return self._denormalize(y, mean, scale).reshape(*leading, self.config.d_in)
+        return denormalize(self.config, y, mean, scale).reshape(*leading, self.config.d_in)
 
     def forward(
         self, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None, k: int | None = None
     ) -> TopKSAEOutput:
         """Encode, decode and measure x [..., d_in]; with `dead_mask` [n_latents] bool, also the AuxK loss."""
         config = self.config
-        k = self._check_k(k)
+        k = check_k(config, k)
         leading = x.shape[:-1]
-        x = self._check_input(x).reshape(-1, config.d_in).to(self.W_enc.dtype)
-        x_norm, mean, scale = self._normalize(x)
+        x = check_input(config, x).reshape(-1, config.d_in).to(self.W_enc.dtype)
+        x_norm, mean, scale = normalize(config, x)
 
         k_multi = min(config.multi_topk_factor * k, config.n_latents) if config.multi_topk_coef > 0 else k
         aux_mask = dead_mask if config.aux_k_coef > 0 else None
@@ -261,12 +284,12 @@ class TopKSAE(PreTrainedModel):
 
         # TopK values come sorted descending, so the first k of the top-(factor·k) are the top-k.
         x_hat_norm = sparse_decode(indices[:, :k], values[:, :k], self.W_dec, self.ops) + self.b_pre
-        fvu = normalized_mse(x_hat_norm, x_norm)
-        loss = fvu
+        main_fvu = fvu(x_hat_norm, x_norm)
+        loss = main_fvu
         multi_topk_loss = aux_loss = None
         if k_multi > k:
             x_hat_multi = sparse_decode(indices[:, :k_multi], values[:, :k_multi], self.W_dec, self.ops) + self.b_pre
-            multi_topk_loss = normalized_mse(x_hat_multi, x_norm)
+            multi_topk_loss = fvu(x_hat_multi, x_norm)
             loss = loss + config.multi_topk_coef * multi_topk_loss
         if aux_mask is not None and selection.aux_indices.shape[1] == 0:
             aux_loss = x_norm.new_zeros(())  # no dead latents this step
@@ -284,7 +307,7 @@ class TopKSAE(PreTrainedModel):
             else:
                 residual_hat = sparse_decode(positions, values[:, n_main:], _dead_rows(self.W_dec, dead), self.ops)
             # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
-            aux_loss = torch.nan_to_num(normalized_mse(residual_hat, residual), nan=0.0)
+            aux_loss = torch.nan_to_num(fvu(residual_hat, residual), nan=0.0)
             loss = loss + config.aux_k_coef * aux_loss
 
         code = SparseCode(
@@ -293,17 +316,10 @@ class TopKSAE(PreTrainedModel):
             input_mean=None if mean is None else mean.reshape(*leading, 1),
             input_scale=None if scale is None else scale.reshape(*leading, 1),
         )
-        x_hat = self._denormalize(x_hat_norm, mean, scale).reshape(*leading, config.d_in)
+        x_hat = denormalize(config, x_hat_norm, mean, scale).reshape(*leading, config.d_in)
         return TopKSAEOutput(
-            x_hat=x_hat, code=code, fvu=fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
+            x_hat=x_hat, code=code, fvu=main_fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
-
-    def _check_k(self, k: int | None) -> int:
-        if k is None:
-            return self.config.k
-        if not 1 <= k <= self.config.n_latents:
-            raise ValueError(f"k must be in 1..{self.config.n_latents}; got k={k}.")
-        return k
 
     def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
         """The top-k (and AuxK) selection, and how many latents aux_mask marks (0 without one)."""
@@ -336,17 +352,33 @@ class TopKSAE(PreTrainedModel):
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=self.b_pre)
 
-    # ---- Hub ------------------------------------------------------------------------------------------
 
-    def push_to_hub(self, repo_id: str, *, folder: str | None = None, **kwargs):
-        """Upload config, weights and the hfsae model card to `repo_id` (into `folder` of a multi-SAE repo).
 
-        Replaces transformers' push, whose generic card would overwrite ours. Options: commit_message,
-        private, token, revision. Returns the huggingface_hub CommitInfo.
-        """
-        from .hub.push import push_to_hub
-
-        return push_to_hub(self, repo_id, folder=folder, **kwargs)
+def _load_strictly(base_from_pretrained, location, *args, **kwargs):
+    """transformers' from_pretrained, then an SAEFolderError unless the weights are exactly this SAE's tensors."""
+    want_info = kwargs.pop("output_loading_info", False)
+    allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+    model, info = base_from_pretrained(
+        location, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    weights = "/".join(str(part) for part in (location, kwargs.get("subfolder"), WEIGHTS_FILE) if part)
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"it lacks {', '.join(sorted(info['missing_keys']))}")
+    if info["unexpected_keys"]:
+        problems.append(f"it holds unexpected tensors {', '.join(sorted(info['unexpected_keys']))}")
+    if info["mismatched_keys"] and not allow_mismatch:
+        problems += [
+            f"{name} has shape {tuple(saved)} where config.json (d_in={model.config.d_in}, "
+            f"n_latents={model.config.n_latents}) needs {tuple(expected)}"
+            for name, saved, expected in sorted(info["mismatched_keys"])[:1]
+        ]
+    if problems:
+        raise SAEFolderError(
+            f"{weights} does not hold the weights of the TopK SAE its config.json describes: {'; '.join(problems)}. "
+            "It may come from another model or an edited config.json; re-save or re-download the SAE."
+        )
+    return (model, info) if want_info else model
 
 
 def _positive_prefix(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -209,6 +209,13 @@ def test_the_error_line_adds_each_cause_that_says_something_new():
         assert error_line(err) == "An error occurred while generating the dataset: JSON parse error: Invalid value. in row 1"
     multi_line = ValueError("first line\n   second line")
     assert error_line(multi_line) == "first line second line"
+    try:
+        try:
+            raise ValueError("Class validation error for 'validate_architecture': ValueError: k must be positive.")
+        except ValueError as cause:
+            raise ValueError("Invalid TopKSAEConfig: k must be positive.") from cause
+    except ValueError as err:
+        assert error_line(err) == "Invalid TopKSAEConfig: k must be positive."
 
 
 @pytest.fixture

@@ -1,27 +1,29 @@
 """Model cards: valid Hub metadata, eval results that round-trip, a usage snippet that runs, figures linked."""
 
-import fnmatch
 import json
 import math
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
-import tomllib
 import torch
 import yaml
 from huggingface_hub import ModelCard, constants
 
-import hfsae
 from hfsae import TopKSAE, TopKSAEConfig
+from hfsae.commands.card import CardArgs, run_card
+from hfsae.folder import SAEFolderError
 from hfsae.hub.card import (
     BUILTIN_BASE_MODEL_REPO,
-    CARD_TEMPLATE,
     DENSITY_FIGURE,
+    MODEL_CARD_TEMPLATE,
     PROGRESSIVE_FIGURE,
-    CardArgs,
     CardError,
     read_latent_density,
-    run_card,
+    template_path,
     usage_code,
     write_card,
 )
@@ -238,7 +240,7 @@ def test_a_folder_without_config_json_says_what_to_pass(tmp_path):
 
 def test_a_corrupt_metrics_file_is_named(sae_dir):
     (sae_dir / "eval_results.json").write_text("{not json")
-    with pytest.raises(CardError, match=r"eval_results.json is not valid JSON"):
+    with pytest.raises(SAEFolderError, match=r"eval_results.json is not valid JSON"):
         write_card(sae_dir)
 
 
@@ -257,12 +259,57 @@ def test_regenerating_a_card_replaces_it_and_prints_its_path(sae_dir, capsys):
     assert not list(sae_dir.glob(".*.tmp"))
 
 
-def test_the_card_template_ships_inside_the_package():
-    package_dir = Path(hfsae.__file__).parent
-    pyproject = tomllib.loads((package_dir.parent / "pyproject.toml").read_text())
-    patterns = pyproject["tool"]["setuptools"]["package-data"]["hfsae"]
-    relative = CARD_TEMPLATE.relative_to(package_dir).as_posix()
-    assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), (relative, patterns)
+def test_save_pretrained_writes_a_card_only_when_there_is_none(sae_dir):
+    assert "# tiny-sae" in (sae_dir / "README.md").read_text()  # the fixture's save_pretrained wrote one
+    write_json(sae_dir / "training_metrics.json", {"fvu": 0.2, "tokens": 1000})
+    write_card(sae_dir)  # the card written last, from what the folder holds
+    TopKSAE.from_pretrained(sae_dir).save_pretrained(sae_dir)
+    assert "| training tokens | 1000 |" in (sae_dir / "README.md").read_text()
+
+
+def test_the_card_says_import_hfsae_registers_the_auto_classes(sae_dir):
+    text = write_card(sae_dir).read_text()
+    assert "`import hfsae` registers the `topk_sae` model type with transformers' Auto classes" in text
+
+
+def test_an_unknown_template_lists_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match=r"no card template 'nope\.md'; it ships .*topk_sae\.md"):
+        template_path("nope.md")
+
+
+@pytest.mark.slow
+def test_the_card_templates_ship_in_the_wheel_and_load_from_the_installed_package(tmp_path):
+    """Build the wheel, install it into a fresh virtual environment, and render a card from there."""
+    root = Path(__file__).resolve().parents[2]
+    source = tmp_path / "source"  # a clean copy: a stale build/ folder of the checkout must not decide what ships
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(".git", "build", "*.egg-info", "__pycache__"))
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("hfsae-*.whl")
+    shipped = {name for name in zipfile.ZipFile(wheel).namelist() if name.startswith("hfsae/model_cards/") and name.endswith(".md")}
+    expected = {f"hfsae/model_cards/{path.name}" for path in (root / "model_cards").glob("*.md")}
+    assert MODEL_CARD_TEMPLATE in {name.rsplit("/", 1)[1] for name in shipped} and shipped == expected
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", "--force-reinstall", str(wheel)], check=True)
+    folder = tmp_path / "sae"
+    save_tiny_sae(folder)
+    (folder / "README.md").unlink()
+    script = (
+        "import hfsae, hfsae.hub.card as card, sys; "
+        "print(hfsae.__file__); print(card.template_path('topk_sae.md')); print(card.write_card(sys.argv[1]))"
+    )
+    out = subprocess.run(
+        [str(python), "-c", script, str(folder)], cwd=tmp_path, check=True, capture_output=True, text=True
+    ).stdout.splitlines()
+    site = venv.resolve()
+    assert Path(out[0]).resolve().is_relative_to(site), out  # the installed package, not the checkout
+    assert Path(out[1]).resolve().is_relative_to(site) and out[1].endswith("hfsae/model_cards/topk_sae.md")
+    assert ModelCard.load(out[2]).data.library_name == "hfsae"
 
 
 def test_hfsae_card_rewrites_the_card_from_the_command_line(sae_dir, capsys):
