@@ -22,13 +22,10 @@ Memory is O(n_latents × examples kept × window) whatever the corpus size, and 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,9 +34,11 @@ import pyarrow.parquet
 import torch
 from tqdm.auto import tqdm
 
+from .activations import FIRST_POSITION_USED, SKIP_FIRST_POSITION, load_language_model
+from .folder import ANALYSIS_DIR, read_json, staged_folder, write_json_atomic
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
-ANALYSIS_DIR = "analysis"
+DATASET_CARD_TEMPLATE = "dataset.md"
 LATENTS_FILE = "latents.parquet"
 SUMMARY_FILE = "analysis.json"
 
@@ -330,6 +329,9 @@ class AnalysisSettings:
     skip_first_token: bool
     context_before: int
     context_after: int
+    text: str
+    n_top_examples: int
+    n_random_examples: int
 
 
 def token_contexts(texts: Iterable[str], tokenizer, context_size: int) -> Iterator[list[int]]:
@@ -374,13 +376,21 @@ def _load_base_model(sae: TopKSAE):
         raise AnalysisError(
             "The SAE's config names no base_model; pass model= and tokenizer= for the language model it reads."
         )
-    from .activations import builtin
+    return load_language_model(base, quiet=True)
 
-    if builtin.is_builtin(base):
-        return builtin.load_builtin_model()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    return AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+def _sae_name(sae: TopKSAE) -> str | None:
+    """The SAE as the analysis records it: its repo id or registry name, or a local folder's own name (no path)."""
+    name = str(sae.name_or_path or "")
+    return (Path(name).resolve().name if Path(name).exists() else name) or None
+
+
+def _describe_text(texts) -> str:
+    from .activations.text import TextSource
+
+    if isinstance(texts, TextSource):
+        return texts.dataset
+    return "texts passed to analyze()"
 
 
 def _default_texts(sae: TopKSAE):
@@ -418,7 +428,6 @@ def analyze(
     context_after: int = 4,
     n_histogram_bins: int = 32,
     n_logit_tokens: int = 10,
-    skip_first_token: bool = True,
     output_dir: str | os.PathLike | None = None,
     seed: int = 0,
     quiet: bool = False,
@@ -429,8 +438,8 @@ def analyze(
     "builtin"); `texts` (strings, or a `TextSource`) to its training text (the built-in corpus for
     "builtin"). The result is
     saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`.
-    `skip_first_token` leaves each context's first position out of the statistics: the first
-    position of a context is an attention sink whose activations are outliers.
+    Each context's first position is left out of the statistics as everywhere else
+    (`hfsae.activations.positions_used`); it still shows in the context windows.
 
     Example:
         >>> dataset = analyze(hfsae.load("path/to/sae"), n_tokens=65_536)
@@ -451,10 +460,10 @@ def analyze(
 
     sae.eval()
     model.eval()
-    counted_per_context = context_size - int(skip_first_token)
+    counted_per_context = context_size - FIRST_POSITION_USED
     n_contexts = math.ceil(n_tokens / counted_per_context)
     counted = torch.ones(context_size, dtype=torch.bool)
-    counted[0] = not skip_first_token
+    counted[:FIRST_POSITION_USED] = False
     statistics = LatentStatistics(
         config.n_latents,
         n_top=n_top_examples,
@@ -489,12 +498,15 @@ def analyze(
         context_size=context_size,
         hook_point=config.hook_point,
         base_model=config.base_model,
-        sae=str(sae.name_or_path) if sae.name_or_path else None,
+        sae=_sae_name(sae),
         n_latents=config.n_latents,
         k=config.k,
-        skip_first_token=skip_first_token,
+        skip_first_token=SKIP_FIRST_POSITION,
         context_before=context_before,
         context_after=context_after,
+        text=_describe_text(texts),
+        n_top_examples=n_top_examples,
+        n_random_examples=n_random_examples,
     )
     dataset = latent_dataset(statistics, tokenizer, effects)
     save_analysis(dataset, settings, output_dir)
@@ -612,22 +624,12 @@ def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
 
 def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.PathLike) -> Path:
     """Write latents.parquet and analysis.json into output_dir, replacing a previous analysis whole."""
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a sibling temporary folder and rename: a crash mid-write must not leave a parquet
-    # file that loads but belongs to a different analysis.json.
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}-", dir=output_dir.parent))
-    staging.chmod(0o755)  # mkdtemp makes it private; the analysis is meant to be shared and pushed
-    try:
+    # Staged and swapped in whole: a crash mid-write never leaves a parquet file beside the
+    # analysis.json of another analysis.
+    with staged_folder(output_dir, overwrite=True) as staging:
         pyarrow.parquet.write_table(dataset.data.table, staging / LATENTS_FILE)
-        (staging / SUMMARY_FILE).write_text(json.dumps(asdict(settings), indent=2) + "\n")
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return output_dir
+        write_json_atomic(staging / SUMMARY_FILE, asdict(settings))
+    return Path(output_dir)
 
 
 def load_analysis(path: str | os.PathLike):
@@ -639,76 +641,39 @@ def load_analysis(path: str | os.PathLike):
     if not parquet.is_file():
         raise FileNotFoundError(f"No analysis at {path}: expected {parquet}. Run `hfsae analyze` for this SAE first.")
     summary_file = parquet.parent / SUMMARY_FILE
-    settings = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    settings = read_json(summary_file) if summary_file.is_file() else {}
     return Dataset(pyarrow.parquet.read_table(parquet)), settings
 
 
-# ---- the `hfsae analyze` command ---------------------------------------------------------------------
+def push_analysis(
+    path: str | os.PathLike, repo_id: str, *, private: bool | None = None, token: str | None = None
+) -> str:
+    """Push an analysis folder to the Hub dataset repo repo_id: the rows as parquet (`Dataset.push_to_hub`),
+    analysis.json, and a dataset card (model_cards/dataset.md) carrying the settings. Returns the card's commit URL.
 
-DEFAULT_SAE = "sae"  # where `hfsae train` with no arguments writes the built-in default
+    Example:
+        >>> push_analysis("my-sae/analysis", "org/my-sae-analysis")
+    """
+    from huggingface_hub import DatasetCard, HfApi, constants
 
+    from .hub.card import template_path
+    from .hub.loading import is_repo_id
 
-@dataclass
-class AnalyzeArgs:
-    """Options of `hfsae analyze`."""
-
-    sae: str = field(
-        default=DEFAULT_SAE,
-        metadata={"help": "The SAE: a folder, Hub repo or registry name (default: the folder `hfsae train` writes)."},
+    dataset, settings = load_analysis(path)
+    dataset.push_to_hub(repo_id, private=private, token=token, commit_message="Latent analysis by hfsae analyze")
+    api = HfApi(token=token)
+    summary = Path(path) / SUMMARY_FILE if Path(path).is_dir() else Path(path).parent / SUMMARY_FILE
+    if summary.is_file():
+        api.upload_file(path_or_fileobj=str(summary), path_in_repo=SUMMARY_FILE, repo_id=repo_id, repo_type="dataset")
+    # Keep the metadata push_to_hub wrote (dataset_info, configs): load_dataset reads it.
+    card_data = DatasetCard.load(repo_id, repo_type="dataset", token=token).data
+    card_data.tags = sorted({*(card_data.tags or []), "hfsae", "sparse-autoencoder", "interpretability"})
+    sae = settings.get("sae")
+    card = DatasetCard.from_template(
+        card_data,
+        template_path=str(template_path(DATASET_CARD_TEMPLATE)),
+        repo_id=repo_id,
+        sae_url=f"{constants.ENDPOINT}/{sae}" if sae and is_repo_id(sae) else None,
+        **{key: settings.get(key, "–") for key in AnalysisSettings.__dataclass_fields__},
     )
-    dataset: str | None = field(
-        default=None,
-        metadata={
-            "help": "Text to run over: 'builtin', a Hub dataset or local files (default: the SAE's training text)."
-        },
-    )
-    n_tokens: int = field(default=65_536, metadata={"help": "Tokens to analyse."})
-    context_size: int | None = field(
-        default=None,
-        metadata={"help": "Tokens per context (default: the SAE's, else 64)."},
-    )
-    batch_size: int = field(default=16, metadata={"help": "Contexts per forward pass."})
-    n_top_examples: int = field(default=12, metadata={"help": "Top-activating contexts kept per latent."})
-    n_random_examples: int = field(default=6, metadata={"help": "Random activating contexts kept per latent."})
-    output_dir: str | None = field(
-        default=None,
-        metadata={"help": "Where to write (default: <SAE folder>/analysis)."},
-    )
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={"help": "Also push the dataset to this Hub dataset repo, 'org/name'."},
-    )
-    quiet: bool = field(default=False, metadata={"help": "No progress bar."})
-
-
-def run_analyze(args: AnalyzeArgs):
-    """`hfsae analyze`: load the SAE, analyse it, save (and optionally push) the dataset."""
-    from .hub.loading import load
-
-    if args.sae == DEFAULT_SAE and not Path(DEFAULT_SAE).is_dir():
-        raise FileNotFoundError(
-            f"No SAE folder {DEFAULT_SAE!r} here: train the built-in default with `hfsae train`, or name one with --sae."
-        )
-    sae = load(args.sae)
-    texts = None
-    if args.dataset is not None:
-        from .activations.text import TextSource
-
-        texts = TextSource(dataset=args.dataset, split="all")
-    dataset = analyze(
-        sae,
-        texts=texts,
-        n_tokens=args.n_tokens,
-        context_size=args.context_size,
-        batch_size=args.batch_size,
-        n_top_examples=args.n_top_examples,
-        n_random_examples=args.n_random_examples,
-        output_dir=args.output_dir,
-        quiet=args.quiet,
-    )
-    where = args.output_dir or default_output_dir(sae)
-    print(f"analysed {len(dataset):,} latents → {where}")
-    if args.push_to_hub:
-        dataset.push_to_hub(args.push_to_hub)
-        print(f"pushed the analysis to the dataset repo {args.push_to_hub}")
-    return dataset
+    return card.push_to_hub(repo_id, repo_type="dataset", token=token, commit_message="Dataset card by hfsae analyze")

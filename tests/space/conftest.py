@@ -50,7 +50,7 @@ def sae_folder(analyze_tiny, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def explorer(sae_folder, tiny_lm, tiny_tokenizer):
-    from hfsae.space import Explorer
+    from hfsae.explorer import Explorer
 
     return Explorer.load(sae_folder, model=tiny_lm("llama"), tokenizer=tiny_tokenizer)
 

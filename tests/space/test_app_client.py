@@ -2,7 +2,10 @@
 
 import pytest
 
+from hfsae.explorer import MAX_TEXT_CHARS, MAX_TEXT_TOKENS
+
 from .conftest import EXPLAINED_LATENT
+from .test_explorer import RecordingTokenizer
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +53,37 @@ def test_a_bad_latent_comes_back_as_a_readable_error(client):
 
     with pytest.raises(AppError, match="0–63"):
         client.predict(1000, api_name="/latent")
+
+
+def test_a_16_mb_text_comes_back_cut_and_only_the_capped_text_is_tokenized(client, explorer, monkeypatch):
+    recording = RecordingTokenizer(explorer.tokenizer)
+    monkeypatch.setattr(explorer, "tokenizer", recording)
+    highlighted, table, message = client.predict("x" * 16 * 2**20, "", api_name="/text")
+    assert len(highlighted) == len(table["data"]) == MAX_TEXT_TOKENS
+    assert "only the first" in message
+    assert recording.lengths == [MAX_TEXT_CHARS]  # not the 16 MB: the work is bounded before it starts
+
+
+@pytest.mark.parametrize("body", [b'{"data": [1e999]}', b'{"data": [NaN]}', b'{"data": ["inf"]}', b'{"data": [2.5]}'])
+def test_a_latent_box_given_a_non_integer_answers_with_the_valid_range(app_url, body):
+    # Raw HTTP: gradio_client's JSON encoder refuses inf and NaN, but a request may carry them.
+    import json
+    import urllib.request
+
+    call = urllib.request.Request(
+        app_url + "gradio_api/call/latent", data=body, headers={"Content-Type": "application/json"}
+    )
+    event = json.loads(urllib.request.urlopen(call).read())["event_id"]
+    answer = urllib.request.urlopen(f"{app_url}gradio_api/call/latent/{event}").read().decode()
+    kind, data = answer.split("\n")[:2]
+    assert kind == "event: error"
+    assert "whole number in 0–63" in json.loads(data.removeprefix("data: "))["error"]
+
+
+def test_the_queue_is_bounded_and_every_view_goes_through_it(explorer):
+    from hfsae.space import CONCURRENCY_LIMIT, MAX_QUEUE_SIZE, build_app
+
+    demo = build_app(explorer)
+    # Gradio keeps the limits on its private queue object; the config says which events are queued.
+    assert (demo._queue.max_size, demo._queue.default_concurrency_limit) == (MAX_QUEUE_SIZE, CONCURRENCY_LIMIT)
+    assert all(dependency["queue"] for dependency in demo.get_config_file()["dependencies"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hfsae.activations.hook_points import capture, splice
-from hfsae.space import MAX_TEXT_TOKENS, ExplorerError, explanation_text
+from hfsae.explorer import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, ExplorerError, explanation_text
 
 from .conftest import EXPLAINED_LATENT, HOOK_POINT
 
@@ -48,12 +48,40 @@ def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_token
 def test_long_text_is_cut_with_a_message(explorer):
     highlighted, _, _, message = explorer.text_view("ab" * MAX_TEXT_TOKENS, None)
     assert len(highlighted) == MAX_TEXT_TOKENS
-    assert f"has {2 * MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS}" in message
+    assert f"only the first {MAX_TEXT_TOKENS} are shown" in message
+
+
+class RecordingTokenizer:
+    """A real tokenizer that also records the length of every text it is asked to tokenize."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.lengths = tokenizer, []
+
+    def __call__(self, text, **options):
+        self.lengths.append(len(text))
+        return self.tokenizer(text, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_huge_text_is_cut_by_characters_before_the_tokenizer_sees_it(explorer, monkeypatch):
+    recording = RecordingTokenizer(explorer.tokenizer)
+    monkeypatch.setattr(explorer, "tokenizer", recording)
+    highlighted, _, _, message = explorer.text_view("x" * 16_000_000, None)
+    assert recording.lengths == [MAX_TEXT_CHARS]
+    assert len(highlighted) == MAX_TEXT_TOKENS and "only the first" in message
 
 
 @pytest.mark.parametrize("latent", [-1, 64, None])
 def test_a_latent_out_of_range_names_the_valid_range(explorer, latent):
     with pytest.raises(ExplorerError, match="0–63"):
+        explorer.latent_view(latent)
+
+
+@pytest.mark.parametrize("latent", ["inf", float("inf"), "-inf", float("nan"), "nan", "1e400", 2.5, "three"])
+def test_a_latent_that_is_not_a_whole_number_is_refused_with_the_valid_range(explorer, latent):
+    with pytest.raises(ExplorerError, match="whole number in 0–63"):
         explorer.latent_view(latent)
 
 
@@ -102,6 +130,26 @@ def test_search_by_token_finds_latents_whose_top_contexts_peak_on_it(explorer):
     expected = sum(t[p].strip().lower() == token.strip().lower() for t, p in zip(row["top_tokens"], row["top_peak"]))
     results = {r[0]: r[3] for r in explorer.search(token, "token")}
     assert results[row["latent"]] == expected
+
+
+class UnreadableDataset:
+    def __getitem__(self, key):
+        raise AssertionError(f"search read the dataset ({key!r}) instead of its index")
+
+
+def test_search_by_token_reads_the_index_built_at_load_and_matches_a_scan_of_every_row(explorer, monkeypatch):
+    rows = list(explorer.analysis)
+    tokens = {t[p] for row in rows for t, p in zip(row["top_tokens"], row["top_peak"]) if t[p].strip()}
+    monkeypatch.setattr(explorer, "analysis", UnreadableDataset())
+    for token in sorted(tokens)[:20]:
+        wanted = token.strip().lower()
+        expected = {}
+        for row in rows:
+            count = sum(t[p].strip().lower() == wanted for t, p in zip(row["top_tokens"], row["top_peak"]))
+            if count:
+                expected[row["latent"]] = count
+        found = {r[0]: r[3] for r in explorer.search(token, "token", limit=explorer.n_latents)}
+        assert found == expected
 
 
 def test_search_by_explanation_finds_the_explained_latent(explorer):
@@ -158,7 +206,7 @@ def test_explanation_text_joins_patterns_with_wildcards():
 
 def test_an_analysis_for_another_sae_size_is_refused(sae_folder, tiny_lm, tiny_tokenizer, tmp_path):
     from hfsae import TopKSAE, TopKSAEConfig
-    from hfsae.space import Explorer
+    from hfsae.explorer import Explorer
 
     other = TopKSAE(TopKSAEConfig(d_in=32, n_latents=128, k=4, hook_point=HOOK_POINT))
     with pytest.raises(ValueError, match="has 64 latents but the SAE has 128"):

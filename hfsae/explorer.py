@@ -1,0 +1,541 @@
+"""The explorer's logic: one SAE, its language model, its analysis dataset, and every view of them.
+
+`Explorer` computes each view of the app (hfsae.space) as plain Python values, so the views are
+tested without a browser: Text (a text's tokens coloured by a latent, and each token's top
+latents), Latent (one latent's statistics, contexts, logit effects and N2G explanation), Search
+(latents by token or explanation), Steer (generation with a latent's decoder direction added at
+the hook point) and Overview (the SAE's metrics).
+
+`Explorer.load` takes the SAE by registry name, Hub repo id or folder, and reads what lies beside
+it (eval_results.json, training_metrics.json, n2g_explanations.json) from the same place: the
+folder, or the Hub repo by hf_hub_download. The analysis is a folder or a Hub dataset repo.
+
+A request costs bounded work whatever it sends: text is cut to MAX_TEXT_CHARS characters before
+it is tokenized, then to MAX_TEXT_TOKENS tokens, and search reads an index built once at load.
+"""
+
+import functools
+import html
+import json
+import math
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .analysis import SUMMARY_FILE, load_analysis
+from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
+from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
+
+MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
+# Text is cut to this many characters before tokenizing, so a huge request costs no more than this:
+# 64 characters per token is far above any tokenizer's average (about 4 for English and code).
+MAX_TEXT_CHARS = 64 * MAX_TEXT_TOKENS
+MAX_NEW_TOKENS = 64
+TOP_LATENTS_PER_TOKEN = 3
+# Inline styles: Gradio 6 takes custom CSS only at launch(), and the contexts must look right however the app is served.
+CONTEXT_STYLE = (
+    "font-family: var(--font-mono); font-size: 0.9em; line-height: 1.9; white-space: nowrap; overflow-x: auto"
+)
+LABEL_STYLE = "color: var(--body-text-color-subdued); margin-right: 0.8em; display: inline-block; min-width: 6.5em"
+
+
+class ExplorerError(ValueError):
+    """A request the explorer cannot answer (a latent out of range, an empty text)."""
+
+
+# ---- loading -----------------------------------------------------------------------------------------
+
+
+def display_name(sae_name_or_path) -> str:
+    """How the app names an SAE: its registry name or Hub repo id, or a local folder's own name (never its path)."""
+    if isinstance(sae_name_or_path, TopKSAE):
+        sae_name_or_path = sae_name_or_path.name_or_path or "SAE"
+    name = os.fspath(sae_name_or_path)
+    return Path(name).resolve().name if Path(name).exists() else name
+
+
+def _files_beside(sae_name_or_path) -> dict[str, dict | list | None]:
+    """The SAE's metrics and N2G explanations, from its folder or its Hub repo (None when absent)."""
+    names = (EVAL_RESULTS_FILE, TRAINING_METRICS_FILE, N2G_FILE)
+    if isinstance(sae_name_or_path, TopKSAE):
+        sae_name_or_path = sae_name_or_path.name_or_path or ""
+    from .hub.loading import resolve
+
+    try:
+        source = resolve(sae_name_or_path)
+    except (LookupError, OSError):
+        return dict.fromkeys(names)
+    if source.local:
+        folder = Path(source.location) / source.subfolder
+        return {name: _read_json(folder / name) if (folder / name).is_file() else None for name in names}
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    found = {}
+    for name in names:
+        try:
+            path = hf_hub_download(
+                source.location, name, subfolder=source.subfolder or None, revision=source.revision
+            )
+        except (EntryNotFoundError, LocalEntryNotFoundError):
+            found[name] = None
+        else:
+            found[name] = _read_json(path)
+    return found
+
+
+def _read_json(path) -> dict | list:
+    """A metrics file (an object) or the N2G explanations (a list of objects)."""
+    if Path(path).name != N2G_FILE:
+        return read_json(path)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); re-create it with `hfsae eval`, or delete it.") from err
+
+
+def _explanations_by_latent(raw) -> dict[int, dict]:
+    """N2G explanations as {latent: {"precision", "recall", "patterns": [{"tokens", "activation"}]}}."""
+    if raw is None:
+        return {}
+    if isinstance(raw, dict) and "explanations" in raw:
+        raw = raw["explanations"]
+    entries = raw.values() if isinstance(raw, dict) else raw
+    return {int(entry["latent"]): entry for entry in entries if isinstance(entry, dict) and "latent" in entry}
+
+
+def explanation_text(entry: dict | None) -> str:
+    """An N2G explanation as one line of patterns, e.g. `def · * · (` | `return`; '' when there is none."""
+    if not entry:
+        return ""
+    patterns = []
+    for pattern in entry.get("patterns", []):
+        tokens = pattern.get("tokens") or ["*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])]
+        patterns.append(" · ".join(_visible(token) for token in tokens))
+    return " | ".join(dict.fromkeys(patterns))
+
+
+def _visible(token: str) -> str:
+    """A token as display text: line breaks and tabs made visible so contexts stay on one line."""
+    return token.replace("\n", "↵").replace("\t", "⇥")
+
+
+# ---- the data behind the views -----------------------------------------------------------------------
+
+
+@dataclass
+class Explorer:
+    """An SAE with its language model, its analysis rows, N2G explanations and metrics, and every view of them."""
+
+    sae: TopKSAE
+    model: object
+    tokenizer: object
+    analysis: object | None = None  # datasets.Dataset, one row per latent (hfsae.analysis)
+    analysis_settings: dict = field(default_factory=dict)
+    explanations: dict[int, dict] = field(default_factory=dict)
+    eval_results: dict | None = None
+    training_metrics: dict | None = None
+    name: str = "SAE"
+    # One forward at a time: a steering hook spliced into the shared model must never reach another
+    # request's generation (the app serves requests from several threads).
+    model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __post_init__(self):
+        # What search reads, built once here rather than per query: the tokens at the peaks of each
+        # latent's top contexts, its explanation as text, its density and maximum.
+        self.token_index: dict[str, dict[int, int]] = {}
+        self.explanation_texts = {latent: explanation_text(entry) for latent, entry in self.explanations.items()}
+        self.density = self.max_activation = None
+        if self.analysis is not None:
+            table = self.analysis.data.table
+            self.density = table.column("density").to_pylist()
+            self.max_activation = table.column("max_activation").to_pylist()
+            contexts, peaks = table.column("top_tokens").to_pylist(), table.column("top_peak").to_pylist()
+            for latent, (windows, at) in enumerate(zip(contexts, peaks)):
+                for tokens, peak in zip(windows, at):
+                    counts = self.token_index.setdefault(tokens[peak].strip().lower(), {})
+                    counts[latent] = counts.get(latent, 0) + 1
+
+    @classmethod
+    def load(cls, sae_name_or_path, analysis_path=None, *, model=None, tokenizer=None) -> "Explorer":
+        """Load the SAE (a registry name, Hub repo or folder), its base model unless given, its metrics
+        and N2G explanations (from the same folder or repo) and its analysis (a folder or dataset repo;
+        default: the analysis/ folder beside a local SAE)."""
+        if isinstance(sae_name_or_path, TopKSAE):
+            sae = sae_name_or_path.eval()
+        else:
+            from .hub.loading import load
+
+            sae = load(sae_name_or_path)
+        if model is None or tokenizer is None:
+            model, tokenizer = _load_base_model(sae)
+        folder = Path(str(sae.name_or_path or ""))
+        if analysis_path is None and sae.name_or_path and (folder / ANALYSIS_DIR).is_dir():
+            analysis_path = folder / ANALYSIS_DIR
+        analysis, settings = (None, {})
+        if analysis_path is not None:
+            analysis, settings = _load_analysis_anywhere(analysis_path)
+            if len(analysis) != sae.config.n_latents:
+                raise ValueError(
+                    f"The analysis at {analysis_path} has {len(analysis)} latents but the SAE has "
+                    f"{sae.config.n_latents}; run `hfsae analyze` for this SAE."
+                )
+        beside = _files_beside(sae_name_or_path)
+        return cls(
+            sae=sae,
+            model=model.eval(),
+            tokenizer=tokenizer,
+            analysis=analysis,
+            analysis_settings=settings,
+            explanations=_explanations_by_latent(beside[N2G_FILE]),
+            eval_results=beside[EVAL_RESULTS_FILE],
+            training_metrics=beside[TRAINING_METRICS_FILE],
+            name=display_name(sae_name_or_path),
+        )
+
+    # ---- shared helpers -----------------------------------------------------------------------------
+
+    @property
+    def n_latents(self) -> int:
+        return self.sae.config.n_latents
+
+    def check_latent(self, latent) -> int:
+        """The latent as an int in range (numbers and text from the page both arrive here)."""
+        text = "" if latent is None else str(latent).strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number != int(number):
+            raise ExplorerError(f"Choose a latent: a whole number in 0–{self.n_latents - 1}; got {text!r}.")
+        latent = int(number)
+        if not 0 <= latent < self.n_latents:
+            raise ExplorerError(f"This SAE has {self.n_latents} latents (0–{self.n_latents - 1}); got latent {latent}.")
+        return latent
+
+    def tokenize(self, text: str) -> tuple[torch.Tensor, str]:
+        """Token ids [1, seq] of text, cut at MAX_TEXT_TOKENS, and a message when it was cut.
+
+        The text is cut to MAX_TEXT_CHARS characters first, so the tokenizer never sees more.
+        """
+        if not text or not text.strip():
+            raise ExplorerError("Type some text first.")
+        ids = self.tokenizer(text[:MAX_TEXT_CHARS], return_tensors="pt")["input_ids"]
+        message = ""
+        if ids.shape[1] > MAX_TEXT_TOKENS or len(text) > MAX_TEXT_CHARS:
+            message = f"The text is longer than {MAX_TEXT_TOKENS} tokens; only the first {MAX_TEXT_TOKENS} are shown."
+            ids = ids[:, :MAX_TEXT_TOKENS]
+        return ids, message
+
+    @torch.no_grad()
+    def code_of(self, input_ids: torch.Tensor) -> SparseCode:
+        """The SAE code [seq, k] of the activations at the hook point for input_ids [1, seq]."""
+        from .activations.hook_points import capture
+
+        hook_point = self.sae.config.hook_point
+        with self.model_lock:
+            activations = capture(self.model, input_ids, [hook_point])[hook_point][0]
+        code = self.sae.encode(activations.to(self.sae.W_enc.device))
+        return SparseCode(code.indices.cpu(), code.values.float().cpu())
+
+    def token_strings(self, input_ids: torch.Tensor) -> list[str]:
+        return [self.tokenizer.decode([i]) for i in input_ids.view(-1).tolist()]
+
+    def row(self, latent: int) -> dict | None:
+        return None if self.analysis is None else self.analysis[latent]
+
+    # ---- Text --------------------------------------------------------------------------------------
+
+    def text_view(self, text: str, latent=None):
+        """(highlighted [(token, score in [0, 1])], the latent shown, per-token rows, message).
+
+        Without a latent, the one with the largest activation in the text is shown. Each row is
+        [position, token, then "latent (activation)" for the token's top latents].
+        """
+        input_ids, message = self.tokenize(text)
+        code = self.code_of(input_ids)
+        tokens = self.token_strings(input_ids)
+        if latent is None or not str(latent).strip():
+            latent = int(code.indices.view(-1)[code.values.view(-1).argmax()])
+        latent = self.check_latent(latent)
+        activations = (code.values * (code.indices == latent)).sum(-1)  # [seq]
+        scale = max(float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD)
+        highlighted = [(token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)]
+        rows = []
+        for position, token in enumerate(tokens):
+            order = code.values[position].argsort(descending=True)[:TOP_LATENTS_PER_TOKEN]
+            cells = [
+                f"{int(code.indices[position, j])} ({float(code.values[position, j]):.2f})"
+                for j in order
+                if code.values[position, j] > FIRING_THRESHOLD
+            ]
+            rows.append(
+                [
+                    position,
+                    _visible(token),
+                    *cells,
+                    *[""] * (TOP_LATENTS_PER_TOKEN - len(cells)),
+                ]
+            )
+        return highlighted, latent, rows, message
+
+    def _max_activation(self, latent: int) -> float:
+        row = self.row(latent)
+        return float(row["max_activation"]) if row else 0.0
+
+    # ---- Latent ------------------------------------------------------------------------------------
+
+    def latent_view(self, latent):
+        """(markdown summary, histogram rows [(bin, count)], top contexts HTML, random contexts HTML, logit rows)."""
+        latent = self.check_latent(latent)
+        row = self.row(latent)
+        lines = [f"## Latent {latent}"]
+        if row is None:
+            lines.append("_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._")
+        else:
+            density = row["density"]
+            every = f" (1 in {1 / density:,.0f} tokens)" if density > 0 else ""
+            n_tokens = self.analysis_settings.get("n_tokens")
+            lines.append(
+                f"**Density** {density:.4%}{every} · **mean activation** {row['mean_activation']:.3f} · "
+                f"**max activation** {row['max_activation']:.3f}" + (f" · over {n_tokens:,} tokens" if n_tokens else "")
+            )
+            if density == 0:
+                lines.append("_This latent never fired in the analysed text (dead)._")
+        explanation = self.explanations.get(latent)
+        if explanation:
+            precision, recall = explanation.get("precision"), explanation.get("recall")
+            lines.append(
+                f"**N2G explanation** `{explanation_text(explanation)}` · precision {_number(precision)} · "
+                f"recall {_number(recall)}"
+            )
+        histogram = []
+        if row is not None and row["density"] > 0:
+            edges, counts = row["histogram_edges"], row["histogram_counts"]
+            # The stored range reaches up to twice the maximum (it doubles as it streams): show the
+            # bins up to the last one that holds a firing.
+            shown = max(i for i, count in enumerate(counts) if count) + 1
+            histogram = [
+                (f"{(low + high) / 2:.4g}", count) for low, high, count in zip(edges[:shown], edges[1:], counts[:shown])
+            ]
+        top = self._contexts(row, "top", latent) if row else ""
+        random = self._contexts(row, "random", latent) if row else ""
+        return "\n\n".join(lines), histogram, top, random, self.logit_rows(latent, row)
+
+    def _contexts(self, row: dict, prefix: str, latent: int) -> str:
+        """Examples as HTML, one line each: a label, then the tokens shaded by activation / the latent's max."""
+        scale = max(float(row["max_activation"]), FIRING_THRESHOLD)
+        quantiles = row.get("random_quantiles") if prefix == "random" else None
+        lines = []
+        for number, (tokens, activations) in enumerate(
+            zip(row[f"{prefix}_tokens"], row[f"{prefix}_token_activations"])
+        ):
+            label = f"{row[f'{prefix}_activations'][number]:.2f}"
+            if quantiles:
+                label += f" · q{quantiles[number]:.2f}"
+            spans = "".join(
+                f'<span class="token" style="white-space: pre; border-radius: 2px; background-color: '
+                f'rgba(239, 68, 60, {min(a / scale, 1.0):.3f})" title="{a:.3f}">{html.escape(_visible(token))}</span>'
+                for token, a in zip(tokens, activations)
+            )
+            lines.append(
+                f'<div class="context" style="{CONTEXT_STYLE}"><span style="{LABEL_STYLE}">{label}</span>{spans}</div>'
+            )
+        if not lines:
+            return "<p><em>No firing in the analysed text.</em></p>"
+        return "".join(lines)
+
+    @torch.no_grad()
+    def logit_rows(self, latent: int, row: dict | None = None, n_tokens: int = 10) -> list[list]:
+        """[promoted token, logit, suppressed token, logit] rows, from the analysis or computed now."""
+        if row is not None and "promoted_tokens" in row:
+            promoted, promoted_logits = row["promoted_tokens"], row["promoted_logits"]
+            suppressed, suppressed_logits = (
+                row["suppressed_tokens"],
+                row["suppressed_logits"],
+            )
+        else:
+            head = self.model.get_output_embeddings()
+            if head is None or head.weight.shape[1] != self.sae.config.d_in:
+                return []
+            logits = head.weight.float() @ self.sae.W_dec[latent].float()
+            top, bottom = logits.topk(n_tokens), logits.topk(n_tokens, largest=False)
+            promoted, promoted_logits = (
+                self.token_strings(top.indices),
+                top.values.tolist(),
+            )
+            suppressed, suppressed_logits = (
+                self.token_strings(bottom.indices),
+                bottom.values.tolist(),
+            )
+        return [
+            [_visible(p), round(pl, 3), _visible(s), round(sl, 3)]
+            for p, pl, s, sl in zip(promoted, promoted_logits, suppressed, suppressed_logits)
+        ]
+
+    # ---- Search ------------------------------------------------------------------------------------
+
+    def search(self, query: str, by: str = "token", limit: int = 50) -> list[list]:
+        """Latents matching query: by "token" (the token at the peak of their top contexts) or by
+        "explanation" (N2G explanation text). Rows [latent, density, max activation, matches, explanation]."""
+        query = (query or "").strip()
+        if not query:
+            raise ExplorerError("Type a token or a piece of explanation to search for.")
+        if by not in ("token", "explanation"):
+            raise ExplorerError(f"Search by 'token' or 'explanation'; got {by!r}.")
+        wanted = query.lower()
+        if by == "token":
+            if self.analysis is None:
+                raise ExplorerError("Searching by token needs the analysis dataset: run `hfsae analyze`.")
+            matches = self.token_index.get(wanted, {})
+        else:
+            matches = {latent: 1 for latent, text in self.explanation_texts.items() if wanted in text.lower()}
+        rows = [
+            [
+                latent,
+                self.density[latent] if self.density else None,
+                self.max_activation[latent] if self.max_activation else None,
+                count,
+                self.explanation_texts.get(latent, ""),
+            ]
+            for latent, count in matches.items()
+        ]
+        rows.sort(key=lambda r: (-r[3], -(r[2] or 0.0)))
+        return [[r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]] for r in rows[:limit]]
+
+    # ---- Steer -------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32) -> tuple[str, str, str]:
+        """(unsteered continuation, steered continuation, message): greedy generation with and without
+        strength × the latent's decoder direction added at the hook point at every position."""
+        from .activations.hook_points import splice
+
+        latent = self.check_latent(latent)
+        input_ids, message = self.tokenize(prompt)
+        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))
+
+        def add_direction(activation: torch.Tensor) -> torch.Tensor:
+            # Decoding undoes the SAE's input normalisation, so the direction is scaled as the SAE
+            # would scale it for these activations: the difference of two decodes that differ
+            # only in this latent's value.
+            code = self.sae.encode(activation.to(self.sae.W_enc.device))
+            only = code.indices[..., :1].clone().fill_(latent)
+            with_latent = SparseCode(
+                only,
+                torch.full_like(only, float(strength), dtype=code.values.dtype),
+                code.input_mean,
+                code.input_scale,
+            )
+            without = SparseCode(
+                only,
+                torch.zeros_like(with_latent.values),
+                code.input_mean,
+                code.input_scale,
+            )
+            direction = self.sae.decode(with_latent) - self.sae.decode(without)
+            return activation + direction.to(activation.dtype)
+
+        with self.model_lock:
+            unsteered = self._generate(input_ids, max_new_tokens)
+            with splice(self.model, self.sae.config.hook_point, add_direction):
+                steered = self._generate(input_ids, max_new_tokens)
+        return unsteered, steered, message
+
+    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> str:
+        output = self.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
+        )
+        return self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+
+    # ---- Overview ----------------------------------------------------------------------------------
+
+    def overview(self) -> str:
+        """Markdown: what the SAE is, its metrics (eval_results.json, training_metrics.json) and the analysis."""
+        config = self.sae.config
+        sections = [
+            f"## {self.name}",
+            (
+                f"TopK SAE with **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
+                f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`)."
+            ),
+        ]
+        for title, metrics in (
+            ("Evaluation", self.eval_results),
+            ("Training", self.training_metrics),
+        ):
+            if metrics:
+                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in _flatten(metrics).items())
+                sections.append(f"### {title}\n\n| metric | value |\n|---|---|\n{rows}")
+        if not (self.eval_results or self.training_metrics):
+            sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
+        if self.density is not None:
+            density = torch.tensor(self.density)
+            n_tokens = self.analysis_settings.get("n_tokens")
+            sections.append(
+                "### Analysis\n\n"
+                + (f"{n_tokens:,} tokens analysed · " if isinstance(n_tokens, int) else "")
+                + f"dead latents {float((density == 0).float().mean()):.2%} · "
+                f"median density {float(density.median()):.4%}"
+            )
+        return "\n\n".join(sections)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _number(value, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) and spec == ".4g":
+        return f"{value:,}"  # counts (tokens, steps) read best whole
+    return format(value, spec)
+
+
+def _load_base_model(sae: TopKSAE):
+    if sae.config.base_model is None:
+        raise ExplorerError("The SAE's config names no base_model; pass model= and tokenizer= for the model it reads.")
+    from .activations import load_language_model
+
+    return load_language_model(sae.config.base_model, quiet=True)
+
+
+def _load_analysis_anywhere(path):
+    """A local analysis folder or parquet file, or a dataset repo on the Hub (as `hfsae analyze --push-to-hub` writes)."""
+    if Path(path).exists():
+        return load_analysis(path)
+    from datasets import load_dataset
+    from huggingface_hub import hf_hub_download
+
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        dataset = load_dataset(str(path), split="train")
+    except Exception as err:  # datasets raises many types for a missing or offline repo
+        raise FileNotFoundError(
+            f"No analysis at {path}: neither a local folder nor a loadable dataset repo ({err})."
+        ) from err
+    try:
+        settings = read_json(hf_hub_download(str(path), SUMMARY_FILE, repo_type="dataset"))
+    except EntryNotFoundError:  # a dataset pushed without its settings file
+        settings = {}
+    return dataset, settings
+
+
+# ---- the app -----------------------------------------------------------------------------------------

@@ -1,0 +1,213 @@
+"""A Space exported by `hfsae space --export` deploys on its own, against the Hub stand-in over HTTP.
+
+The SAE, its base model and its analysis (pushed by `hfsae analyze --push-to-hub`) live only on the
+stand-in; `hfsae space --export DIR --push-to-hub` writes and uploads the Space; the test downloads
+the Space repo into an empty folder and runs its `app.py` there with hfsae installed from the
+Space's own vendored wheel.
+
+How hfsae is kept from coming from this checkout: the wheel is installed with `pip --target` into
+a folder that is the subprocess' only PYTHONPATH entry, and the app runs with the downloaded Space
+as its working directory. The checkout's editable install is a meta-path finder that Python asks
+only after the path entries, so the wheel wins; the test asserts so from `hfsae.__file__` rather
+than trusting it. (A venv with --system-site-packages would see the same editable finder, and one
+without could not import torch offline.) Everything else (torch, gradio) comes from this
+environment, as the Space's requirements name them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from hfsae import TopKSAE, TopKSAEConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
+from hub_server import HubServer  # noqa: E402
+
+from .conftest import EXPLAINED_LATENT, HOOK_POINT, free_port  # noqa: E402
+from .test_browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SAE_REPO, LM_REPO, ANALYSIS_REPO, SPACE_REPO = "org/tiny-sae", "org/tiny-llama", "org/tiny-sae-analysis", "user/explorer"
+RESULT = "@@RESULT@@"
+PUBLISH = f"""
+import json
+from huggingface_hub import HfApi
+from hfsae.cli import main
+
+api = HfApi()
+for repo, folder in (({LM_REPO!r}, "lm"), ({SAE_REPO!r}, "sae")):
+    api.create_repo(repo)
+    api.upload_folder(folder_path=folder, repo_id=repo)
+analyze = ["analyze", "sae", "--dataset", "texts.jsonl", "--n-tokens", "400", "--context-size", "32",
+           "--batch-size", "4", "--n-top-examples", "4", "--quiet", "--push-to-hub", {ANALYSIS_REPO!r}]
+assert main(analyze) == 0
+space = ["space", {SAE_REPO!r}, "--analysis", {ANALYSIS_REPO!r}, "--export", "space", "--push-to-hub", {SPACE_REPO!r}]
+assert main(space) == 0
+
+from datasets import load_dataset
+from huggingface_hub import DatasetCard, hf_hub_download, snapshot_download
+
+rows = load_dataset({ANALYSIS_REPO!r}, split="train")
+print({RESULT!r} + json.dumps(dict(
+    density=rows["density"],
+    dataset_card=DatasetCard.load({ANALYSIS_REPO!r}, repo_type="dataset").content,
+    dataset_files=api.list_repo_files({ANALYSIS_REPO!r}, repo_type="dataset"),
+    space_files=api.list_repo_files({SPACE_REPO!r}, repo_type="space"),
+    deployed=snapshot_download({SPACE_REPO!r}, repo_type="space", local_dir="deployed"),
+)))
+"""
+
+
+def hub_env(server: HubServer, hf_home: Path, **extra) -> dict:
+    """The environment of a client of the stand-in (HUB_TESTING.md): its endpoint, a dummy token, no Xet."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "GRADIO_"))}
+    env.update(
+        HF_ENDPOINT=server.url,
+        HF_TOKEN="hf_dummy_token_for_the_stand_in",
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+        HF_HOME=str(hf_home),
+        GRADIO_ANALYTICS_ENABLED="False",
+        **extra,
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, tiny_lm, tiny_tokenizer, tiny_texts):
+    """The stand-in Hub holding the base model, the SAE with its metrics, its analysis and the exported Space."""
+    work = tmp_path_factory.mktemp("export")
+    tiny_lm("llama").save_pretrained(work / "lm")
+    tiny_tokenizer.save_pretrained(work / "lm")
+    torch.manual_seed(0)
+    config = TopKSAEConfig(d_in=32, n_latents=64, k=4, hook_point=HOOK_POINT, base_model=LM_REPO)
+    TopKSAE(config).save_pretrained(work / "sae")
+    (work / "sae" / "eval_results.json").write_text(json.dumps({"fvu": 0.125, "l0": 4.0}))
+    explanation = {"latent": EXPLAINED_LATENT, "precision": 0.9, "recall": 0.5, "patterns": [{"tokens": ["f", "x"]}]}
+    (work / "sae" / "n2g_explanations.json").write_text(json.dumps([explanation]))
+    (work / "texts.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in tiny_texts))
+    with HubServer() as server:
+        completed = subprocess.run(
+            [sys.executable, "-c", PUBLISH], cwd=work, env=hub_env(server, work / "hf-home-publish"),
+            capture_output=True, text=True, timeout=600,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+        (line,) = [line for line in completed.stdout.splitlines() if line.startswith(RESULT)]
+        yield server, work, json.loads(line[len(RESULT):])
+
+
+def test_analyze_pushes_the_dataset_as_parquet_with_a_card_carrying_its_settings(published):
+    _, work, result = published
+    settings = json.loads((work / "sae" / "analysis" / "analysis.json").read_text())
+    assert settings["sae"] == "sae" and settings["text"] == "texts.jsonl"  # a name, never this machine's path
+    from hfsae.analysis import load_analysis
+
+    local, _ = load_analysis(work / "sae" / "analysis")
+    assert result["density"] == local["density"]
+    assert any(name.endswith(".parquet") for name in result["dataset_files"]) and "analysis.json" in result["dataset_files"]
+    card = result["dataset_card"]
+    for row in (f"| tokens analysed | {settings['n_tokens']} |", "| text | `texts.jsonl` |",
+                "| top examples kept per latent | 4 |", f"| hook point | `{HOOK_POINT}` |"):
+        assert row in card
+    assert "configs:" in card and "- hfsae" in card  # push_to_hub's data config kept, our tags added
+
+
+def test_the_exported_space_holds_app_wheel_requirements_and_a_gradio_header(published):
+    import gradio
+    from huggingface_hub import SpaceCard
+
+    _, _, result = published
+    deployed = Path(result["deployed"])
+    (wheel,) = [name for name in result["space_files"] if name.endswith(".whl")]
+    assert {"app.py", "requirements.txt", "README.md", wheel} <= set(result["space_files"])
+    card = SpaceCard.load(deployed / "README.md")
+    assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
+    assert card.data.models == [SAE_REPO] and card.data.datasets == [ANALYSIS_REPO]
+    assert len(card.data.short_description) <= 60
+    requirements = (deployed / "requirements.txt").read_text().splitlines()
+    assert f"./{wheel}[space]" in requirements and not any(line.strip() == "hfsae[space]" for line in requirements)
+
+
+@pytest.fixture(scope="module")
+def deployed_app(published, tmp_path_factory):
+    """`python app.py` in the downloaded Space, hfsae installed from its vendored wheel only; yields its URL."""
+    server, _, result = published
+    deployed = Path(result["deployed"])
+    site = tmp_path_factory.mktemp("space-site")
+    (wheel,) = deployed.glob("hfsae-*.whl")
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
+    subprocess.run(pip, check=True, capture_output=True, timeout=300)
+    port = free_port()
+    env = hub_env(
+        server, tmp_path_factory.mktemp("hf-home-space"),
+        PYTHONPATH=str(site), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+    )
+    where = subprocess.run(
+        [sys.executable, "-c", "import hfsae; print(hfsae.__file__)"],
+        cwd=deployed, env=env, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert Path(where).is_relative_to(site), f"the app would import hfsae from {where}, not the Space's wheel"
+    log = open(tmp_path_factory.mktemp("space-log") / "app.log", "w+")
+    app = subprocess.Popen([sys.executable, "app.py"], cwd=deployed, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        for _ in range(600):
+            if app.poll() is not None:
+                break
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        log.seek(0)
+        assert app.poll() is None, f"app.py exited:\n{log.read()}"
+        yield url
+    finally:
+        app.terminate()
+        app.wait(timeout=30)
+        log.close()
+
+
+def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(deployed_app, published, tiny_lm, tiny_tokenizer):
+    from gradio_client import Client
+
+    from hfsae.explorer import Explorer
+
+    _, work, _ = published
+    local = Explorer.load(work / "sae", work / "sae" / "analysis", model=tiny_lm("llama"), tokenizer=tiny_tokenizer)
+    client = Client(deployed_app, verbose=False, analytics_enabled=False)
+    highlighted, _, _ = client.predict("The quick brown fox", "", api_name="/text")
+    expected, *_ = local.text_view("The quick brown fox", None)
+    assert [(item["token"], item["class_or_confidence"]) for item in highlighted] == expected
+    _, summary, *_ = client.predict(EXPLAINED_LATENT, api_name="/latent")
+    assert summary == local.latent_view(EXPLAINED_LATENT)[0]  # density from the Hub dataset, N2G from the Hub repo
+    assert "N2G explanation" in summary
+
+
+@pytest.mark.browser
+def test_chromium_renders_the_deployed_space_with_the_sae_name_and_hub_metrics(deployed_app):
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.set_default_timeout(30_000)
+        page.goto(deployed_app)
+        header = page.locator("#header")
+        header.get_by_text(SAE_REPO).wait_for()
+        assert "/tmp" not in header.inner_text() and "64 latents" in header.inner_text()
+        page.get_by_role("tab", name="Overview").click()
+        page.locator("#overview").get_by_text("0.125").first.wait_for()  # eval_results.json from the Hub repo
+        if os.environ.get("HFSAE_SCREENSHOTS"):
+            page.screenshot(path=str(Path(os.environ["HFSAE_SCREENSHOTS"]) / "space.png"), full_page=True)
+        browser.close()
