@@ -1,18 +1,20 @@
-"""On-disk activation cache: harvested rows in safetensors shards, reused across runs.
+"""On-disk activation cache: activations written once as safetensors shards, streamed by later runs.
 
-Layout of one cache entry (a folder named by the hash of everything that determines its rows):
+Layout of a cache folder (the folder given as `--activation-cache DIR`):
 
-    <root>/<key>/shard_00000.safetensors   {hook_point: [rows, d] float32}, rows in harvest order
-    <root>/<key>/manifest.json             the key's inputs, row counts per shard; written last
+    DIR/shard_00000.safetensors   {hook_point: [rows, d]} in float32/bfloat16/float16, harvest order
+    DIR/manifest.json             what the rows were made from, rows and sha256 of every shard
 
-The entry is built in a temporary folder and renamed into place once the manifest is written, so a
-crash mid-build leaves nothing a later run would read.
+The cache is built in a temporary folder beside DIR, the manifest written last, and the folder renamed
+into place, so a crash mid-build leaves nothing a later run reads as complete. Reads check each shard's
+sha256 the first time it is opened.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -22,60 +24,95 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-__all__ = ["ActivationCache", "CorruptCacheError", "cache_key"]
+from hfsae.folder import read_json, write_json_atomic
+
+__all__ = ["CACHE_DTYPES", "ActivationCache", "CacheMismatchError", "CorruptCacheError"]
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT = "hfsae-activation-cache"
+FORMAT_VERSION = 2
+CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class CorruptCacheError(ValueError):
-    """A cache entry is unreadable or does not match its manifest."""
+    """A cache shard is unreadable or does not match its manifest's checksum."""
 
 
-def cache_key(description: dict) -> str:
-    """A stable hash of a JSON-able description: the entry's folder name."""
-    text = json.dumps({"format": FORMAT_VERSION, **description}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+class CacheMismatchError(ValueError):
+    """The cache folder holds activations of another model, hook point, text or dtype."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class ActivationCache:
-    """One cache entry: read rows by global index, or build it from a stream of row blocks."""
+    """One cache folder: build it from a stream of row blocks, or read rows of one shard."""
 
-    def __init__(self, root: str | Path, description: dict):
-        self.description = description
-        self.folder = Path(root).expanduser() / cache_key(description)
-
-    @property
-    def manifest(self) -> dict | None:
-        """The manifest of a complete entry, None when there is none (or it is unreadable)."""
-        try:
-            manifest = json.loads((self.folder / MANIFEST).read_text())
-        except (OSError, ValueError):
-            return None
-        if manifest.get("format") != FORMAT_VERSION:
-            return None
-        return manifest
+    def __init__(self, folder: str | Path, description: dict, *, dtype: str = "float32"):
+        if dtype not in CACHE_DTYPES:
+            raise ValueError(f"Activation cache dtype {dtype!r} is not one of {', '.join(map(repr, CACHE_DTYPES))}.")
+        self.folder = Path(folder).expanduser()
+        # Through JSON and back, as the manifest stores it, so the two compare equal (tuples → lists).
+        self.description = json.loads(json.dumps({**description, "storage_dtype": dtype}, default=str))
+        self.dtype = dtype
+        self._verified: set[str] = set()
+        self._manifest: dict | None = None
 
     @property
     def complete(self) -> bool:
-        """Whether a finished entry exists whose shards are all present with the recorded sizes."""
-        manifest = self.manifest
-        if manifest is None:
+        """Whether the folder holds a finished cache made from this description (else it must be built).
+
+        Raises CacheMismatchError when it holds one made from something else, and FileExistsError when
+        the folder holds files that are not a cache.
+        """
+        manifest_path = self.folder / MANIFEST
+        if not manifest_path.is_file():
+            if self.folder.is_dir() and any(self.folder.iterdir()):
+                raise FileExistsError(
+                    f"--activation-cache {self.folder} is a non-empty folder without {MANIFEST}, so not an activation "
+                    "cache; give a new or empty folder."
+                )
             return False
-        for shard in manifest["shards"]:
-            path = self.folder / shard["file"]
-            if not path.is_file() or path.stat().st_size != shard["bytes"]:
-                return False
+        manifest = read_json(manifest_path)
+        if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+            raise CacheMismatchError(
+                f"{manifest_path} is not an {FORMAT} version {FORMAT_VERSION} manifest; give another folder."
+            )
+        saved, wanted = _flat(manifest["description"]), _flat(self.description)
+        differs = sorted(key for key in wanted.keys() | saved.keys() if saved.get(key) != wanted.get(key))
+        if differs:
+            raise CacheMismatchError(
+                f"Activation cache {self.folder} was built from another {', '.join(differs)} "
+                f"(cache: {_short({k: saved.get(k) for k in differs})}; this run: "
+                f"{_short({k: wanted.get(k) for k in differs})}). Give another --activation-cache folder."
+            )
+        self._manifest = manifest
         return True
+
+    @property
+    def manifest(self) -> dict:
+        if self._manifest is None and not self.complete:
+            raise CorruptCacheError(f"No complete activation cache in {self.folder}; build it first.")
+        return self._manifest
 
     @property
     def n_rows(self) -> int:
         return self.manifest["n_rows"]
 
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
     def build(self, blocks: Iterable[dict[str, torch.Tensor]], *, shard_rows: int = 65536) -> None:
-        """Write an entry from blocks {hook_point: [rows, d]} in order; replaces any unfinished one."""
+        """Write the cache from blocks {hook_point: [rows, d]} in order, holding at most one shard in memory."""
         self.folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}-", dir=self.folder.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}-building-", dir=self.folder.parent))
+        dtype = CACHE_DTYPES[self.dtype]
         try:
             shards, pending, pending_rows, n_rows = [], [], 0, 0
             widths: dict[str, int] = {}
@@ -83,59 +120,68 @@ class ActivationCache:
             def flush(rows: int) -> None:
                 nonlocal pending, pending_rows
                 joined = {name: torch.cat([block[name] for block in pending]) for name in pending[0]}
-                shard = {name: tensor[:rows].contiguous() for name, tensor in joined.items()}
-                rest = {name: tensor[rows:] for name, tensor in joined.items()}
                 file = f"shard_{len(shards):05d}.safetensors"
-                save_file(shard, staging / file)
-                shards.append({"file": file, "rows": rows, "bytes": (staging / file).stat().st_size})
+                save_file({name: tensor[:rows].contiguous() for name, tensor in joined.items()}, staging / file)
+                shards.append({"file": file, "rows": rows, "sha256": _sha256(staging / file)})
+                rest = {name: tensor[rows:] for name, tensor in joined.items()}
                 pending = [rest] if len(next(iter(rest.values()))) else []
                 pending_rows -= rows
 
             for block in blocks:
-                block = {name: tensor.detach().to("cpu", torch.float32) for name, tensor in block.items()}
+                block = {name: tensor.detach().to("cpu", dtype) for name, tensor in block.items()}
                 widths = {name: tensor.shape[-1] for name, tensor in block.items()}
-                pending.append(block)
                 rows = len(next(iter(block.values())))
+                pending.append(block)
                 pending_rows += rows
                 n_rows += rows
                 while pending_rows >= shard_rows:
                     flush(shard_rows)
             if pending_rows:
                 flush(pending_rows)
-            manifest = {
-                "format": FORMAT_VERSION,
-                "n_rows": n_rows,
-                "widths": widths,
-                "shards": shards,
-                "description": self.description,
-            }
-            # The manifest is the last file written: an entry without one is never read.
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, default=str))
-            if self.folder.exists():
-                shutil.rmtree(self.folder)
-            staging.rename(self.folder)
+            if not n_rows:
+                raise ValueError("The text gave no activations to cache; use more text.")
+            # The manifest is the last file written: a folder without one is never read.
+            manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_rows": n_rows, "widths": widths,
+                        "shards": shards, "description": self.description}
+            write_json_atomic(staging / MANIFEST, manifest)
+            if self.folder.exists():  # an empty folder (complete() refused anything else)
+                self.folder.rmdir()
+            os.replace(staging, self.folder)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        self._manifest = manifest
+        self._verified = {shard["file"] for shard in shards}
 
-    def read(self, start: int, stop: int) -> dict[str, torch.Tensor]:
-        """Rows [start, stop) of every hook point: {hook_point: [stop - start, d]} float32 on CPU."""
-        manifest = self.manifest
-        if manifest is None:
-            raise CorruptCacheError(f"No complete activation cache in {self.folder}; build it first.")
-        pieces: dict[str, list[torch.Tensor]] = {}
-        shard_start = 0
-        for shard in manifest["shards"]:
-            shard_stop = shard_start + shard["rows"]
-            if shard_stop > start and shard_start < stop:
-                lo, hi = max(start, shard_start) - shard_start, min(stop, shard_stop) - shard_start
-                try:
-                    with safe_open(self.folder / shard["file"], framework="pt") as handle:
-                        for name in handle.keys():  # noqa: SIM118 (safe_open is not a dict)
-                            pieces.setdefault(name, []).append(handle.get_slice(name)[lo:hi])
-                except Exception as err:  # safetensors raises its own error types for bad files
-                    raise CorruptCacheError(
-                        f"Activation cache shard {self.folder / shard['file']} is unreadable ({err}); "
-                        f"delete {self.folder} to rebuild it."
-                    ) from err
-            shard_start = shard_stop
-        return {name: torch.cat(parts) for name, parts in pieces.items()}
+    def read(self, shard: int, start: int, stop: int) -> dict[str, torch.Tensor]:
+        """Rows [start, stop) of shard number `shard`: {hook_point: [stop - start, d]} float32 on CPU."""
+        entry = self.shards[shard]
+        path = self.folder / entry["file"]
+        if entry["file"] not in self._verified:
+            if not path.is_file():
+                raise CorruptCacheError(f"Activation cache shard {path} is missing; delete {self.folder} to rebuild it.")
+            if _sha256(path) != entry["sha256"]:
+                raise CorruptCacheError(
+                    f"Activation cache shard {path} fails its sha256 check; delete {self.folder} to rebuild it."
+                )
+            self._verified.add(entry["file"])
+        try:
+            with safe_open(path, framework="pt") as handle:
+                return {name: handle.get_slice(name)[start:stop].float() for name in handle.keys()}  # noqa: SIM118
+        except Exception as err:  # safetensors raises its own error types for bad files
+            raise CorruptCacheError(f"Activation cache shard {path} is unreadable ({err}).") from err
+
+
+def _flat(description: dict, prefix: str = "") -> dict:
+    """{"model": {"dtype": ...}} → {"model.dtype": ...}, so a mismatch names the field that differs."""
+    flat = {}
+    for key, value in description.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _short(values: dict) -> str:
+    text = ", ".join(f"{key}={value!r}" for key, value in values.items())
+    return text if len(text) <= 300 else text[:297] + "..."

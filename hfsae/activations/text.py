@@ -15,7 +15,7 @@ import glob
 import hashlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -205,7 +205,7 @@ def _separator(tokenizer) -> list[int]:
 
 
 def token_contexts(
-    text: TextSource,
+    text: TextSource | Iterable[str],
     tokenizer,
     context_size: int = 64,
     *,
@@ -213,6 +213,8 @@ def token_contexts(
 ) -> Iterator[tuple[TextPosition, list[int]]]:
     """Documents packed end to end (separated by the end-of-text token) and cut into contexts of
     `context_size` tokens; yields (position of the context's first token, token ids).
+
+    `text` is a TextSource or in-memory documents (an iterable of strings, numbered from 0).
 
     A document longer than a context spills into the next one; the last partial context is dropped.
     Restarting from a yielded position yields the same contexts again.
@@ -223,7 +225,12 @@ def token_contexts(
     pending: list[int] = []
     # `origins` marks where each document's tokens begin in `pending`, to name a context's start.
     origins: list[tuple[int, int, int]] = []  # (offset in pending, document index, first token)
-    documents = text.documents(start.document)
+    if isinstance(text, TextSource):
+        documents = text.documents(start.document)
+    elif isinstance(text, str):
+        raise TypeError("token_contexts takes a TextSource or an iterable of documents, not one string; wrap it in a list.")
+    else:
+        documents = ((index, doc) for index, doc in enumerate(text) if index >= start.document and doc)
     while True:
         batch = [doc for _, doc in zip(range(DOCUMENT_BATCH), documents)]
         if not batch:
