@@ -1,10 +1,14 @@
 """One TopK SAE training step on CPU against its floor (encoder matmul + topk) and a naive dense step.
 
-For each shape, in one run and interleaved (so machine noise hits all three alike), times:
+For each shape, in one run and interleaved (so machine noise hits all alike), times:
   (a) floor: the bare encoder matmul x @ W_encᵀ + b_enc and torch.topk(k);
   (b) naive: a dense TopK SAE step (dense [batch, n] code, dense decode, autograd) with AuxK;
   (c) hfsae: TopKSAE forward with AuxK firing (10% of latents marked dead), backward, decoder
-      gradient projection, fused Adam, decoder renormalisation.
+      gradient projection, fused Adam, decoder renormalisation; the AuxK path is the one
+      hfsae.ops.auxk measures and picks (during the warm-up);
+  (d) rejected: the same step forced onto the AuxK path the chooser rejected;
+  (e) no_dead: the same step without dead latents (AuxK off);
+and, apart, Adam's step alone over the SAE's parameters: fused, foreach and one tensor at a time.
 Prints a table and, as its last line, one JSON object with the ratios.
 
     python benchmarks/bench_step.py [--repeats 5] [--shapes 576x16384 768x32768]
@@ -19,7 +23,8 @@ import time
 
 import torch
 
-from hfsae import TopKSAE, TopKSAEConfig
+from hfsae import TopKSAE, TopKSAEConfig, modeling
+from hfsae.ops import autotune
 
 BATCH, K, DEAD_FRACTION = 4096, 32, 0.1
 
@@ -54,8 +59,9 @@ class NaiveDenseSAE(torch.nn.Module):
         return fvu + aux / 32
 
 
-def adam(params):
-    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=6.25e-10, fused=True)
+def adam(params, implementation: str = "fused"):
+    options = {"fused": dict(fused=True), "foreach": dict(foreach=True), "single": dict(foreach=False)}[implementation]
+    return torch.optim.Adam(params, lr=1e-4, betas=(0.9, 0.999), eps=6.25e-10, **options)
 
 
 def naive_step(model, optimizer, x, dead_mask):
@@ -78,18 +84,59 @@ def seconds(fn) -> float:
     return time.perf_counter() - start
 
 
+def chosen_auxk_paths() -> list[str]:
+    """Record every AuxK path TopKSAE.forward takes from now on."""
+    chosen, choose = [], modeling.auxk_path
+    modeling.auxk_path = lambda *args, **kwargs: chosen.append(choose(*args, **kwargs)) or chosen[-1]
+    return chosen
+
+
+def forced(path: str, fn):
+    def run():
+        autotune.set_path("auxk", path)
+        try:
+            fn()
+        finally:
+            autotune.set_path("auxk", None)
+
+    return run
+
+
+def adam_seconds(sae: TopKSAE, repeats: int) -> dict:
+    """Median seconds of one Adam step alone per implementation, on the SAE's parameters with their gradients."""
+    params = [p.detach().clone().requires_grad_() for p in sae.parameters()]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizers = {name: adam(params, name) for name in ("fused", "foreach", "single")}
+    for optimizer in optimizers.values():
+        optimizer.step()
+    times = {name: [] for name in optimizers}
+    for _ in range(repeats):
+        for name, optimizer in optimizers.items():
+            times[name].append(seconds(optimizer.step))
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
     torch.manual_seed(0)
     sae = TopKSAE(TopKSAEConfig(d_in=d_in, n_latents=n_latents, k=K))
     x = torch.randn(BATCH, d_in)
     dead_mask = torch.rand(n_latents) < DEAD_FRACTION
+    no_dead = torch.zeros(n_latents, dtype=torch.bool)
     naive = NaiveDenseSAE(sae)
     sae_optimizer, naive_optimizer = adam(sae.parameters()), adam(naive.parameters())
     W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
+    chosen = chosen_auxk_paths()
+    hfsae = lambda: hfsae_step(sae, sae_optimizer, x, dead_mask)  # noqa: E731
+    hfsae()  # the AuxK path (and the encoder's block size) are measured here if not cached
+    path = chosen[-1]
+    rejected = "sparse" if path == "dense" else "dense"
     runs = {
         "floor": lambda: floor_step(x, W_enc, b_enc, K),
         "naive": lambda: naive_step(naive, naive_optimizer, x, dead_mask),
-        "hfsae": lambda: hfsae_step(sae, sae_optimizer, x, dead_mask),
+        "hfsae": hfsae,
+        "rejected": forced(rejected, hfsae),
+        "no_dead": lambda: hfsae_step(sae, sae_optimizer, x, no_dead),
     }
     for fn in runs.values():  # warm-up: allocator, optimizer state
         fn()
@@ -98,13 +145,21 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         for name, fn in runs.items():
             times[name].append(seconds(fn))
     median = {name: statistics.median(values) for name, values in times.items()}
+    adam_s = adam_seconds(sae, repeats)
+    floor = median["floor"]
     return {
         "shape": {"d_in": d_in, "n_latents": n_latents, "k": K, "batch": BATCH, "dead_fraction": DEAD_FRACTION},
-        "floor_s": round(median["floor"], 4),
+        "auxk_path": path,
+        "floor_s": round(floor, 4),
         "naive_s": round(median["naive"], 4),
         "hfsae_s": round(median["hfsae"], 4),
-        "step_over_floor": round(median["hfsae"] / median["floor"], 3),
+        "step_over_floor": round(median["hfsae"] / floor, 3),
+        "rejected_over_floor": round(median["rejected"] / floor, 3),
+        "no_dead_over_floor": round(median["no_dead"] / floor, 3),
         "dense_over_step": round(median["naive"] / median["hfsae"], 3),
+        "adam_s": {name: round(value, 4) for name, value in adam_s.items()},
+        "adam_fused_share_of_step": round(adam_s["fused"] / median["hfsae"], 3),
+        "spread": {name: round((max(v) - min(v)) / median[name], 3) for name, v in times.items()},
     }
 
 
@@ -114,13 +169,15 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["576x16384", "768x32768"], help="d_inxn_latents")
     args = parser.parse_args()
     results = []
-    print(f"{'d_in':>6} {'n_latents':>10} {'floor s':>8} {'naive s':>8} {'hfsae s':>8} {'hfsae/floor':>12} {'naive/hfsae':>12}")
+    print(f"{'d_in':>6} {'n_latents':>10} {'floor s':>8} {'hfsae s':>8} {'auxk path':>9} {'step/floor':>10} "
+          f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10}")
     for shape in args.shapes:
         d_in, n_latents = map(int, shape.split("x"))
         r = bench_shape(d_in, n_latents, args.repeats)
         results.append(r)
-        print(f"{d_in:>6} {n_latents:>10} {r['floor_s']:>8} {r['naive_s']:>8} {r['hfsae_s']:>8} "
-              f"{r['step_over_floor']:>12} {r['dense_over_step']:>12}")
+        print(f"{d_in:>6} {n_latents:>10} {r['floor_s']:>8} {r['hfsae_s']:>8} {r['auxk_path']:>9} {r['step_over_floor']:>10} "
+              f"{r['rejected_over_floor']:>14} {r['no_dead_over_floor']:>13} {r['dense_over_step']:>11} "
+              f"{r['adam_fused_share_of_step']:>10}")
     print(json.dumps(results))
 
 
