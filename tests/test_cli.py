@@ -78,7 +78,13 @@ def test_hfsae_train_on_a_tiny_model_writes_loadable_folders(tmp_path, tiny_mode
     )
     assert status == 0, capsys.readouterr().err
     index = json.loads((output_dir / "index.json").read_text())
-    assert [entry["path"] for entry in index["saes"]] == ["layers.1.resid_post/n64_k4", "layers.2.resid_post/n64_k4"]
+    assert index["format"] == "hfsae-index"
+    assert [entry["folder"] for entry in index["saes"]] == ["layers.1.resid_post/n64_k4", "layers.2.resid_post/n64_k4"]
+    assert [entry["hook_point"] for entry in index["saes"]] == ["layers.1.resid_post", "layers.2.resid_post"]
+    import hfsae
+
+    assert sorted(hfsae.load_many(str(output_dir))) == ["layers.1.resid_post/n64_k4", "layers.2.resid_post/n64_k4"]
+    assert hfsae.load(str(output_dir), hookpoint="layers.2.resid_post").config.hook_point == "layers.2.resid_post"
     folder = output_dir / "layers.2.resid_post/n64_k4"
     sae = TopKSAE.from_pretrained(folder)
     assert (sae.config.d_in, sae.config.n_latents, sae.config.k) == (32, 64, 4)

@@ -152,7 +152,10 @@ class TextSource:
                     f"{self.dataset!r} mixes file types {sorted(str(b) for b in builders)}; give files "
                     f"of one type ({'/'.join(FILE_BUILDERS)})."
                 )
-            return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=self.streaming)
+            try:
+                return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=self.streaming)
+            except StopIteration:  # `datasets` finds no first row to infer the columns from
+                raise ValueError(f"Dataset {self.dataset!r} holds no documents (empty files); give files with text.") from None
         try:
             return datasets.load_dataset(self.dataset, self.hub_config, split=self.hub_split, streaming=self.streaming)
         except (ConnectionError, OSError) as err:
