@@ -191,6 +191,21 @@ def sae_folders(repo: SAERepo) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: natural_key(item[0])))
 
 
+def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFileError:
+    """The error for a repo or folder without any complete SAE: the missing weights by name where a config is there."""
+    # dictionary_learning's config.json is also hfsae's: a lone config.json is taken as an hfsae SAE missing its weights.
+    weights_of = {CONFIG_FILE: WEIGHTS_FILE, saelens.CONFIG_FILE: f"{saelens.WEIGHTS_FILE} or {sparsify.WEIGHTS_FILE}"}
+    prefix = f"{subfolder}/" if subfolder else ""
+    for path in sorted(repo.files, key=natural_key):
+        folder, _, name = path.rpartition("/")
+        if name in weights_of and path.startswith(prefix) and "checkpoints" not in folder.split("/"):
+            return FileNotFoundError(
+                f"{repo.describe(folder)} has a {name} but no {weights_of[name]}: the SAE's weights are missing. "
+                "Re-save or re-download the folder."
+            )
+    return SAEFileError(f"{repo.describe(subfolder)} holds no SAE hfsae can read: expected {EXPECTED}.")
+
+
 def hook_point_of(repo: SAERepo, folder: str, fmt: str, index: dict[str, Any] | None) -> str | None:
     """The hook point of one SAE of the repo, from its folder name or its (small) config file."""
     prefix = f"{folder}/" if folder else ""
@@ -217,7 +232,7 @@ def pick(repo: SAERepo, *, hookpoint: str | None, subfolder: str) -> tuple[str, 
         found = {name: fmt for name, fmt in found.items() if name == subfolder or name.startswith(f"{subfolder}/")}
     where = repo.describe(subfolder)
     if not found:
-        raise SAEFileError(f"{where} holds no SAE hfsae can read: expected {EXPECTED}.")
+        raise nothing_found(repo, subfolder)
     if hookpoint is None:
         if subfolder in found:
             return subfolder, found[subfolder]
@@ -405,7 +420,7 @@ def load_many(
     repo = SAERepo.open(name, revision=revision)
     found = sae_folders(repo)
     if not found:
-        raise SAEFileError(f"{repo.describe()} holds no SAE hfsae can read: expected {EXPECTED}.")
+        raise nothing_found(repo)
     return {
         folder: load(name, revision=revision, device=device, dtype=dtype, subfolder=folder) if folder else
         load(name, revision=revision, device=device, dtype=dtype)
