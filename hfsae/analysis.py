@@ -667,7 +667,8 @@ def push_analysis(
         api.upload_file(path_or_fileobj=str(summary), path_in_repo=SUMMARY_FILE, repo_id=repo_id, repo_type="dataset")
     # Keep the metadata push_to_hub wrote (dataset_info, configs): load_dataset reads it.
     card_data = DatasetCard.load(repo_id, repo_type="dataset", token=token).data
-    card_data.tags = sorted({*(card_data.tags or []), "hfsae", "sparse-autoencoder", "interpretability"})
+    # DatasetCardData has no tags attribute until one is set.
+    card_data.tags = sorted({*(card_data.get("tags") or []), "hfsae", "sparse-autoencoder", "interpretability"})
     sae = settings.get("sae")
     card = DatasetCard.from_template(
         card_data,

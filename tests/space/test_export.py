@@ -57,7 +57,7 @@ from huggingface_hub import DatasetCard, hf_hub_download, snapshot_download
 
 rows = load_dataset({ANALYSIS_REPO!r}, split="train")
 print({RESULT!r} + json.dumps(dict(
-    density=rows["density"],
+    density=list(rows["density"]),
     dataset_card=DatasetCard.load({ANALYSIS_REPO!r}, repo_type="dataset").content,
     dataset_files=api.list_repo_files({ANALYSIS_REPO!r}, repo_type="dataset"),
     space_files=api.list_repo_files({SPACE_REPO!r}, repo_type="space"),
@@ -112,7 +112,7 @@ def test_analyze_pushes_the_dataset_as_parquet_with_a_card_carrying_its_settings
     from hfsae.analysis import load_analysis
 
     local, _ = load_analysis(work / "sae" / "analysis")
-    assert result["density"] == local["density"]
+    assert result["density"] == list(local["density"])
     assert any(name.endswith(".parquet") for name in result["dataset_files"]) and "analysis.json" in result["dataset_files"]
     card = result["dataset_card"]
     for row in (f"| tokens analysed | {settings['n_tokens']} |", "| text | `texts.jsonl` |",
@@ -177,13 +177,16 @@ def deployed_app(published, tmp_path_factory):
         log.close()
 
 
-def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(deployed_app, published, tiny_lm, tiny_tokenizer):
+def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(deployed_app, published):
     from gradio_client import Client
 
+    from hfsae.activations import load_language_model
     from hfsae.explorer import Explorer
 
     _, work, _ = published
-    local = Explorer.load(work / "sae", work / "sae" / "analysis", model=tiny_lm("llama"), tokenizer=tiny_tokenizer)
+    # The reference loads the base model as the app does (the CPU's default dtype), from the same files.
+    model, tokenizer = load_language_model(str(work / "lm"), quiet=True)
+    local = Explorer.load(work / "sae", work / "sae" / "analysis", model=model, tokenizer=tokenizer)
     client = Client(deployed_app, verbose=False, analytics_enabled=False)
     highlighted, _, _ = client.predict("The quick brown fox", "", api_name="/text")
     expected, *_ = local.text_view("The quick brown fox", None)
