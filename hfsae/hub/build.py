@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .files import SAEFileError
-from .mixin import sae_class
+from .model_class import sae_class
 
 
 def sae_from_tensors(

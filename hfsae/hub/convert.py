@@ -13,7 +13,7 @@ from pathlib import Path
 from ..folder import staged_folder
 from . import saelens
 from .loading import CONVERTERS, EXPECTED, SAERepo, sae_folders
-from .mixin import sae_class
+from .model_class import sae_class
 from .multi import save_many
 
 SOURCE_FORMATS = ("openai", "saelens", "sparsify", "dictionary_learning", "hfsae")

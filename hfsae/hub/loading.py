@@ -43,7 +43,7 @@ from ..folder import (
 )
 from . import dictionary_learning, openai, saelens, sparsify
 from .files import SAEFileError
-from .mixin import sae_class
+from .model_class import sae_class
 from .registry import RegistryEntry, UnknownSAEError, lookup, registry, unknown_name_error
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")

@@ -1,8 +1,8 @@
 """Hub behaviour for the SAE model class, as huggingface_hub's ModelHubMixin gives it to any model.
 
 `TopKSAE` inherits `HubMixin` before transformers' `PreTrainedModel`. This module imports nothing of
-`hfsae.modeling`: the class is recorded when it subclasses the mixin, and the converters build that
-class (`sae_class()`), so `modeling → hub` is the only direction of import.
+`hfsae.modeling`: the class is recorded (hub/model_class.py) when it subclasses the mixin, and the loaders
+and converters build that class (`sae_class()`), so `modeling → hub` is the only direction of import.
 """
 
 from __future__ import annotations
@@ -10,14 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-_SAE_CLASS: type | None = None
-
-
-def sae_class() -> type:
-    """The model class built on HubMixin (TopKSAE): what loaders and converters return."""
-    # `import hfsae` (which runs before any hfsae.hub module) defines TopKSAE, so this is always set.
-    assert _SAE_CLASS is not None, "hfsae.modeling defines the SAE class; import hfsae first"
-    return _SAE_CLASS
+from .model_class import record_sae_class
 
 
 class HubMixin:
@@ -25,9 +18,7 @@ class HubMixin:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        global _SAE_CLASS
-        if _SAE_CLASS is None:  # the first class built on the mixin; subclasses of it are still accepted
-            _SAE_CLASS = cls
+        record_sae_class(cls)  # the first class built on the mixin; what loaders and converters build
 
     @classmethod
     def from_pretrained(
