@@ -5,10 +5,12 @@ events call the explorer's views; its queue is bounded, so a burst of requests w
 turned away instead of piling up. The app makes no outbound calls: analytics are off and the
 default theme's fonts are served locally.
 
-`export_space(folder, sae, analysis=...)` writes a Space that deploys on its own: `app.py`, a
-`requirements.txt` installing hfsae from a wheel built from this checkout and vendored beside it
-(hfsae is not on PyPI), and a `README.md` whose header declares the Gradio SDK and links the SAE
-and its analysis dataset; `push_space` uploads it as a Space repo.
+`export_space(folder, sae, analysis=...)` writes a Space that deploys on its own: hfsae's wheel built
+from this checkout (hfsae is not on PyPI), `app.py` which unpacks that wheel when it starts (a Space
+installs requirements.txt before the rest of its files are there, so the wheel cannot be a
+requirement), `requirements.txt` with the wheel's own requirements, and a `README.md` whose header
+declares the Gradio SDK and links the SAE and its analysis dataset; `push_space` uploads it as a
+Space repo.
 """
 
 import functools
@@ -290,19 +292,56 @@ REQUIREMENTS_FILE = "requirements.txt"
 # What a wheel of hfsae needs from its checkout; the rest (tests, docs, git history) stays behind.
 NOT_IN_WHEEL = (".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "docs", "benchmarks", "outputs")
 
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
+
 APP_SOURCE = '''"""The hfsae explorer for {name} (written by `hfsae space --export`).
 
+Space variables:
 HFSAE_SAE        the SAE: a registry name or Hub repo id (default: {sae})
 HFSAE_ANALYSIS   its analysis: a Hub dataset repo (default: {analysis})
 """
 
+import hashlib
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-from hfsae.space import build_app
+WHEEL = Path(__file__).resolve().parent / {wheel!r}
 
+
+def use_vendored_hfsae() -> Path:
+    """Put hfsae from the wheel beside this file first on sys.path; return where it was unpacked.
+
+    hfsae is not on PyPI, and a Space installs requirements.txt before this folder is copied in, so
+    the wheel cannot be a requirement there: pip unpacks it here instead (no index, no
+    dependencies: requirements.txt installed those), once per wheel.
+    """
+    digest = hashlib.sha256(WHEEL.read_bytes()).hexdigest()[:16]
+    try:
+        target = WHEEL.parent / {vendor!r} / digest
+        target.parent.mkdir(exist_ok=True)
+    except OSError:  # a read-only folder: a private temporary one, unpacked at every start
+        target = Path(tempfile.mkdtemp(prefix="hfsae-")) / digest
+    if not target.is_dir():
+        staging = Path(tempfile.mkdtemp(prefix=f".{{digest}}-", dir=target.parent))
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(staging)]
+        subprocess.run([*pip, str(WHEEL)], check=True)
+        staging.rename(target)
+    sys.path.insert(0, str(target))
+    return target
+
+
+use_vendored_hfsae()
+import hfsae  # noqa: E402
+from hfsae.space import build_app  # noqa: E402
+
+print(f"hfsae from {{Path(hfsae.__file__).parent}}", flush=True)
 demo = build_app(os.environ.get("HFSAE_SAE", {sae!r}), os.environ.get("HFSAE_ANALYSIS", {analysis!r}) or None)
 
 if __name__ == "__main__":
@@ -349,13 +388,43 @@ def build_wheel(destination: str | os.PathLike) -> Path:
         return Path(shutil.copy2(wheel, destination / wheel.name))
 
 
+def wheel_requirements(wheel: str | os.PathLike, extra: str = "space") -> list[str]:
+    """The requirements a wheel declares for itself and its `extra` ("torch<2.15,>=2.4", ...), from its
+    METADATA, and a check that the gradio running here (the Space's sdk_version) satisfies them."""
+    import zipfile
+    from email.parser import Parser
+
+    import gradio
+    from packaging.requirements import Requirement
+
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        declared = Parser().parsestr(archive.read(metadata).decode()).get_all("Requires-Dist") or []
+    lines = []
+    for line in declared:
+        requirement = Requirement(line)
+        marker = str(requirement.marker or "")
+        if "extra" in marker:
+            if not requirement.marker.evaluate({"extra": extra}):
+                continue
+            requirement.marker = None  # the extra's own requirements hold unconditionally here
+        if requirement.name == "gradio" and gradio.__version__ not in requirement.specifier:
+            raise RuntimeError(
+                f"The Space would run gradio {gradio.__version__} (the version here), but hfsae needs {requirement}; "
+                "install a gradio hfsae supports and export again."
+            )
+        lines.append(str(requirement))
+    return lines
+
+
 def export_space(
     output_dir: str | os.PathLike, sae: str, *, analysis: str | None = None, overwrite: bool = False
 ) -> Path:
     """Write a Space for the explorer of `sae` (a registry name or Hub repo id) into output_dir.
 
-    The folder holds app.py, hfsae's wheel, requirements.txt installing it, and README.md from the
-    model_cards/space.md template (sdk, sdk_version, app_file, models and datasets links).
+    The folder holds app.py, hfsae's wheel (which app.py unpacks when it starts), requirements.txt
+    with the wheel's own requirements, and README.md from the model_cards/space.md template (sdk,
+    sdk_version, python_version, app_file, models and datasets links).
 
     Example:
         >>> export_space("my-space", "org/my-sae", analysis="org/my-sae-analysis")
@@ -372,17 +441,20 @@ def export_space(
     name = display_name(sae)
     with staged_folder(output_dir, overwrite=overwrite) as folder:
         wheel = build_wheel(folder)
-        (folder / APP_FILE).write_text(APP_SOURCE.format(name=name, sae=sae, analysis=analysis))
+        (folder / APP_FILE).write_text(
+            APP_SOURCE.format(name=name, sae=sae, analysis=analysis, wheel=wheel.name, vendor=VENDOR_DIR)
+        )
         (folder / REQUIREMENTS_FILE).write_text(
-            "# hfsae is not on PyPI: it installs from the wheel beside this file (built by `hfsae space --export`).\n"
-            "--extra-index-url https://download.pytorch.org/whl/cpu\n"
-            "torch>=2.4,<2.15\n"
-            f"./{wheel.name}[space]\n"
+            "# hfsae's own requirements (its [space] extra included), read from the wheel beside this file:\n"
+            "# hfsae is not on PyPI, so app.py unpacks that wheel when it starts.\n"
+            "# CPU builds of torch: a Space's default hardware has no GPU, and they are a tenth the download.\n"
+            f"--extra-index-url {TORCH_CPU_INDEX}\n" + "".join(f"{line}\n" for line in wheel_requirements(wheel))
         )
         card_data = SpaceCardData(
             title=f"hfsae explorer: {name}"[:60],
             sdk="gradio",
             sdk_version=gradio.__version__,
+            python_version=f"{sys.version_info.major}.{sys.version_info.minor}",
             app_file=APP_FILE,
             license="apache-2.0",
             models=[model_id],
@@ -414,6 +486,10 @@ def push_space(folder: str | os.PathLike, repo_id: str, *, private: bool | None 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, repo_type="space", space_sdk="gradio", private=private, exist_ok=True).repo_id
     commit = api.upload_folder(
-        folder_path=str(folder), repo_id=repo_id, repo_type="space", commit_message="Explorer exported by hfsae space"
+        folder_path=str(folder),
+        repo_id=repo_id,
+        repo_type="space",
+        commit_message="Explorer exported by hfsae space",
+        ignore_patterns=[f"{VENDOR_DIR}/**"],  # the wheel unpacked by a local run of app.py
     )
     return commit.commit_url

@@ -5,13 +5,12 @@ stand-in; `hfsae space --export DIR --push-to-hub` writes and uploads the Space;
 the Space repo into an empty folder and runs its `app.py` there with hfsae installed from the
 Space's own vendored wheel.
 
-How hfsae is kept from coming from this checkout: the wheel is installed with `pip --target` into
-a folder that is the subprocess' only PYTHONPATH entry, and the app runs with the downloaded Space
-as its working directory. The checkout's editable install is a meta-path finder that Python asks
-only after the path entries, so the wheel wins; the test asserts so from `hfsae.__file__` rather
-than trusting it. (A venv with --system-site-packages would see the same editable finder, and one
-without could not import torch offline.) Everything else (torch, gradio) comes from this
-environment, as the Space's requirements name them.
+How hfsae is kept from coming from this checkout: app.py unpacks the Space's wheel and puts it
+first on sys.path, ahead of the checkout's editable install (a meta-path finder, which Python asks
+only after the path entries); the test asserts so from the path the app prints rather than
+trusting it. Everything else (torch, gradio) comes from this environment: the requirements are
+checked to resolve offline against it with `pip install --dry-run --no-index`. (A fresh venv
+could not install torch offline.)
 """
 
 import json
@@ -133,30 +132,52 @@ def test_the_exported_space_holds_app_wheel_requirements_and_a_gradio_header(pub
     assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
     assert card.data.models == [SAE_REPO] and card.data.datasets == [ANALYSIS_REPO]
     assert len(card.data.short_description) <= 60
-    requirements = (deployed / "requirements.txt").read_text().splitlines()
-    assert f"./{wheel}[space]" in requirements and not any(line.strip() == "hfsae[space]" for line in requirements)
+    assert card.data.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
+    # A Space installs requirements.txt before its other files are copied in: the wheel is no requirement.
+    assert "hfsae" not in (deployed / "requirements.txt").read_text().replace("# hfsae", "")
+    assert wheel in (deployed / "app.py").read_text()
+
+
+def test_the_space_requirements_are_the_wheels_own_and_resolve_as_a_space_installs_them(published, tmp_path):
+    """requirements.txt lists what the vendored wheel declares (itself and its [space] extra), and pip
+    resolves it as a Space's build does: the file alone (the Space's other files are not there yet),
+    with the README's gradio pinned, offline against what this environment has installed."""
+    import gradio
+    from packaging.requirements import Requirement
+
+    _, _, result = published
+    deployed = Path(result["deployed"])
+    (wheel,) = deployed.glob("hfsae-*.whl")
+    listed = [line for line in (deployed / "requirements.txt").read_text().splitlines() if line and line[0] not in "#-"]
+    # The reference: what pyproject.toml declares for hfsae and its [space] extra (the wheel's METADATA).
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["space"]]
+    assert sorted(str(Requirement(line)) for line in listed) == sorted(str(Requirement(line)) for line in declared)
+    assert {Requirement(line).name for line in listed} >= {"torch", "transformers", "huggingface-hub", "gradio"}
+    alone = tmp_path / "requirements.txt"
+    alone.write_text((deployed / "requirements.txt").read_text())
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "-r", str(alone), f"gradio=={gradio.__version__}"]
+    resolved = subprocess.run(pip, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resolved.returncode == 0, resolved.stdout + resolved.stderr
 
 
 @pytest.fixture(scope="module")
 def deployed_app(published, tmp_path_factory):
-    """`python app.py` in the downloaded Space, hfsae installed from its vendored wheel only; yields its URL."""
+    """`python app.py` in the downloaded Space, which unpacks hfsae from its own wheel; yields its URL.
+
+    The app's log names where hfsae came from: it must be the Space's unpacked wheel, not this
+    checkout (installed here in editable mode, which Python consults after the path entries)."""
     server, _, result = published
     deployed = Path(result["deployed"])
-    site = tmp_path_factory.mktemp("space-site")
-    (wheel,) = deployed.glob("hfsae-*.whl")
-    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site), str(wheel)]
-    subprocess.run(pip, check=True, capture_output=True, timeout=300)
     port = free_port()
     env = hub_env(
-        server, tmp_path_factory.mktemp("hf-home-space"),
-        PYTHONPATH=str(site), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port),
+        server, tmp_path_factory.mktemp("hf-home-space"), GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port)
     )
-    where = subprocess.run(
-        [sys.executable, "-c", "import hfsae; print(hfsae.__file__)"],
-        cwd=deployed, env=env, capture_output=True, text=True, check=True,
-    ).stdout.strip()
-    assert Path(where).is_relative_to(site), f"the app would import hfsae from {where}, not the Space's wheel"
-    log = open(tmp_path_factory.mktemp("space-log") / "app.log", "w+")
+    env.pop("PYTHONPATH", None)
+    log_path = tmp_path_factory.mktemp("space-log") / "app.log"
+    log = open(log_path, "w+")
     app = subprocess.Popen([sys.executable, "app.py"], cwd=deployed, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -169,7 +190,11 @@ def deployed_app(published, tmp_path_factory):
             except OSError:
                 time.sleep(0.2)
         log.seek(0)
-        assert app.poll() is None, f"app.py exited:\n{log.read()}"
+        output = log.read()
+        assert app.poll() is None, f"app.py exited:\n{output}"
+        (line,) = [line for line in output.splitlines() if line.startswith("hfsae from ")]
+        where = Path(line.removeprefix("hfsae from "))
+        assert where.is_relative_to(deployed / ".hfsae"), f"the app imported hfsae from {where}, not the Space's wheel"
         yield url
     finally:
         app.terminate()
