@@ -222,7 +222,11 @@ def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(d
 
 
 @pytest.mark.browser
-def test_chromium_renders_the_deployed_space_with_the_sae_name_and_hub_metrics(deployed_app):
+def test_chromium_renders_the_deployed_space_text_latent_and_overview_from_the_hub(deployed_app, published):
+    from hfsae.analysis import load_analysis
+
+    _, work, _ = published
+    analysis, _ = load_analysis(work / "sae" / "analysis")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -234,6 +238,27 @@ def test_chromium_renders_the_deployed_space_with_the_sae_name_and_hub_metrics(d
         header = page.locator("#header")
         header.get_by_text(SAE_REPO).wait_for()
         assert "/tmp" not in header.inner_text() and "64 latents" in header.inner_text()
+
+        # Text: the tokens come back coloured, and each token's top latents fill the table.
+        page.locator("#text-input textarea").fill("The quick brown fox")
+        page.locator("#text-button").click()
+        page.locator("#text-message").get_by_text("Colouring by").wait_for()
+        assert page.locator("#text-tokens .token").count() == len("The quick brown fox")  # one token per byte
+        assert page.locator("#text-table [role=gridcell]").filter(has_text="(").count() > 0
+
+        # A latent box given inf: a readable error naming the range, not a stack trace.
+        page.locator("#text-latent textarea, #text-latent input").first.fill("inf")
+        page.locator("#text-button").click()
+        page.get_by_text("whole number in 0–63").first.wait_for()
+
+        # Latent: density from the analysis dataset and the N2G explanation, both read from the Hub.
+        page.get_by_role("tab", name="Latent").click()
+        page.locator("#latent-input input").fill(str(EXPLAINED_LATENT))
+        page.locator("#latent-button").click()
+        page.locator("#latent-summary h2").get_by_text(f"Latent {EXPLAINED_LATENT}").wait_for()
+        summary = page.locator("#latent-summary").inner_text()
+        assert f"{analysis[EXPLAINED_LATENT]['density']:.4%}" in summary and "N2G explanation" in summary
+
         page.get_by_role("tab", name="Overview").click()
         page.locator("#overview").get_by_text("0.125").first.wait_for()  # eval_results.json from the Hub repo
         if os.environ.get("HFSAE_SCREENSHOTS"):
