@@ -65,10 +65,10 @@ class HubMixin:
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return None
+        if push_to_hub:  # push_folder renders the card, once, with the repo id
+            return push_saved_folder(save_directory, **push_options)
         if not os.path.exists(os.path.join(save_directory, CARD_FILE)):
             write_card(save_directory)
-        if push_to_hub:
-            return push_saved_folder(save_directory, **push_options)
         return None
 
     def push_to_hub(self, repo_id: str, **options: Any):

@@ -19,6 +19,7 @@ from typing import Any
 
 from huggingface_hub import CommitInfo, CommitOperationAdd, HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+from transformers import PreTrainedModel
 
 from ..folder import (
     CARD_FILE,
@@ -127,6 +128,11 @@ def push_saved_folder(save_directory: str | os.PathLike, *, repo_id: str | None 
     return push_folder(save_directory, repo_id or Path(save_directory).resolve().name, **options)
 
 
+def save_for_push(sae: Any, folder: Path) -> None:
+    """Config and weights only: transformers' own save_pretrained, not HubMixin's, whose card push_folder would redo."""
+    PreTrainedModel.save_pretrained(sae, folder)
+
+
 def existing_entries(api: HfApi, repo_id: str, revision: str | None) -> list[dict[str, Any]]:
     """The entries of the repo's index.json at `revision`, or [] for a new repo, branch or one without an index."""
     try:
@@ -153,13 +159,13 @@ def push_to_hub(
     with tempfile.TemporaryDirectory(prefix="hfsae-push-") as staging:
         staging = Path(staging)
         if not folder:
-            sae.save_pretrained(staging)
+            save_for_push(sae, staging)
             return push_folder(staging, repo_id, **options)
         api = HfApi(token=options.get("token"))
         repo_id = api.create_repo(repo_id, private=options.get("private"), exist_ok=True).repo_id
         old = existing_entries(api, repo_id, options.get("revision"))
         entries = merge_entries(old, [index_entry(folder, sae.config)])  # checks the folder name
-        sae.save_pretrained(staging / folder)
+        save_for_push(sae, staging / folder)
         write_index(staging, entries)
         return push_folder(staging, repo_id, **options)
 
@@ -175,6 +181,6 @@ def push_many(saes: dict[str, Any], repo_id: str, **options: Any) -> CommitInfo:
         old = existing_entries(api, repo_id, options.get("revision"))
         entries = merge_entries(old, [index_entry(name, sae.config) for name, sae in saes.items()])
         for name, sae in saes.items():
-            sae.save_pretrained(staging / name)
+            save_for_push(sae, staging / name)
         write_index(staging, entries)
         return push_folder(staging, repo_id, **options)

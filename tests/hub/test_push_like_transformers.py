@@ -68,3 +68,34 @@ emit({{"status": status, "out": out.getvalue(), "files": files, "library": card.
     assert {"config.json", "index.json", "README.md", "layers.2/model.safetensors", "layers.10/README.md"} <= set(result["files"])
     assert result["library"] == "hfsae"
     assert result["text"].index("`layers.2`") < result["text"].index("`layers.10`")
+
+
+def test_each_push_renders_each_card_once_with_the_repo_id(hub, tmp_path):
+    repo = new_repo()
+    result = hub.run(MAKE_SAE + f"""
+from pathlib import Path
+import hfsae.hub.card, hfsae.hub.push
+from hfsae.hub.push import push_many
+real, calls = hfsae.hub.card.write_card, []
+def counted(folder, **options):  # the real renderer, counted
+    calls.append((Path(folder).name, options.get("repo_id")))
+    return real(folder, **options)
+hfsae.hub.card.write_card = hfsae.hub.push.write_card = counted
+counts = {{}}
+make_sae(1).push_to_hub({repo!r})
+counts["push_to_hub"], calls[:] = list(calls), []
+make_sae(2).push_to_hub({repo!r}, folder="layers.2")
+counts["push_to_hub folder"], calls[:] = list(calls), []
+push_many({{"layers.3": make_sae(3), "layers.4": make_sae(4)}}, {repo!r})
+counts["push_many"], calls[:] = list(calls), []
+make_sae(5).save_pretrained({str(tmp_path / 'saved')!r}, push_to_hub=True, repo_id={repo!r})
+counts["save_pretrained(push_to_hub=True)"], calls[:] = list(calls), []
+make_sae(6).save_pretrained({str(tmp_path / 'local')!r})
+counts["save_pretrained"] = list(calls)
+emit(counts)
+""")
+    assert len(result["push_to_hub"]) == 1 and result["push_to_hub"][0][1] == repo
+    assert [name for name, _ in result["push_to_hub folder"]] == ["layers.2"]
+    assert sorted(name for name, _ in result["push_many"]) == ["layers.3", "layers.4"]
+    assert result["save_pretrained(push_to_hub=True)"] == [["saved", repo]]
+    assert result["save_pretrained"] == [["local", None]]
