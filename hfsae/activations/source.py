@@ -258,7 +258,10 @@ class ActivationSource:
                 epoch_row += _n_rows(rows)
             epoch_rows = min(epoch_row, limit)
             if not epoch_rows:
-                return
+                raise ValueError(
+                    f"Dataset {self.text.dataset!r} ({self.text.split!r} split) gives no context of "
+                    f"{self.context_size} tokens; use more text or a smaller context_size."
+                )
             self._epoch_rows = epoch_rows
             forward, start = 0, TextPosition()
 
@@ -422,6 +425,9 @@ class ActivationSource:
         first = max(0, stage - SPREAD + 1)
         for block in [block for block in anchors if block < first]:
             del anchors[block]
-        self._anchor = anchors.get(first, self._anchor)  # past the last block it no longer matters
+        if first in anchors:
+            self._anchor = anchors[first]
+        else:  # every block has left the buffer (a block up to `stage` was asked for): nothing remains
+            self._done = True
         bar.update(n)
         return batch
