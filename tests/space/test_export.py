@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -165,7 +166,7 @@ def test_the_space_requirements_are_the_wheels_own_and_resolve_as_a_space_instal
 
 @pytest.fixture(scope="module")
 def deployed_app(published, tmp_path_factory):
-    """`python app.py` in the downloaded Space, which unpacks hfsae from its own wheel; yields its URL.
+    """`python app.py` in the downloaded Space, which unpacks hfsae from its own wheel; yields its URL and pid.
 
     The app's log names where hfsae came from: it must be the Space's unpacked wheel, not this
     checkout (installed here in editable mode, which Python consults after the path entries)."""
@@ -195,7 +196,7 @@ def deployed_app(published, tmp_path_factory):
         (line,) = [line for line in output.splitlines() if line.startswith("hfsae from ")]
         where = Path(line.removeprefix("hfsae from "))
         assert where.is_relative_to(deployed / ".hfsae"), f"the app imported hfsae from {where}, not the Space's wheel"
-        yield url
+        yield SimpleNamespace(url=url, pid=app.pid)
     finally:
         app.terminate()
         app.wait(timeout=30)
@@ -212,13 +213,37 @@ def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(d
     # The reference loads the base model as the app does (the CPU's default dtype), from the same files.
     model, tokenizer = load_language_model(str(work / "lm"), quiet=True)
     local = Explorer.load(work / "sae", work / "sae" / "analysis", model=model, tokenizer=tokenizer)
-    client = Client(deployed_app, verbose=False, analytics_enabled=False)
+    client = Client(deployed_app.url, verbose=False, analytics_enabled=False)
     highlighted, _, _ = client.predict("The quick brown fox", "", api_name="/text")
     expected, *_ = local.text_view("The quick brown fox", None)
     assert [(item["token"], item["class_or_confidence"]) for item in highlighted] == expected
     _, summary, *_ = client.predict(EXPLAINED_LATENT, api_name="/latent")
     assert summary == local.latent_view(EXPLAINED_LATENT)[0]  # density from the Hub dataset, N2G from the Hub repo
     assert "N2G explanation" in summary
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The process' peak resident memory so far (VmHWM), in MiB."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    (line,) = [line for line in status.splitlines() if line.startswith("VmHWM:")]
+    return int(line.split()[1]) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
+def test_a_16_mb_text_raises_the_apps_peak_memory_by_little_and_comes_back_cut(deployed_app):
+    # Measured: tokenizing all 16 MB before the cut raised the peak by 3.2 GiB; cut first, by 50 MiB
+    # (the request's own copies in transit, 16 MB each, and 256 tokens of work).
+    from gradio_client import Client
+
+    from hfsae.explorer import MAX_TEXT_TOKENS
+
+    client = Client(deployed_app.url, verbose=False, analytics_enabled=False)
+    client.predict("warm up", "", api_name="/text")
+    before = peak_memory_mib(deployed_app.pid)
+    highlighted, table, message = client.predict("x" * 16 * 2**20, "", api_name="/text")
+    grown = peak_memory_mib(deployed_app.pid) - before
+    assert len(highlighted) == len(table["data"]) == MAX_TEXT_TOKENS and "only the first" in message
+    assert grown < 400, f"one request raised the app's peak memory by {grown:.0f} MiB"
 
 
 @pytest.mark.browser
@@ -234,7 +259,7 @@ def test_chromium_renders_the_deployed_space_text_latent_and_overview_from_the_h
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         page.set_default_timeout(30_000)
-        page.goto(deployed_app)
+        page.goto(deployed_app.url)
         header = page.locator("#header")
         header.get_by_text(SAE_REPO).wait_for()
         assert "/tmp" not in header.inner_text() and "64 latents" in header.inner_text()
