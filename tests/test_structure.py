@@ -148,6 +148,22 @@ def test_the_library_never_imports_the_command_line():
     assert {module: targets for module, targets in offenders.items() if targets} == {}
 
 
+def test_modules_use_each_others_public_names_only():
+    # distributed/sharded.py once called TopKSAE's private methods and drifted from them; what one
+    # module needs of another is public (modeling's check_input, normalize, fvu, ...).
+    reached = []
+    for module, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("hfsae")):
+                reached += [f"{module}: from {node.module} import {alias.name}" for alias in node.names
+                            if alias.name.startswith("_") and not alias.name.startswith("__")]
+            elif isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                owner = ast.unparse(node.value)
+                if owner not in ("self", "cls") and owner.split(".")[0] != "torch":  # torch's own helpers
+                    reached.append(f"{module}:{node.lineno}: {owner}.{node.attr}")
+    assert reached == []
+
+
 def tracked_files() -> list[Path]:
     try:
         listed = subprocess.run(
