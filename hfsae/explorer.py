@@ -14,7 +14,6 @@ A request costs bounded work whatever it sends: text is cut to MAX_TEXT_CHARS ch
 it is tokenized, then to MAX_TEXT_TOKENS tokens, and search reads an index built once at load.
 """
 
-import functools
 import html
 import json
 import math
@@ -536,6 +535,3 @@ def _load_analysis_anywhere(path):
     except EntryNotFoundError:  # a dataset pushed without its settings file
         settings = {}
     return dataset, settings
-
-
-# ---- the app -----------------------------------------------------------------------------------------
