@@ -151,7 +151,7 @@ class ActivationSource:
             raise ValueError(
                 f"buffer_tokens={buffer_tokens} leaves no room to shuffle beside batch_tokens={batch_tokens} and a "
                 f"forward pass of {self.rows_per_forward} rows; give buffer_tokens ≥ "
-                f"{self.rows_per_forward + batch_tokens + 2 * SPREAD} (or fewer contexts_per_forward)."
+                f"{self.rows_per_forward + batch_tokens + 2 * SPREAD} (or fewer contexts_per_forward: --device-batch-tokens)."
             )
         self.cache = (
             ActivationCache(cache_dir, self._description(), dtype=cache_dtype) if cache_dir is not None else None

@@ -34,13 +34,33 @@ def tiny_run(tiny_lm_dir, small_corpus, output_dir, **overrides) -> TrainConfig:
     return TrainConfig(**options)
 
 
+def cli_arguments(tiny_lm_dir, small_corpus, output_dir, *extra) -> list[str]:
+    """`hfsae train` on the tiny Llama with tiny_run's sizes, plus `extra` options."""
+    return [
+        "train", "--model", str(tiny_lm_dir), "--dataset", str(small_corpus), "--hook-points", "layers.1.resid_post",
+        "--n-latents", "64", "--k", "4", "--context-size", "16", "--batch-size", "60", "--harvest-tokens", "600",
+        "--eval-tokens", "120", "--train-tokens", "480", "--dead-tokens", "240", "--device-batch-tokens", "160",
+        "--output-dir", str(output_dir), "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("hfsae: error:")]
+    assert len(ours) == 1 and "Traceback" not in err and "unexpected" not in ours[0], err
+    return ours[0]
+
+
 def test_a_killed_streaming_run_resumes_bit_equal_to_an_uninterrupted_one(tmp_path, tiny_lm_dir, small_corpus, monkeypatch):
-    # A buffer of 3 batches that is not a multiple of a forward pass: resuming must rebuild a
-    # buffer cut mid-forward.
-    options = dict(streaming=True, buffer_tokens=180, device_batch_tokens=64, save_steps=3, save_total_limit=1,
-                   learning_rate=1e-2)  # fmt: skip
-    (whole,) = train(tiny_run(tiny_lm_dir, small_corpus, tmp_path / "whole", **options))
-    assert whole.metrics["streaming"] and whole.metrics["forward_tokens_per_s"] > 0 and whole.metrics["peak_rss_bytes"] > 0
+    from hfsae.cli import main
+
+    # A buffer of 3 batches that is not a multiple of a forward pass (4 contexts, 60 rows): resuming
+    # must rebuild a buffer cut mid-forward.
+    options = ["--streaming", "--buffer-tokens", "180", "--device-batch-tokens", "64", "--save-steps", "3",
+               "--save-total-limit", "1", "--learning-rate", "1e-2"]  # fmt: skip
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "whole", *options)) == 0
+    whole = json.loads((tmp_path / "whole/training_metrics.json").read_text())
+    assert whole["streaming"] and whole["forward_tokens_per_s"] > 0 and whole["peak_rss_bytes"] > 0
 
     original_step = Trainer.train_step
 
@@ -50,17 +70,88 @@ def test_a_killed_streaming_run_resumes_bit_equal_to_an_uninterrupted_one(tmp_pa
         original_step(self, batch)
 
     monkeypatch.setattr(Trainer, "train_step", killed_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_run(tiny_lm_dir, small_corpus, tmp_path / "killed", **options))
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "killed", *options)) == 130  # interrupted
     monkeypatch.setattr(Trainer, "train_step", original_step)
     assert [p.name for p in (tmp_path / "killed/checkpoints").iterdir()] == ["step-00000003"]
 
-    (resumed,) = train(tiny_run(tiny_lm_dir, small_corpus, tmp_path / "killed", resume_from_checkpoint="last", **options))
+    resume = ["--resume-from-checkpoint", "last"]
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "killed", *options, *resume)) == 0
     expected, actual = load_file(tmp_path / "whole/model.safetensors"), load_file(tmp_path / "killed/model.safetensors")
     assert expected.keys() == actual.keys()
     for name in expected:
         assert torch.equal(actual[name], expected[name]), name
-    assert resumed.metrics["fvu"] == whole.metrics["fvu"]
+    assert json.loads((tmp_path / "killed/training_metrics.json").read_text())["fvu"] == whole["fvu"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--streaming", "--buffer-tokens", "300"]], ids=["epochs", "streaming"])
+def test_an_activation_cache_is_written_once_and_a_second_run_reads_it_to_the_same_weights(
+    tmp_path, tiny_lm_dir, small_corpus, monkeypatch, mode
+):
+    from hfsae.activations.cache import ActivationCache
+    from hfsae.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "first", "--activation-cache", str(cache), *mode)) == 0
+    manifest = (cache / "manifest.json").read_bytes()
+
+    def must_not_build(*args, **kwargs):
+        raise AssertionError("the second run harvested the activations again")
+
+    monkeypatch.setattr(ActivationCache, "build", must_not_build)
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "second", "--activation-cache", str(cache), *mode)) == 0
+    assert (cache / "manifest.json").read_bytes() == manifest
+    first, second = load_file(tmp_path / "first/model.safetensors"), load_file(tmp_path / "second/model.safetensors")
+    for name in first:
+        assert torch.equal(second[name], first[name]), name
+
+
+def test_a_cache_of_another_hook_point_or_with_a_bad_checksum_is_a_one_line_error(tmp_path, tiny_lm_dir, small_corpus, capsys):
+    from hfsae.cli import main
+
+    cache = tmp_path / "cache"
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "first", "--activation-cache", str(cache))) == 0
+    capsys.readouterr()
+    other = cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "other", "--activation-cache", str(cache))
+    other[other.index("layers.1.resid_post")] = "layers.2.resid_post"
+    assert main(other) == 1
+    assert "was built from another hook_points" in one_line_error(capsys) and not (tmp_path / "other").exists()
+
+    shard = next(cache.glob("shard_*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "again", "--activation-cache", str(cache))) == 1
+    line = one_line_error(capsys)
+    assert "fails its sha256 check" in line and f"delete {cache}" in line and not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--streaming", "--buffer-tokens", "30"], r"buffer_tokens=30: shuffle at least batch_size rows \(raise --buffer-tokens"),
+        (["--streaming", "--buffer-tokens", "100"], r"buffer_tokens=100 leaves no room to shuffle .* give buffer_tokens ≥"),
+        (["--latent-shards", "3"], r"latent_shards=3: use a positive number that divides every n_latents"),
+        (["--latent-shards", "2"], r"latent_shards=2 needs that many processes; this is one process"),
+    ],
+)
+def test_bad_streaming_and_sharding_options_are_one_line_errors(tmp_path, tiny_lm_dir, small_corpus, capsys, extra, message):
+    import re
+
+    from hfsae.cli import main
+
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "out", *extra)) == 1
+    assert re.search(message, one_line_error(capsys))
+    assert not (tmp_path / "out").exists()
+
+
+def test_init_from_an_sae_of_another_width_is_a_one_line_error(tmp_path, tiny_lm_dir, small_corpus, capsys):
+    from hfsae import TopKSAE, TopKSAEConfig
+    from hfsae.cli import main
+
+    TopKSAE(TopKSAEConfig(d_in=16, n_latents=64, k=4)).save_pretrained(tmp_path / "narrow")
+    assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "out", "--init-from", str(tmp_path / "narrow"))) == 1
+    line = one_line_error(capsys)
+    assert "has d_in=16, n_latents=64; this run trains d_in=32" in line and not (tmp_path / "out").exists()
 
 
 def test_a_non_empty_output_dir_is_refused_unless_overwritten(tmp_path, tiny_lm_dir, small_corpus):
