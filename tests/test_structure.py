@@ -148,6 +148,18 @@ def test_the_library_never_imports_the_command_line():
     assert {module: targets for module, targets in offenders.items() if targets} == {}
 
 
+def test_command_line_arguments_and_runners_live_in_hfsae_commands():
+    misplaced = [
+        f"{module}: {node.name}"
+        for module, path in module_files().items()
+        if not module.startswith("hfsae.commands") and module != "hfsae.cli"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        if (isinstance(node, ast.ClassDef) and node.name.endswith("Args"))
+        or (isinstance(node, ast.FunctionDef) and node.name.startswith("run_"))
+    ]
+    assert misplaced == []
+
+
 def test_modules_use_each_others_public_names_only():
     # distributed/sharded.py once called TopKSAE's private methods and drifted from them; what one
     # module needs of another is public (modeling's check_input, normalize, fvu, ...).
