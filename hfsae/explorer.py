@@ -414,8 +414,9 @@ class Explorer:
         from .activations.hook_points import splice
 
         latent = self.check_latent(latent)
+        strength = _finite(strength, "The strength")
+        max_new_tokens = max(1, min(int(_finite(max_new_tokens, "The number of new tokens")), MAX_NEW_TOKENS))
         input_ids, message = self.tokenize(prompt)
-        max_new_tokens = max(1, min(int(max_new_tokens), MAX_NEW_TOKENS))
 
         def add_direction(activation: torch.Tensor) -> torch.Tensor:
             # Decoding undoes the SAE's input normalisation, so the direction is scaled as the SAE
@@ -485,6 +486,17 @@ class Explorer:
                 f"median density {float(density.median()):.4%}"
             )
         return "\n\n".join(sections)
+
+
+def _finite(value, what: str) -> float:
+    """A number from the page as a float; inf, NaN or text is refused (a request may send any of them)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise ExplorerError(f"{what} must be a finite number; got {value!r}.")
+    return number
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

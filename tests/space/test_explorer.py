@@ -191,6 +191,15 @@ def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point
     assert steered != unsteered
 
 
+@pytest.mark.parametrize(
+    ("strength", "new_tokens", "refused"),
+    [(float("inf"), 6, "strength"), ("nan", 6, "strength"), (1.0, float("inf"), "new tokens"), (1.0, "many", "new tokens")],
+)
+def test_steering_refuses_a_strength_or_length_that_is_not_a_finite_number(explorer, strength, new_tokens, refused):
+    with pytest.raises(ExplorerError, match=f"{refused} must be a finite number"):
+        explorer.steer("hello", 3, strength, new_tokens)
+
+
 def test_overview_lists_the_metrics_files_and_the_analysis(explorer):
     overview = explorer.overview()
     assert "| fvu | 0.125 |" in overview and "| progressive.4 | 0.125 |" in overview
