@@ -147,6 +147,7 @@ class Explorer:
         # latent's top contexts, its explanation as text, its density and maximum.
         self.token_index: dict[str, dict[int, int]] = {}
         self.explanation_texts = {latent: explanation_text(entry) for latent, entry in self.explanations.items()}
+        self.explanation_keys = {latent: text.lower() for latent, text in self.explanation_texts.items()}
         self.density = self.max_activation = None
         if self.analysis is not None:
             table = self.analysis.data.table
@@ -391,7 +392,7 @@ class Explorer:
                 raise ExplorerError("Searching by token needs the analysis dataset: run `hfsae analyze`.")
             matches = self.token_index.get(wanted, {})
         else:
-            matches = {latent: 1 for latent, text in self.explanation_texts.items() if wanted in text.lower()}
+            matches = {latent: 1 for latent, key in self.explanation_keys.items() if wanted in key}
         rows = [
             [
                 latent,
