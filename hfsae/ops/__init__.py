@@ -99,24 +99,25 @@ class _SelectedPreactivations(torch.autograd.Function):
 class _SubspaceCode(torch.autograd.Function):
     """A dense [batch, n_sub] code over a subset of latents, from pre-activations already selected in it.
 
-    Used for AuxK when few latents are dead: dense matmuls over the dead subset then cost less than
-    sparse products over k_aux entries a row (see `AUX_DENSE_MAX_RATIO` in modeling.py). Backward is
-    two dense products over the subset; like `_SelectedPreactivations`, b_pre gets only the batch-summed
-    gradient.
+    Used for AuxK when dense matmuls over the dead subset cost less than sparse products over k_aux
+    entries a row (ops/auxk.py measures which). Backward is two dense products over the subset; like
+    `_SelectedPreactivations`, b_pre gets only the batch-summed gradient.
     """
 
     @staticmethod
     def forward(ctx, x, b_pre, W_sub, b_sub, positions, preacts):
-        ctx.save_for_backward(x, b_pre, W_sub, positions, preacts)
-        ctx.has_bias = b_sub is not None
         code = torch.zeros(x.shape[0], W_sub.shape[0], dtype=preacts.dtype, device=preacts.device)
-        return code.scatter_(1, positions, preacts.relu())
+        code.scatter_(1, positions, preacts.relu())
+        ctx.save_for_backward(x, b_pre, W_sub, code)  # code is kept anyway: the decoder product saves it
+        ctx.has_bias = b_sub is not None
+        return code
 
     @staticmethod
     def backward(ctx, grad_code):
-        x, b_pre, W_sub, positions, preacts = ctx.saved_tensors
-        selected = grad_code.gather(1, positions) * (preacts > 0)
-        grad_pre = torch.zeros_like(grad_code).scatter_(1, positions, selected)  # [batch, n_sub]
+        x, b_pre, W_sub, code = ctx.saved_tensors
+        # code > 0 exactly where a selected pre-activation is positive: the ReLU's gradient mask, with no
+        # gather/scatter through positions.
+        grad_pre = grad_code.where(code > 0, 0.0)  # [batch, n_sub]
         grad_x = grad_pre @ W_sub if ctx.needs_input_grad[0] else None
         grad_W_sub = grad_pre.T @ (x - b_pre) if ctx.needs_input_grad[2] else None
         per_latent = grad_pre.sum(0)

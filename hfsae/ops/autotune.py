@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,8 +27,11 @@ logger = logging.getLogger(__name__)
 
 AUTOTUNE_ENV = "HFSAE_AUTOTUNE"
 CACHE_FILE = "autotune.json"
-# Timed runs per candidate after one warm-up, interleaved so that machine noise hits each alike.
-REPEATS = 3
+# Timed runs per candidate after one warm-up, interleaved so that machine noise hits each alike. Each
+# candidate keeps its fastest run: noise (other processes, a busy core) only ever adds time, so the minimum
+# is the steadiest estimate of what a path costs; on a shared 2-core machine the median of 3 once kept a
+# CPU encoder block 25% slower than the best for good.
+REPEATS = 5
 
 _overrides: dict[str, str] = {}
 _cache: dict[str, str] | None = None  # key → choice; loaded from disk on first use
@@ -108,7 +110,7 @@ def _store(key: str, choice: str) -> None:
 
 
 def measure(candidates: dict[str, Callable[[], object]], *, device: torch.device | str = "cpu", repeats: int = REPEATS) -> dict[str, float]:
-    """Median seconds of each candidate: one warm-up each, then `repeats` interleaved rounds."""
+    """Fastest seconds of each candidate: one warm-up each, then `repeats` interleaved rounds."""
     synchronize = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     for run in candidates.values():
         run()
@@ -120,7 +122,7 @@ def measure(candidates: dict[str, Callable[[], object]], *, device: torch.device
             run()
             synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return {name: min(values) for name, values in times.items()}
 
 
 def choose(

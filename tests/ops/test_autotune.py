@@ -55,6 +55,24 @@ def test_a_measured_choice_round_trips_through_the_cache_file(private_cache):
     assert autotune.choose("op", "shape-a", ("slow", "fast"), never_measured, fallback="slow") == "fast"
 
 
+def test_a_choice_is_logged_once_with_both_timings(caplog):
+    with caplog.at_level("INFO", logger=autotune.__name__):
+        for _ in range(3):
+            assert autotune.choose("op", "shape", ("slow", "fast"), fakes(), fallback="slow") == "fast"
+    messages = [record.getMessage() for record in caplog.records]
+    assert len(messages) == 1
+    assert "op path for shape: fast (slow " in messages[0] and "$HFSAE_OP_PATH" in messages[0]
+
+
+def test_measure_keeps_each_candidates_fastest_run():
+    durations = iter([0.0, 0.03, 0.0, 0.03])  # a warm-up, then 3 rounds, two of them slowed down
+
+    def run():
+        time.sleep(next(durations))
+
+    assert autotune.measure({"only": run}, repeats=3)["only"] < 0.02  # not the median (0.03)
+
+
 def test_the_environment_variable_wins_over_the_cache(monkeypatch):
     autotune.choose("auxk", "shape", ("dense", "sparse"), lambda: {"dense": lambda: None, "sparse": lambda: time.sleep(0.02)}, fallback="sparse")
     monkeypatch.setenv("HFSAE_AUXK_PATH", "sparse")
@@ -148,6 +166,9 @@ def test_positive_prefix_keeps_every_positive_value_and_one_column_at_least():
     assert torch.equal(kept_indices, torch.tensor([[9, 7], [2, 3]]))
     none_positive = _positive_prefix(values[1:], indices[1:])
     assert none_positive[0].shape == (1, 1)
+    all_positive = torch.tensor([[0.5, 3.0], [1.0, 0.0]])  # a full row: nothing to cut, order kept
+    kept_values, kept_indices = _positive_prefix(all_positive, indices[:, :2])
+    assert torch.equal(kept_values, all_positive) and torch.equal(kept_indices, indices[:, :2])
 
 
 # ---- the CPU encoder's block size -----------------------------------------------------------------
