@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -334,26 +334,11 @@ class AnalysisSettings:
     n_random_examples: int
 
 
-def token_contexts(texts: Iterable[str], tokenizer, context_size: int) -> Iterator[list[int]]:
-    """Pack the texts' tokens, an end-of-text token between documents, into contexts of context_size tokens."""
-    separator = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    buffer: list[int] = []
-    for text in texts:
-        buffer.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
-        buffer.extend(separator)
-        while len(buffer) >= context_size:
-            yield buffer[:context_size]
-            buffer = buffer[context_size:]
-
-
 def _context_batches(texts, tokenizer, context_size: int, batch_size: int, n_contexts: int) -> Iterator[torch.Tensor]:
-    from .activations.text import TextSource
-    from .activations.text import token_contexts as source_contexts
+    from .activations.text import token_contexts
 
-    if isinstance(texts, TextSource):
-        contexts = (ids for _, ids in source_contexts(texts, tokenizer, context_size))
-    else:
-        contexts = token_contexts(texts, tokenizer, context_size)
+    # The one packer (a TextSource or in-memory documents), as training and evaluation pack text.
+    contexts = (ids for _, ids in token_contexts(texts, tokenizer, context_size))
     batch: list[list[int]] = []
     for produced, context in enumerate(itertools.islice(contexts, n_contexts), start=1):
         batch.append(context)

@@ -190,9 +190,9 @@ def tiny_analysis(analyze_tiny, tmp_path_factory):
 
 
 def brute_force_codes(sae, model, tokenizer, texts, n_contexts, context_size):
-    from hfsae.analysis import token_contexts
+    from hfsae.activations import token_contexts
 
-    contexts = list(token_contexts(texts, tokenizer, context_size))[:n_contexts]
+    contexts = [ids for _, ids in token_contexts(texts, tokenizer, context_size)][:n_contexts]
     input_ids = torch.tensor(contexts)
     with torch.no_grad():
         x = capture(model, input_ids, ["layers.1.resid_post"])["layers.1.resid_post"]
