@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
+import hfsae
 from hfsae import SparseCode, TopKSAE, TopKSAEConfig, modeling
 from hfsae.folder import SAEFolderError
 from hfsae.modeling import FIRING_THRESHOLD, fired_latents, fvu, geometric_median
@@ -244,15 +245,26 @@ def test_a_bad_config_json_fails_on_load_with_the_same_message(tmp_path):
 def test_a_corrupt_weight_file_is_named_in_the_error(tmp_path):
     make_sae().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(Exception, match="model.safetensors"):
+    with pytest.raises(SAEFolderError, match=r"model\.safetensors is not a readable safetensors file"):
         TopKSAE.from_pretrained(tmp_path)
 
 
 def test_a_missing_weight_file_is_named_in_the_error(tmp_path):
     make_sae().save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(OSError, match="model.safetensors"):
-        TopKSAE.from_pretrained(tmp_path)
+    for load in (TopKSAE.from_pretrained, hfsae.load, hfsae.load_many):
+        with pytest.raises(FileNotFoundError, match=r"has a config\.json but no model\.safetensors"):
+            load(tmp_path)
+
+
+def test_load_many_refuses_a_folder_whose_weights_are_missing_rather_than_leaving_it_out(tmp_path):
+    for layer in (2, 10):
+        make_sae(layer).save_pretrained(tmp_path / f"layers.{layer}")
+    assert list(hfsae.load_many(tmp_path)) == ["layers.2", "layers.10"]
+    (tmp_path / "layers.10" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"layers\.10 has a config\.json but no model\.safetensors"):
+        hfsae.load_many(tmp_path)
+    assert hfsae.load(tmp_path, hookpoint="layers.2").W_dec.shape == (50, 13)  # one SAE named: the others may be broken
 
 
 def test_fvu_is_the_fraction_of_variance_unexplained():

@@ -191,18 +191,26 @@ def sae_folders(repo: SAERepo) -> dict[str, str]:
     return dict(sorted(found.items(), key=lambda item: natural_key(item[0])))
 
 
-def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFileError:
-    """The error for a repo or folder without any complete SAE: the missing weights by name where a config is there."""
+def incomplete_folders(repo: SAERepo, found: dict[str, str], subfolder: str = "") -> dict[str, str]:
+    """{folder: message} of folders with an SAE config but without its weights, outside the SAEs `found`."""
     # dictionary_learning's config.json is also hfsae's: a lone config.json is taken as an hfsae SAE missing its weights.
     weights_of = {CONFIG_FILE: WEIGHTS_FILE, saelens.CONFIG_FILE: f"{saelens.WEIGHTS_FILE} or {sparsify.WEIGHTS_FILE}"}
     prefix = f"{subfolder}/" if subfolder else ""
+    incomplete = {}
     for path in sorted(repo.files, key=natural_key):
         folder, _, name = path.rpartition("/")
-        if name in weights_of and path.startswith(prefix) and "checkpoints" not in folder.split("/"):
-            return FileNotFoundError(
-                f"{repo.describe(folder)} has a {name} but no {weights_of[name]}: the SAE's weights are missing. "
-                "Re-save or re-download the folder."
-            )
+        inside_an_sae = any(folder == sae or folder.startswith(f"{sae}/") or sae == "" for sae in found)
+        if name in weights_of and path.startswith(prefix) and not inside_an_sae and "checkpoints" not in folder.split("/"):
+            incomplete[folder] = f"{repo.describe(folder)} has a {name} but no {weights_of[name]}"
+    return incomplete
+
+
+def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFileError:
+    """The error for a repo or folder without any complete SAE: the missing weights by name where a config is there."""
+    incomplete = incomplete_folders(repo, {}, subfolder)
+    if incomplete:
+        return FileNotFoundError(f"{next(iter(incomplete.values()))}: the SAE's weights are missing. "
+                                 "Re-save or re-download the folder.")
     return SAEFileError(f"{repo.describe(subfolder)} holds no SAE hfsae can read: expected {EXPECTED}.")
 
 
@@ -421,6 +429,10 @@ def load_many(
     found = sae_folders(repo)
     if not found:
         raise nothing_found(repo)
+    incomplete = incomplete_folders(repo, found) if repo.index() is None else {}
+    if incomplete:  # loading "all" of them must not quietly leave one out
+        raise FileNotFoundError(f"{'; '.join(incomplete.values())}: the weights are missing, so not every SAE of "
+                                f"{repo.describe()} can be loaded. Re-save or re-download those folders.")
     return {
         folder: load(name, revision=revision, device=device, dtype=dtype, subfolder=folder) if folder else
         load(name, revision=revision, device=device, dtype=dtype)
