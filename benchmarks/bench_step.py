@@ -9,22 +9,25 @@ For each shape, in one run and interleaved (so machine noise hits all alike), ti
   (d) rejected: the same step forced onto the AuxK path the chooser rejected;
   (e) no_dead: the same step without dead latents (AuxK off);
 and, apart, Adam's step alone over the SAE's parameters: fused, foreach and one tensor at a time.
-Prints a table and, as its last line, one JSON object with the ratios.
+Ratios are of medians over `--repeats` interleaved rounds; `fastest` holds the same ratios from each
+run's fastest round (steadier when other processes share the machine). Prints a table and, as its last
+line, one JSON object: the CPU, torch's thread count and per shape the ratios.
 
-    python benchmarks/bench_step.py [--repeats 5] [--shapes 576x16384 768x32768]
+    python benchmarks/bench_step.py [--repeats 5] [--shapes 576x16384 768x32768] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import platform
 import statistics
 import time
 
 import torch
 
 from hfsae import TopKSAE, TopKSAEConfig, modeling
-from hfsae.ops import autotune
+from hfsae.ops import autotune, cpu
 
 BATCH, K, DEAD_FRACTION = 4096, 32, 0.1
 
@@ -78,17 +81,30 @@ def hfsae_step(sae, optimizer, x, dead_mask):
     sae.normalize_decoder_()
 
 
+def cpu_name() -> str:
+    """The processor's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as file:
+            return next(line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def chosen_auxk_paths() -> list[str]:
-    """Record every AuxK path TopKSAE.forward takes from now on."""
+def first_auxk_path(step) -> str:
+    """Run `step` once and return the AuxK path TopKSAE.forward took (measured there if not cached)."""
     chosen, choose = [], modeling.auxk_path
     modeling.auxk_path = lambda *args, **kwargs: chosen.append(choose(*args, **kwargs)) or chosen[-1]
-    return chosen
+    try:
+        step()
+    finally:
+        modeling.auxk_path = choose
+    return chosen[0]
 
 
 def forced(path: str, fn):
@@ -126,10 +142,8 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
     naive = NaiveDenseSAE(sae)
     sae_optimizer, naive_optimizer = adam(sae.parameters()), adam(naive.parameters())
     W_enc, b_enc = sae.W_enc.detach(), sae.b_enc.detach()
-    chosen = chosen_auxk_paths()
     hfsae = lambda: hfsae_step(sae, sae_optimizer, x, dead_mask)  # noqa: E731
-    hfsae()  # the AuxK path (and the encoder's block size) are measured here if not cached
-    path = chosen[-1]
+    path = first_auxk_path(hfsae)  # the AuxK path (and the encoder's block size) are measured here if not cached
     rejected = "sparse" if path == "dense" else "dense"
     runs = {
         "floor": lambda: floor_step(x, W_enc, b_enc, K),
@@ -145,11 +159,13 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         for name, fn in runs.items():
             times[name].append(seconds(fn))
     median = {name: statistics.median(values) for name, values in times.items()}
+    fastest = {name: min(values) for name, values in times.items()}
     adam_s = adam_seconds(sae, repeats)
     floor = median["floor"]
     return {
         "shape": {"d_in": d_in, "n_latents": n_latents, "k": K, "batch": BATCH, "dead_fraction": DEAD_FRACTION},
         "auxk_path": path,
+        "encoder_block_elements": cpu.tile_elements(x, sae.W_enc.detach(), K),
         "floor_s": round(floor, 4),
         "naive_s": round(median["naive"], 4),
         "hfsae_s": round(median["hfsae"], 4),
@@ -159,6 +175,10 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         "dense_over_step": round(median["naive"] / median["hfsae"], 3),
         "adam_s": {name: round(value, 4) for name, value in adam_s.items()},
         "adam_fused_share_of_step": round(adam_s["fused"] / median["hfsae"], 3),
+        # The same ratios from each run's fastest repeat: steadier than the medians on a busy machine.
+        "fastest": {
+            f"{name}_over_floor": round(fastest[name] / fastest["floor"], 3) for name in ("hfsae", "rejected", "no_dead")
+        },
         "spread": {name: round((max(v) - min(v)) / median[name], 3) for name, v in times.items()},
     }
 
@@ -167,7 +187,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--shapes", nargs="+", default=["576x16384", "768x32768"], help="d_inxn_latents")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}")
     results = []
     print(f"{'d_in':>6} {'n_latents':>10} {'floor s':>8} {'hfsae s':>8} {'auxk path':>9} {'step/floor':>10} "
           f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10}")
@@ -178,7 +202,7 @@ def main() -> None:
         print(f"{d_in:>6} {n_latents:>10} {r['floor_s']:>8} {r['hfsae_s']:>8} {r['auxk_path']:>9} {r['step_over_floor']:>10} "
               f"{r['rejected_over_floor']:>14} {r['no_dead_over_floor']:>13} {r['dense_over_step']:>11} "
               f"{r['adam_fused_share_of_step']:>10}")
-    print(json.dumps(results))
+    print(json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__, "results": results}))
 
 
 if __name__ == "__main__":
