@@ -285,8 +285,10 @@ def launch(
 SPACE_CARD_TEMPLATE = "space.md"
 APP_FILE = "app.py"
 REQUIREMENTS_FILE = "requirements.txt"
-# What a wheel of hfsae needs from its checkout; the rest (tests, docs, git history) stays behind.
-NOT_IN_WHEEL = (".git", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests", "docs", "benchmarks", "outputs")
+# What building hfsae's wheel reads from its checkout (an allow-list: tests, docs, git history and
+# whatever else lies in the checkout stay behind); the optional ones are copied when present.
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "hfsae", "model_cards")
+OPTIONAL_WHEEL_SOURCES = ("LICENSE", "MANIFEST.in", "setup.py", "setup.cfg")
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
@@ -300,6 +302,7 @@ HFSAE_ANALYSIS   its analysis: a Hub dataset repo (default: {analysis})
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -328,7 +331,12 @@ def use_vendored_hfsae() -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{{digest}}-", dir=target.parent))
         pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(staging)]
         subprocess.run([*pip, str(WHEEL)], check=True)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except OSError:  # another process unpacked the same wheel first: use that one
+            if not target.is_dir():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
     sys.path.insert(0, str(target))
     return target
 
@@ -361,8 +369,8 @@ def _hub_id(name: str, what: str, *, repo_type: str = "model") -> str:
 def build_wheel(destination: str | os.PathLike) -> Path:
     """Build hfsae's wheel from the checkout this package runs from into destination; return its path.
 
-    The checkout is copied first (without tests, docs or build outputs), so building never writes
-    into the source tree.
+    What the build reads (WHEEL_SOURCES) is copied out of the checkout first, so building never
+    writes into the source tree and nothing else in the checkout can reach the wheel.
     """
     root = Path(__file__).resolve().parents[1]
     if not (root / "pyproject.toml").is_file():
@@ -373,7 +381,12 @@ def build_wheel(destination: str | os.PathLike) -> Path:
     destination = Path(destination)
     with tempfile.TemporaryDirectory(prefix="hfsae-wheel-") as scratch:
         source = Path(scratch) / "hfsae"
-        shutil.copytree(root, source, ignore=shutil.ignore_patterns(*NOT_IN_WHEEL))
+        source.mkdir()
+        for name in (*WHEEL_SOURCES, *(name for name in OPTIONAL_WHEEL_SOURCES if (root / name).exists())):
+            if (root / name).is_dir():
+                shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(root / name, source / name)
         # No build isolation: the build backend installed here builds it, without reaching an index.
         command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", scratch, str(source)]
         built = subprocess.run(command, capture_output=True, text=True)

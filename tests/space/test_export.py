@@ -133,6 +133,12 @@ def test_the_exported_space_holds_app_wheel_requirements_and_a_gradio_header(pub
     assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
     assert card.data.models == [SAE_REPO] and card.data.datasets == [ANALYSIS_REPO]
     assert len(card.data.short_description) <= 60
+    import zipfile
+
+    with zipfile.ZipFile(deployed / wheel) as archive:
+        names = archive.namelist()
+    assert {"hfsae/space.py", "hfsae/explorer.py", "hfsae/model_cards/space.md"} <= set(names)
+    assert not any(name.startswith(("tests/", "docs/", "benchmarks/")) or "__pycache__" in name for name in names)
     assert card.data.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
     # A Space installs requirements.txt before its other files are copied in: the wheel is no requirement.
     assert "hfsae" not in (deployed / "requirements.txt").read_text().replace("# hfsae", "")
