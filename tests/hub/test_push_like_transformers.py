@@ -1,6 +1,7 @@
 """push_to_hub / save_pretrained(push_to_hub=True) / `hfsae push` with transformers' options, over HTTP."""
 
 import pytest
+import torch
 
 from test_push_load import MAKE_SAE, new_repo
 
@@ -99,3 +100,47 @@ emit(counts)
     assert sorted(name for name, _ in result["push_many"]) == ["layers.3", "layers.4"]
     assert result["save_pretrained(push_to_hub=True)"] == [["saved", repo]]
     assert result["save_pretrained"] == [["local", None]]
+
+
+def test_a_sweep_trained_by_hfsae_train_loads_from_the_hub_after_hfsae_push(hub, tmp_path, tiny_lm, tiny_tokenizer):
+    import json
+
+    from hfsae.cli import main
+
+    model = tmp_path / "tiny-llama"
+    tiny_lm("llama").save_pretrained(model)
+    tiny_tokenizer.save_pretrained(model)
+    corpus = tmp_path / "corpus.jsonl"
+    words = "sparse autoencoders learn latents from the activations of language models at one hook point".split()
+    corpus.write_text("\n".join(json.dumps({"text": " ".join(words[(i * 7 + j) % len(words)] for j in range(i % 13 + 8))})
+                                for i in range(300)))
+    output_dir = tmp_path / "sweep"
+    assert main([
+        "train", "--model", str(model), "--dataset", str(corpus), "--hook-points", "layers.0.resid_post",
+        "layers.1.resid_post", "--n-latents", "32", "--k", "4", "--context-size", "16", "--harvest-tokens", "600",
+        "--eval-tokens", "120", "--batch-size", "60", "--train-tokens", "240", "--save-steps", "2",
+        "--output-dir", str(output_dir), "--quiet",
+    ]) == 0  # fmt: skip
+    repo = new_repo()
+    result = hub.run(f"""
+import contextlib, io
+from hfsae.cli import main
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    status = main(["push", "--folder", {str(output_dir)!r}, "--repo-id", {repo!r}])
+emit({{"status": status, "out": out.getvalue()}})
+""", cache="pusher")
+    assert result["status"] == 0 and "checkpoints/" in result["out"], result["out"]  # kept local, and said so
+    x = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+    loaded = hub.run(f"""
+import hfsae
+x = torch.randn(5, 32, generator=torch.Generator().manual_seed(0))
+many = hfsae.load_many({repo!r})
+one = hfsae.load({repo!r}, hookpoint="layers.1.resid_post")
+emit({{"many": {{name: sae(x).x_hat.tolist() for name, sae in many.items()}}, "one": one(x).x_hat.tolist()}})
+""", cache="fresh")
+    import hfsae
+
+    local = {name: sae(x).x_hat.tolist() for name, sae in hfsae.load_many(output_dir).items()}
+    assert list(local) == ["layers.0.resid_post/n32_k4", "layers.1.resid_post/n32_k4"]
+    assert loaded["many"] == local and loaded["one"] == local["layers.1.resid_post/n32_k4"]
