@@ -2,8 +2,8 @@
 
 The SAE, its base model and its analysis (pushed by `hfsae analyze --push-to-hub`) live only on the
 stand-in; `hfsae space --export DIR --push-to-hub` writes and uploads the Space; the test downloads
-the Space repo into an empty folder and runs its `app.py` there with hfsae installed from the
-Space's own vendored wheel.
+the Space repo into an empty folder and runs its `app.py` there, which unpacks hfsae from the
+Space's own wheel.
 
 How hfsae is kept from coming from this checkout: app.py unpacks the Space's wheel and puts it
 first on sys.path, ahead of the checkout's editable install (a meta-path finder, which Python asks
@@ -19,8 +19,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency
+    import tomli as tomllib
 
 import pytest
 import torch
@@ -133,8 +139,6 @@ def test_the_exported_space_holds_app_wheel_requirements_and_a_gradio_header(pub
     assert (card.data.sdk, card.data.sdk_version, card.data.app_file) == ("gradio", gradio.__version__, "app.py")
     assert card.data.models == [SAE_REPO] and card.data.datasets == [ANALYSIS_REPO]
     assert len(card.data.short_description) <= 60
-    import zipfile
-
     with zipfile.ZipFile(deployed / wheel) as archive:
         names = archive.namelist()
     assert {"hfsae/space.py", "hfsae/explorer.py", "hfsae/model_cards/space.md"} <= set(names)
@@ -154,11 +158,8 @@ def test_the_space_requirements_are_the_wheels_own_and_resolve_as_a_space_instal
 
     _, _, result = published
     deployed = Path(result["deployed"])
-    (wheel,) = deployed.glob("hfsae-*.whl")
     listed = [line for line in (deployed / "requirements.txt").read_text().splitlines() if line and line[0] not in "#-"]
     # The reference: what pyproject.toml declares for hfsae and its [space] extra (the wheel's METADATA).
-    import tomllib
-
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
     declared = [*project["dependencies"], *project["optional-dependencies"]["space"]]
     assert sorted(str(Requirement(line)) for line in listed) == sorted(str(Requirement(line)) for line in declared)
