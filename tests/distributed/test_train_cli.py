@@ -1,4 +1,9 @@
-"""`hfsae train` under torchrun: two data-parallel processes train the same SAE as one process."""
+"""`hfsae train` under torchrun: two gloo processes train what one process trains, in every mode.
+
+Modes: data parallel (harvested epochs, and streaming), `--latent-shards 2` (each SAE's latents
+split over the two ranks, saved as one ordinary folder) and `--distribute-saes` (each rank trains
+half of the sweep's SAEs on the whole batch).
+"""
 
 import json
 import os
@@ -17,15 +22,16 @@ from .launch import REPO, free_port
 pytestmark = pytest.mark.slow
 
 
-def train_arguments(model_folder, text_file, output_dir):
+def train_arguments(model_folder, text_file, output_dir, *extra):
     return [
         "train", "--model", str(model_folder), "--dataset", str(text_file), "--hook-points", "layers.1.resid_post",
         "--n-latents", "64", "--k", "4", "--context-size", "16", "--harvest-tokens", "480", "--eval-tokens", "96",
-        "--batch-size", "96", "--train-tokens", "480", "--output-dir", str(output_dir), "--quiet",
+        "--batch-size", "96", "--train-tokens", "480", "--output-dir", str(output_dir), "--quiet", *extra,
     ]  # fmt: skip
 
 
-def test_two_process_data_parallel_training_matches_one_process(tmp_path, tiny_lm, tiny_tokenizer):
+@pytest.fixture
+def inputs(tmp_path, tiny_lm, tiny_tokenizer):
     model_folder = tmp_path / "tiny-llama"
     tiny_lm("llama").save_pretrained(model_folder)
     tiny_tokenizer.save_pretrained(model_folder)
@@ -33,21 +39,50 @@ def test_two_process_data_parallel_training_matches_one_process(tmp_path, tiny_l
     words = ["sparse", "auto", "encoder", "latent", "token", "layer", "model", "the", "of", "a"]
     text_file = tmp_path / "corpus.txt"
     text_file.write_text("\n".join(" ".join(rng.choice(words) for _ in range(12)) for _ in range(400)))
+    return model_folder, text_file
 
-    assert main(train_arguments(model_folder, text_file, tmp_path / "one")) == 0
 
+def two_processes(arguments):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(free_port()), "-m", "hfsae.cli", *train_arguments(model_folder, text_file, tmp_path / "two"),
+        "--master_port", str(free_port()), "-m", "hfsae.cli", *arguments,
     ]  # fmt: skip
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
-    one, two = load_file(tmp_path / "one/model.safetensors"), load_file(tmp_path / "two/model.safetensors")
-    assert one.keys() == two.keys()
-    for name in one:
-        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=1e-5, msg=name)
-    metrics_one = json.loads((tmp_path / "one/training_metrics.json").read_text())
-    metrics_two = json.loads((tmp_path / "two/training_metrics.json").read_text())
+
+def assert_same_model(one, two):
+    expected, actual = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    metrics_one = json.loads((one / "training_metrics.json").read_text())
+    metrics_two = json.loads((two / "training_metrics.json").read_text())
     assert metrics_one["tokens"] == metrics_two["tokens"] == 480
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [[], ["--streaming", "--buffer-tokens", "400", "--device-batch-tokens", "64"], ["--latent-shards", "2"]],
+    ids=["data-parallel", "data-parallel-streaming", "latent-shards"],
+)
+def test_two_processes_train_the_sae_one_process_trains(tmp_path, inputs, extra):
+    single = [] if "--latent-shards" in extra else extra  # one process trains the whole SAE itself
+    assert main(train_arguments(*inputs, tmp_path / "one", *single)) == 0
+    finished = two_processes(train_arguments(*inputs, tmp_path / "two", *extra))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_same_model(tmp_path / "one", tmp_path / "two")
+    assert not (tmp_path / "two/checkpoints").exists() and (tmp_path / "two/README.md").is_file()
+
+
+def test_distributing_the_saes_over_two_processes_trains_each_as_one_process_does(tmp_path, inputs):
+    sweep = ["--hook-points", "layers.0.resid_post", "layers.1.resid_post", "--n-latents", "32", "64"]
+    assert main([*train_arguments(*inputs, tmp_path / "one"), *sweep]) == 0
+    finished = two_processes([*train_arguments(*inputs, tmp_path / "two"), *sweep, "--distribute-saes"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    index_one = json.loads((tmp_path / "one/index.json").read_text())
+    index_two = json.loads((tmp_path / "two/index.json").read_text())
+    folders = [entry["folder"] for entry in index_one["saes"]]
+    assert folders == [entry["folder"] for entry in index_two["saes"]] and len(folders) == 4
+    for folder in folders:
+        assert_same_model(tmp_path / "one" / folder, tmp_path / "two" / folder)
