@@ -24,10 +24,11 @@ from ..configuration import TopKSAEConfig
 SAE_OPTION_FIELDS = ("normalize", "aux_k_coef", "k_aux", "multi_topk_coef", "multi_topk_factor", "latent_bias")
 
 # Options that may differ between a run and its resumption: they change neither the data order nor a
-# single optimiser step (train_tokens only moves the end; eval_tokens only the final measurement).
+# single optimiser step (train_tokens only moves the end, except as check_resumable says; eval_tokens
+# only the final measurement). Not activation_cache: cached rows come in another order than harvested ones.
 RESUMABLE_CHANGES = frozenset({
     "train_tokens", "save_steps", "save_total_limit", "logging_steps", "quiet", "report_to", "eval_tokens",
-    "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "activation_cache", "push_to_hub",
+    "resume_from_checkpoint", "overwrite_output_dir", "output_dir", "push_to_hub",
 })  # fmt: skip
 
 
@@ -252,15 +253,20 @@ class TrainConfig:
 
     def check_resumable(self, saved: TrainConfig, *, where: str) -> None:
         """Raise ValueError naming every option that differs from the run being resumed (`saved`)."""
+        resumable = set(RESUMABLE_CHANGES)
+        # A stream's length is part of its data position (and of its cache); a decay starts decay_steps
+        # before the end, so moving the end changes steps already taken.
+        if self.streaming or saved.streaming or self.decay_steps or saved.decay_steps:
+            resumable.discard("train_tokens")
         changed = [
             f"{f.name}={getattr(self, f.name)!r} (was {getattr(saved, f.name)!r})"
             for f in dataclasses.fields(self)
-            if f.name not in RESUMABLE_CHANGES and getattr(self, f.name) != getattr(saved, f.name)
+            if f.name not in resumable and getattr(self, f.name) != getattr(saved, f.name)
         ]
         if changed:
             raise ValueError(
                 f"Cannot resume from {where}: {', '.join(changed)}. Resume with the options of the saved run "
-                f"(only {', '.join(sorted(RESUMABLE_CHANGES - {'resume_from_checkpoint'}))} may change), "
+                f"(only {', '.join(sorted(resumable - {'resume_from_checkpoint'}))} may change), "
                 "or start a new run in another output_dir."
             )
 

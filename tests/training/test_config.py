@@ -73,6 +73,14 @@ def test_resuming_names_every_changed_option_that_would_change_the_run():
         )
 
 
+@pytest.mark.parametrize("options", [dict(streaming=True), dict(decay_steps=2)])
+def test_train_tokens_may_not_change_on_resume_when_streaming_or_decaying(options):
+    saved = TrainConfig(train_tokens=4096, batch_size=1024, **options)
+    with pytest.raises(ValueError, match=r"train_tokens=8192 \(was 4096\)\. Resume with the options"):
+        TrainConfig(train_tokens=8192, batch_size=1024, **options).check_resumable(saved, where="c")
+    TrainConfig(train_tokens=4096, batch_size=1024, save_steps=2, **options).check_resumable(saved, where="c")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
