@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from hfsae.activations.builtin import load_builtin_model
+from hfsae.activations import load_builtin_model
 from hfsae.activations.hook_points import capture
 from hfsae.activations.source import ActivationSource
 from hfsae.activations.text import TextSource, token_contexts

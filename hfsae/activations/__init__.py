@@ -1,6 +1,6 @@
 """Activations of causal LMs: hook points, the built-in model and corpus, text and activation sources."""
 
-from hfsae.activations.builtin import BUILTIN_MODEL, builtin_texts, load_builtin_model
+from hfsae.activations.builtin import BUILTIN_MODEL, builtin_texts
 from hfsae.activations.hook_points import (
     HookPoint,
     HookPointError,
@@ -10,7 +10,7 @@ from hfsae.activations.hook_points import (
     splice,
     valid_hook_points,
 )
-from hfsae.activations.models import LanguageModelError, load_language_model
+from hfsae.activations.models import LanguageModelError, load_builtin_model, load_language_model
 from hfsae.activations.positions import FIRST_POSITION_USED, SKIP_FIRST_POSITION, positions_used
 from hfsae.activations.source import ActivationSource
 from hfsae.activations.text import DatasetUnavailableError, TextColumnError, TextSource, token_contexts

@@ -28,7 +28,6 @@ __all__ = [
     "builtin_model_path",
     "builtin_texts",
     "is_builtin",
-    "load_builtin_model",
 ]
 
 BUILTIN_MODEL = "SmolLM2-135M-Instruct"
@@ -133,14 +132,6 @@ def builtin_model_folder(*, quiet: bool = True) -> Path:
         with quiet_transformers(quiet):
             _convert(builtin_model_path(), converted)
     return converted
-
-
-def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
-    """The built-in model and tokenizer (LlamaForCausalLM, 30 layers, d 576), float32, in eval mode
-    (`load_language_model("builtin", dtype="float32")`)."""
-    from hfsae.activations.models import load_language_model
-
-    return load_language_model("builtin", device=device, dtype="float32", quiet=quiet)
 
 
 def _stdlib_sources() -> list[Path]:

@@ -16,7 +16,14 @@ import torch
 
 from hfsae.activations.builtin import BUILTIN_MODEL, builtin_model_folder, is_builtin, quiet_transformers
 
-__all__ = ["MODEL_DTYPES", "LanguageModelError", "cpu_default_dtype", "load_language_model", "resolve_dtype"]
+__all__ = [
+    "MODEL_DTYPES",
+    "LanguageModelError",
+    "cpu_default_dtype",
+    "load_builtin_model",
+    "load_language_model",
+    "resolve_dtype",
+]
 
 MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -110,3 +117,9 @@ def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     line = text[0] if text else type(err).__name__
     return line if line.endswith(".") else line + "."
+
+
+def load_builtin_model(*, device: str = "cpu", quiet: bool = True):
+    """The built-in model and tokenizer (LlamaForCausalLM, 30 layers, d 576), float32, in eval mode
+    (`load_language_model("builtin", dtype="float32")`)."""
+    return load_language_model("builtin", device=device, dtype="float32", quiet=quiet)

@@ -12,8 +12,8 @@ from hfsae.activations.builtin import (
     builtin_model_path,
     builtin_texts,
     is_builtin,
-    load_builtin_model,
 )
+from hfsae.activations.models import load_builtin_model
 from hfsae.activations.hook_points import capture
 
 
