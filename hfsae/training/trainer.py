@@ -28,6 +28,7 @@ so a run may resume on another number of processes.
 from __future__ import annotations
 
 import resource
+import sys
 import time
 import uuid
 import zlib
@@ -131,9 +132,23 @@ def _available_trackers(names: list[str]) -> list[str]:
     return list(names)
 
 
+def _peak_rss_bytes() -> int:
+    # VmHWM is this program's own peak; ru_maxrss keeps the peak of the process that exec'd it
+    # (a benchmark or notebook that launched the run), so it is only the fallback off Linux.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
 def peak_memory() -> dict[str, int]:
     """Peak resident memory of this process, and the peak CUDA allocation when there is a GPU (bytes)."""
-    peaks = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}  # Linux: KiB
+    peaks = {"peak_rss_bytes": _peak_rss_bytes()}
     if torch.cuda.is_available():
         peaks["cuda_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
     return peaks
