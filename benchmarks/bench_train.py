@@ -184,17 +184,25 @@ def pipeline_overhead(n_tokens: int, buffer_tokens: int, repeats: int) -> dict:
         heldout = {HOOK_POINT: positions_used(capture(model, heldout_ids, [HOOK_POINT])[HOOK_POINT]).float()}
     table = torch.cat(forward_only())[:n_tokens].clone()
     seconds = {"forward_only": [], "sae_steps_only": [], "end_to_end": []}
-    # Interleaved, fastest of each: load from other processes on a shared machine only slows a run down.
+    cpu_seconds = {name: [] for name in seconds}
+    # Interleaved, so that load from other processes on a shared machine falls on every part alike;
+    # CPU seconds of this process too, which move less with that load than wall-clock seconds.
     for _ in range(repeats):
         for name, run in (("forward_only", forward_only), ("sae_steps_only", lambda: sae_steps_only(table)),
                           ("end_to_end", end_to_end)):  # fmt: skip
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             run()
             seconds[name].append(round(time.perf_counter() - started, 1))
-    forward_seconds, sae_seconds, end_seconds = (min(seconds[name]) for name in seconds)
+            cpu_seconds[name].append(round(time.process_time() - cpu_started, 1))
+
+    def ratio(measured):  # each repeat's parts ran back to back: the median of the repeats' ratios
+        parts = zip(measured["end_to_end"], measured["forward_only"], measured["sae_steps_only"])
+        return round(statistics.median(end / (forward + sae) for end, forward, sae in parts), 3)
     return {
-        "pipeline_overhead": round(end_seconds / (forward_seconds + sae_seconds), 3),
+        "pipeline_overhead": ratio(seconds),
+        "pipeline_overhead_cpu_time": ratio(cpu_seconds),
         "pipeline_seconds": seconds,
+        "pipeline_cpu_seconds": cpu_seconds,
     }
 
 
@@ -207,9 +215,10 @@ def main() -> None:
     parser.add_argument("--small-tokens", type=int, default=1_000_000)
     parser.add_argument("--large-tokens", type=int, default=8_000_000)
     parser.add_argument("--buffer-tokens", type=int, default=65_536, help="shuffle buffer of every streaming run")
-    parser.add_argument("--pipeline-tokens", type=int, default=65_536, help="tokens of the built-in model's pipeline runs")
+    # 63 · 2048: whole batches of 2048 and whole forward passes of 128 contexts (63 positions each).
+    parser.add_argument("--pipeline-tokens", type=int, default=129_024, help="tokens of the built-in model's pipeline runs")
     parser.add_argument("--repeats", type=int, default=3, help="timed forward passes per dtype")
-    parser.add_argument("--pipeline-repeats", type=int, default=2, help="interleaved runs of each pipeline part")
+    parser.add_argument("--pipeline-repeats", type=int, default=3, help="interleaved runs of each pipeline part")
     parser.add_argument("--skip", nargs="*", default=[], choices=["rss", "pipeline", "forward"])
     args = parser.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
