@@ -125,6 +125,8 @@ class TrainConfig:
     """Held-out tokens (text the SAE never trains on) for the final FVU."""
     activation_cache: str | None = None
     """Folder to store harvested activations in and reuse in later runs with the same inputs; None harvests anew."""
+    activation_cache_dtype: str = "float32"
+    """How the activation cache stores rows: float32, bfloat16 or float16 (half the disk; rows are read back as float32)."""
 
     # ---- what to train (the sweep) -------------------------------------------------------------------
     n_latents: list[int] = field(default_factory=lambda: [4096])
@@ -208,6 +210,7 @@ class TrainConfig:
             "save_total_limit": self.save_total_limit is None or self.save_total_limit >= 1,
             "latent_shards": self.latent_shards >= 1 and all(n % self.latent_shards == 0 for n in self.n_latents),
             "model_dtype": self.model_dtype in (None, "auto", "float32", "bfloat16", "float16"),
+            "activation_cache_dtype": self.activation_cache_dtype in ("float32", "bfloat16", "float16"),
             "eval_tokens": self.eval_tokens >= 1,
             "batch_size": self.batch_size >= 1,
             "gradient_accumulation_steps": self.gradient_accumulation_steps >= 1,
@@ -311,6 +314,7 @@ _VALID = {
     "save_total_limit": "keep at least 1 checkpoint, or None for all.",
     "latent_shards": "use a positive number that divides every n_latents (and the number of processes).",
     "model_dtype": "choose float32, bfloat16, float16 or None.",
+    "activation_cache_dtype": "choose float32, bfloat16 or float16.",
     "eval_tokens": "use at least 1 held-out token.",
     "batch_size": "use at least 1 token per step.",
     "gradient_accumulation_steps": "use at least 1.",

@@ -68,6 +68,7 @@ def _text_source(model, tokenizer, config: TrainConfig, *, split: str, n_tokens:
         n_tokens=n_tokens,
         seed=config.seed,
         cache_dir=Path(config.activation_cache) if cache and config.activation_cache is not None else None,
+        cache_dtype=config.activation_cache_dtype,
         progress=not config.quiet,
     )
 

@@ -83,7 +83,11 @@ def test_a_killed_streaming_run_resumes_bit_equal_to_an_uninterrupted_one(tmp_pa
     assert json.loads((tmp_path / "killed/training_metrics.json").read_text())["fvu"] == whole["fvu"]
 
 
-@pytest.mark.parametrize("mode", [[], ["--streaming", "--buffer-tokens", "300"]], ids=["epochs", "streaming"])
+@pytest.mark.parametrize(
+    "mode",
+    [[], ["--streaming", "--buffer-tokens", "300", "--activation-cache-dtype", "bfloat16"]],
+    ids=["epochs", "streaming-bf16"],
+)
 def test_an_activation_cache_is_written_once_and_a_second_run_reads_it_to_the_same_weights(
     tmp_path, tiny_lm_dir, small_corpus, monkeypatch, mode
 ):
@@ -100,6 +104,8 @@ def test_an_activation_cache_is_written_once_and_a_second_run_reads_it_to_the_sa
     monkeypatch.setattr(ActivationCache, "build", must_not_build)
     assert main(cli_arguments(tiny_lm_dir, small_corpus, tmp_path / "second", "--activation-cache", str(cache), *mode)) == 0
     assert (cache / "manifest.json").read_bytes() == manifest
+    stored = json.loads(manifest)["description"]["storage_dtype"]
+    assert stored == ("bfloat16" if "--activation-cache-dtype" in mode else "float32")
     first, second = load_file(tmp_path / "first/model.safetensors"), load_file(tmp_path / "second/model.safetensors")
     for name in first:
         assert torch.equal(second[name], first[name]), name
