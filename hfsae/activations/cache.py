@@ -5,8 +5,8 @@ Layout of a cache folder (the folder given as `--activation-cache DIR`):
     DIR/shard_00000.safetensors   {hook_point: [rows, d]} in float32/bfloat16/float16, harvest order
     DIR/manifest.json             what the rows were made from, rows and sha256 of every shard
 
-The cache is built in a temporary folder beside DIR, the manifest written last, and the folder renamed
-into place, so a crash mid-build leaves nothing a later run reads as complete. Reads check each shard's
+The cache is built in a folder beside DIR (hfsae.folder.staged_folder), the manifest written last, and
+swapped into place, so a crash mid-build leaves nothing a later run reads as complete. Reads check each shard's
 sha256 the first time it is opened.
 """
 
@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -24,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hfsae.folder import read_json, write_json_atomic
+from hfsae.folder import read_json, staged_folder, write_json_atomic
 
 __all__ = ["CACHE_DTYPES", "ActivationCache", "CacheMismatchError", "CorruptCacheError"]
 
@@ -110,10 +107,9 @@ class ActivationCache:
 
     def build(self, blocks: Iterable[dict[str, torch.Tensor]], *, shard_rows: int = 65536) -> None:
         """Write the cache from blocks {hook_point: [rows, d]} in order, holding at most one shard in memory."""
-        self.folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}-building-", dir=self.folder.parent))
         dtype = CACHE_DTYPES[self.dtype]
-        try:
+        # Built in a folder beside DIR that replaces it (empty, or absent) only once the manifest is written.
+        with staged_folder(self.folder) as staging:
             shards, pending, pending_rows, n_rows = [], [], 0, 0
             widths: dict[str, int] = {}
 
@@ -144,11 +140,6 @@ class ActivationCache:
             manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "n_rows": n_rows, "widths": widths,
                         "shards": shards, "description": self.description}
             write_json_atomic(staging / MANIFEST, manifest)
-            if self.folder.exists():  # an empty folder (complete() refused anything else)
-                self.folder.rmdir()
-            os.replace(staging, self.folder)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
         self._manifest = manifest
         self._verified = {shard["file"] for shard in shards}
 
