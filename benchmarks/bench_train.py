@@ -179,11 +179,13 @@ def pipeline_overhead(n_tokens: int, buffer_tokens: int, repeats: int) -> dict:
                                   contexts_per_forward=per_forward, batch_tokens=batch_size, buffer_tokens=buffer_tokens,
                                   n_tokens=n_tokens, seed=0)  # fmt: skip
         Trainer(config).fit(StreamBatches(source), heldout)
+        inside.append(round(source.forward_seconds, 1))
 
     with torch.inference_mode():
         heldout = {HOOK_POINT: positions_used(capture(model, heldout_ids, [HOOK_POINT])[HOOK_POINT]).float()}
     table = torch.cat(forward_only())[:n_tokens].clone()
     seconds = {"forward_only": [], "sae_steps_only": [], "end_to_end": []}
+    inside = []  # seconds of the forward passes within each end-to-end run
     cpu_seconds = {name: [] for name in seconds}
     # Interleaved, so that load from other processes on a shared machine falls on every part alike;
     # CPU seconds of this process too, which move less with that load than wall-clock seconds.
@@ -201,6 +203,9 @@ def pipeline_overhead(n_tokens: int, buffer_tokens: int, repeats: int) -> dict:
     return {
         "pipeline_overhead": ratio(seconds),
         "pipeline_overhead_cpu_time": ratio(cpu_seconds),
+        # The forward passes timed inside the end-to-end run itself, so under the same load as it.
+        "pipeline_overhead_forward_timed_inside": ratio({**seconds, "forward_only": inside}),
+        "forward_seconds_inside_end_to_end": inside,
         "pipeline_seconds": seconds,
         "pipeline_cpu_seconds": cpu_seconds,
     }
