@@ -1,8 +1,9 @@
-"""`hfsae train` under torchrun: two gloo processes train what one process trains, in every mode.
+"""`hfsae train` under torchrun: two (and four) gloo processes train what one process trains, in every mode.
 
 Modes: data parallel (harvested epochs, and streaming), `--latent-shards 2` (each SAE's latents
 split over the two ranks, saved as one ordinary folder) and `--distribute-saes` (each rank trains
-half of the sweep's SAEs on the whole batch).
+half of the sweep's SAEs on the whole batch). Four processes combine latent shards with data parallel
+(a 2 × 2 grid), or give each rank one SAE of four.
 """
 
 import json
@@ -42,10 +43,10 @@ def inputs(tmp_path, tiny_lm, tiny_tokenizer):
     return model_folder, text_file
 
 
-def two_processes(arguments):
+def processes(count, arguments):
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": REPO}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(count), "--master_addr", "127.0.0.1",
         "--master_port", str(free_port()), "-m", "hfsae.cli", *arguments,
     ]  # fmt: skip
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -69,7 +70,7 @@ def assert_same_model(one, two):
 def test_two_processes_train_the_sae_one_process_trains(tmp_path, inputs, extra):
     single = [] if "--latent-shards" in extra else extra  # one process trains the whole SAE itself
     assert main(train_arguments(*inputs, tmp_path / "one", *single)) == 0
-    finished = two_processes(train_arguments(*inputs, tmp_path / "two", *extra))
+    finished = processes(2, train_arguments(*inputs, tmp_path / "two", *extra))
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert_same_model(tmp_path / "one", tmp_path / "two")
     assert not (tmp_path / "two/checkpoints").exists() and (tmp_path / "two/README.md").is_file()
@@ -78,7 +79,7 @@ def test_two_processes_train_the_sae_one_process_trains(tmp_path, inputs, extra)
 def test_distributing_the_saes_over_two_processes_trains_each_as_one_process_does(tmp_path, inputs):
     sweep = ["--hook-points", "layers.0.resid_post", "layers.1.resid_post", "--n-latents", "32", "64"]
     assert main([*train_arguments(*inputs, tmp_path / "one"), *sweep]) == 0
-    finished = two_processes([*train_arguments(*inputs, tmp_path / "two"), *sweep, "--distribute-saes"])
+    finished = processes(2, [*train_arguments(*inputs, tmp_path / "two"), *sweep, "--distribute-saes"])
     assert finished.returncode == 0, finished.stderr[-3000:]
     index_one = json.loads((tmp_path / "one/index.json").read_text())
     index_two = json.loads((tmp_path / "two/index.json").read_text())
@@ -86,3 +87,18 @@ def test_distributing_the_saes_over_two_processes_trains_each_as_one_process_doe
     assert folders == [entry["folder"] for entry in index_two["saes"]] and len(folders) == 4
     for folder in folders:
         assert_same_model(tmp_path / "one" / folder, tmp_path / "two" / folder)
+
+
+def test_four_processes_shard_latents_on_a_two_by_two_grid_and_distribute_four_saes(tmp_path, inputs):
+    assert main(train_arguments(*inputs, tmp_path / "one")) == 0
+    finished = processes(4, train_arguments(*inputs, tmp_path / "grid", "--latent-shards", "2"))
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert_same_model(tmp_path / "one", tmp_path / "grid")
+
+    sweep = ["--hook-points", "layers.0.resid_post", "layers.1.resid_post", "--n-latents", "32", "64"]
+    assert main([*train_arguments(*inputs, tmp_path / "sweep-one"), *sweep]) == 0
+    finished = processes(4, [*train_arguments(*inputs, tmp_path / "sweep-four"), *sweep, "--distribute-saes"])
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    folders = [entry["folder"] for entry in json.loads((tmp_path / "sweep-one/index.json").read_text())["saes"]]
+    for folder in folders:
+        assert_same_model(tmp_path / "sweep-one" / folder, tmp_path / "sweep-four" / folder)
