@@ -21,6 +21,7 @@ This module imports nothing of hfsae: every other module may build on it.
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -74,6 +75,15 @@ class HookPointNotInRepoError(LookupError):
 
 
 # ---- reading and writing files -----------------------------------------------------------------------
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks (checkpoints and activation caches verify with it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_json(path: str | os.PathLike) -> dict[str, Any]:

@@ -12,7 +12,6 @@ sha256 the first time it is opened.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from hfsae.folder import read_json, staged_folder, write_json_atomic
+from hfsae.folder import file_sha256, read_json, staged_folder, write_json_atomic
 
 __all__ = ["CACHE_DTYPES", "ActivationCache", "CacheMismatchError", "CorruptCacheError"]
 
@@ -37,14 +36,6 @@ class CorruptCacheError(ValueError):
 
 class CacheMismatchError(ValueError):
     """The cache folder holds activations of another model, hook point, text or dtype."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class ActivationCache:
@@ -118,7 +109,7 @@ class ActivationCache:
                 joined = {name: torch.cat([block[name] for block in pending]) for name in pending[0]}
                 file = f"shard_{len(shards):05d}.safetensors"
                 save_file({name: tensor[:rows].contiguous() for name, tensor in joined.items()}, staging / file)
-                shards.append({"file": file, "rows": rows, "sha256": _sha256(staging / file)})
+                shards.append({"file": file, "rows": rows, "sha256": file_sha256(staging / file)})
                 rest = {name: tensor[rows:] for name, tensor in joined.items()}
                 pending = [rest] if len(next(iter(rest.values()))) else []
                 pending_rows -= rows
@@ -150,7 +141,7 @@ class ActivationCache:
         if entry["file"] not in self._verified:
             if not path.is_file():
                 raise CorruptCacheError(f"Activation cache shard {path} is missing; delete {self.folder} to rebuild it.")
-            if _sha256(path) != entry["sha256"]:
+            if file_sha256(path) != entry["sha256"]:
                 raise CorruptCacheError(
                     f"Activation cache shard {path} fails its sha256 check; delete {self.folder} to rebuild it."
                 )

@@ -10,7 +10,6 @@ safetensors, the rest to JSON.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..folder import read_json, write_json_atomic
+from ..folder import file_sha256, read_json, write_json_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
@@ -36,14 +35,6 @@ class CheckpointError(ValueError):
 def checkpoint_name(step: int) -> str:
     """The folder name of the checkpoint taken after `step` optimiser steps."""
     return f"step-{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def remove_orphans(output_dir: str | Path) -> None:
@@ -76,7 +67,7 @@ def save_checkpoint(
             os.fsync(handle.fileno())
         write_json_atomic(temporary / STATE_FILE, state)
         # The manifest goes last: its presence certifies that the files before it are complete.
-        files = {name: _sha256(temporary / name) for name in (TENSORS_FILE, STATE_FILE)}
+        files = {name: file_sha256(temporary / name) for name in (TENSORS_FILE, STATE_FILE)}
         write_json_atomic(temporary / MANIFEST, {"format": FORMAT_VERSION, "step": step, "run_id": run_id, "sha256": files})
         if final.exists():
             shutil.rmtree(final)
@@ -113,7 +104,7 @@ def verify_checkpoint(folder: str | Path) -> dict:
     manifest = _manifest(folder)
     for name, expected in manifest["sha256"].items():
         path = folder / name
-        actual = _sha256(path) if path.is_file() else "missing"
+        actual = file_sha256(path) if path.is_file() else "missing"
         if actual != expected:
             raise CheckpointError(
                 f"{path} does not match its checksum in {MANIFEST} (sha256 {actual[:12]}…, expected "
