@@ -2,6 +2,8 @@
 
 import json
 import socket
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
@@ -75,3 +77,30 @@ def app_url(explorer):
     )
     yield demo.local_url
     demo.close()
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def chromium_page():
+    """A page of the system Chromium (playwright never downloads a browser here), closed afterwards."""
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.set_default_timeout(30_000)
+            yield page
+        finally:
+            browser.close()

@@ -11,17 +11,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-pytestmark = pytest.mark.browser
+from .conftest import chromium_page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+pytestmark = pytest.mark.browser
 
 
 def printable(text: str) -> str:
@@ -30,18 +22,11 @@ def printable(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def page(app_url):
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
+    with chromium_page() as page:
         page.requests = []
         page.on("request", lambda request: page.requests.append(request.url))
-        page.set_default_timeout(30_000)
         page.goto(app_url)
         yield page
-        browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,7 @@ from hfsae import TopKSAE, TopKSAEConfig
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "hub"))
 from hub_server import HubServer  # noqa: E402
 
-from .conftest import EXPLAINED_LATENT, HOOK_POINT, free_port  # noqa: E402
-from .test_browser import CHROMIUM, CHROMIUM_FLAGS  # noqa: E402
+from .conftest import EXPLAINED_LATENT, HOOK_POINT, chromium_page, free_port  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -259,13 +258,7 @@ def test_chromium_renders_the_deployed_space_text_latent_and_overview_from_the_h
 
     _, work, _ = published
     analysis, _ = load_analysis(work / "sae" / "analysis")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"No system Chromium at {CHROMIUM}: install it with `apt-get install -y chromium`.")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.set_default_timeout(30_000)
+    with chromium_page() as page:
         page.goto(deployed_app.url)
         header = page.locator("#header")
         header.get_by_text(SAE_REPO).wait_for()
@@ -295,4 +288,3 @@ def test_chromium_renders_the_deployed_space_text_latent_and_overview_from_the_h
         page.locator("#overview").get_by_text("0.125").first.wait_for()  # eval_results.json from the Hub repo
         if os.environ.get("HFSAE_SCREENSHOTS"):
             page.screenshot(path=str(Path(os.environ["HFSAE_SCREENSHOTS"]) / "space.png"), full_page=True)
-        browser.close()
