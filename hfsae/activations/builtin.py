@@ -10,6 +10,7 @@ result as an ordinary model folder under the cache directory, so later loads tak
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import importlib.util
 import os
@@ -146,6 +147,13 @@ def builtin_texts() -> list[str]:
 
     The order is deterministic (topics by name, files by relative path); about 13 MB on CPython 3.11.
     """
+    return list(_read_builtin_texts())
+
+
+@functools.cache
+def _read_builtin_texts() -> tuple[str, ...]:
+    # Read once a process: scanning the standard library takes ~1 s, and a run opens the text more than
+    # once (training stream, held-out harvest, evaluation).
     from pydoc_data.topics import topics
 
     texts = [topics[name].strip() for name in sorted(topics)]
@@ -153,4 +161,4 @@ def builtin_texts() -> list[str]:
         text = path.read_text(encoding="utf-8", errors="replace").strip()
         if text:
             texts.append(text)
-    return texts
+    return tuple(texts)
