@@ -4,7 +4,7 @@ import os
 import tempfile
 
 # huggingface_hub reads these on import: set them before anything imports it. Offline mode turns a
-# stray remote call into an immediate error instead of a ~20 s retry loop (HUB_TESTING.md).
+# stray remote call into an immediate error instead of a ~20 s retry loop.
 _HF_HOME = tempfile.mkdtemp(prefix="hfsae-tests-hf-home-")
 os.environ.setdefault("HF_HOME", _HF_HOME)
 os.environ["HF_HUB_OFFLINE"] = "1"

@@ -2,7 +2,7 @@
 
 huggingface_hub reads HF_ENDPOINT, HF_HUB_OFFLINE and HF_HOME when imported, and this test session
 imported it offline already; so client code runs in a subprocess whose environment points at the
-server (HUB_TESTING.md).
+server.
 """
 
 from __future__ import annotations

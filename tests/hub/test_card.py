@@ -123,7 +123,7 @@ def test_training_metrics_stand_in_for_a_missing_eval_results_file(sae_dir):
 
 def test_the_training_configuration_table_flattens_nested_options(sae_dir):
     write_json(
-        sae_dir / "training_config.json", {"lr": 0.0002, "k": [8, 16], "adam": {"beta1": 0.9}, "output_dir": "/tmp/x"}
+        sae_dir / "training_config.json", {"lr": 0.0002, "k": [8, 16], "adam": {"beta1": 0.9}, "output_dir": "runs/x"}
     )
     text = write_card(sae_dir).read_text()
     assert "output_dir" not in text  # a local path means nothing where the card is read
@@ -171,7 +171,7 @@ def test_a_local_base_model_and_dataset_stay_out_of_the_yaml_but_a_hub_dataset_i
 
 
 def cache_repo(repo_id: str, files: dict[str, Path]) -> Path:
-    """Put files where an offline download of repo_id finds them (HUB_TESTING.md: refs/main + snapshots/<commit>)."""
+    """Put files where an offline download of repo_id finds them (the Hub cache layout: refs/main + snapshots/<commit>)."""
     repo_cache = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
     commit = "0123456789abcdef0123456789abcdef01234567"
     snapshot = repo_cache / "snapshots" / commit

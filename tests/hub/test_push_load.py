@@ -119,7 +119,7 @@ emit(load({repo!r})(x).x_hat.tolist())
 from hfsae.hub import load
 load({repo!r})
 """, cache="cold", offline=True, expect_failure=True)
-    assert time.monotonic() - started < 20  # no retry loop (HUB_TESTING.md: ~20 s when online-mode retries)
+    assert time.monotonic() - started < 20  # no retry loop (online-mode retries take ~20 s)
     assert "NotInCacheError" in cold.stderr
     assert "HF_HUB_OFFLINE=1 forbids downloading it" in cold.stderr
 

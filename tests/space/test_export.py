@@ -72,7 +72,7 @@ print({RESULT!r} + json.dumps(dict(
 
 
 def hub_env(server: HubServer, hf_home: Path, **extra) -> dict:
-    """The environment of a client of the stand-in (HUB_TESTING.md): its endpoint, a dummy token, no Xet."""
+    """The environment of a client of the stand-in: its endpoint, a dummy token, no Xet."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("HF_", "GRADIO_"))}
     env.update(
         HF_ENDPOINT=server.url,
