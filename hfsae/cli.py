@@ -16,6 +16,7 @@ and `--output_dir` spellings work. Every error prints one line to stderr and exi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import os
 import sys
@@ -57,7 +58,7 @@ COMMANDS: dict[str, Command] = {
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, run_sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
     "scaling": Command(
-        ScalingArgs, run_scaling, "Fit L(n, k) and L(C) to a sweep folder; print coefficients ± errors, plot them.",
+        ScalingArgs, run_scaling, "Fit L(n, k), L(n) per k and L(C) to a sweep folder; print coefficients ± errors, plot them.",
         ("sweep_dir",),
     ),
     "analyze": Command(
@@ -160,6 +161,28 @@ def error_line(err: BaseException) -> str:
     return ": ".join([part.rstrip(".") for part in parts[:-1]] + parts[-1:])
 
 
+@contextlib.contextmanager
+def _library_progress_bars(*, enabled: bool):
+    """--quiet also hides the bars transformers and huggingface_hub draw (loading, writing, downloading)."""
+    if enabled:
+        yield
+        return
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    hub_was_on = not huggingface_hub.utils.are_progress_bars_disabled()
+    transformers_was_on = transformers.utils.logging.is_progress_bar_enabled()
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if hub_was_on:
+            huggingface_hub.utils.enable_progress_bars()
+        if transformers_was_on:
+            transformers.utils.logging.enable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `hfsae` console script; returns the exit status.
 
@@ -171,7 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = namespace.pop("debug") or os.environ.get("HFSAE_DEBUG", "0") not in ("", "0")
     try:
         command = COMMANDS[namespace.pop("command")]
-        command.run(command.config_class(**namespace))
+        with _library_progress_bars(enabled=not namespace.get("quiet", False)):
+            command.run(command.config_class(**namespace))
     except KeyboardInterrupt:
         print("hfsae: interrupted", file=sys.stderr)
         return 130

@@ -89,14 +89,15 @@ def quiet_transformers(quiet: bool) -> Iterator[None]:
     if not quiet:
         yield
         return
-    verbosity = transformers_logging.get_verbosity()
+    verbosity, bars_were_on = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers_logging.set_verbosity(verbosity)
-        transformers_logging.enable_progress_bar()
+        if bars_were_on:  # restore, not force on: an outer --quiet keeps them off
+            transformers_logging.enable_progress_bar()
 
 
 def _convert(gguf_path: Path, destination: Path) -> None:

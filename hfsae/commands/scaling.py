@@ -1,4 +1,4 @@
-"""`hfsae scaling SWEEP_DIR`: fit L(n, k) and L(C) to a sweep folder, print the fits, write the plot and scaling.json."""
+"""`hfsae scaling SWEEP_DIR`: fit L(n, k), L(n) per k and L(C) to a sweep folder, print the fits, write the plot and scaling.json."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ class ScalingArgs:
     """Options of `hfsae scaling`."""
 
     sweep_dir: str = field(
-        metadata={"help": "The --output-dir of `hfsae sweep` (SAE folders with training_metrics.json)."}
+        metadata={"help": "The --output-dir of `hfsae sweep`, or a folder of several (every SAE folder with training_metrics.json under it)."}
     )
     hook_point: str | None = field(
         default=None, metadata={"help": "Fit the SAEs of this hook point (needed when the sweep has several)."}

@@ -1,11 +1,12 @@
-"""Scaling-law fits (docs/method.md §5): L(n, k) and L(C) with standard errors, from a sweep's results, and their plot.
+"""Scaling-law fits (docs/method.md §5): L(n, k), L(n) and L(C) with standard errors, from a sweep's results, and their plot.
 
 The converged-loss law is
 
     L(n, k) = exp(α + β_k log k + β_n log n + γ log k log n) + exp(ζ + η log k)
 
-(the paper's GPT-4 fit: α −0.50, β_k 0.26, β_n −0.017, γ −0.042, ζ −1.32, η −0.085), and the
-compute law is L(C) = a + b · C^(−c). Both are fitted by `scipy.optimize.least_squares` on the
+(the paper's GPT-4 fit: α −0.50, β_k 0.26, β_n −0.017, γ −0.042, ζ −1.32, η −0.085); at one k it
+is L(n) = exp(α + β log n) + exp(ζ), a power law in n above an irreducible floor, which four runs
+at one k already determine. The compute law is L(C) = a + b · C^(−c). All are fitted by `scipy.optimize.least_squares` on the
 *logarithm* of the loss: the runs of a sweep differ in loss by a factor more than by an amount,
 so relative residuals weigh small and large runs alike. Standard errors come from the covariance
 s² (JᵀJ)⁻¹ at the optimum, s² the residual variance with m − p degrees of freedom.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,11 @@ from hfsae.folder import CONFIG_FILE, TRAINING_METRICS_FILE, read_json, write_by
 
 LOSS_NK_COEFFICIENTS = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
 LOSS_NK_FORMULA = "L(n, k) = exp(α + β_k log k + β_n log n + γ log k log n) + exp(ζ + η log k)"
+LOSS_N_COEFFICIENTS = ("alpha", "beta", "zeta")
+LOSS_N_FORMULA = "L(n) = exp(α + β log n) + exp(ζ)"
 LOSS_COMPUTE_COEFFICIENTS = ("a", "b", "c")
 LOSS_COMPUTE_FORMULA = "L(C) = a + b · C^(−c)"
-SYMBOLS = {"alpha": "α", "beta_k": "β_k", "beta_n": "β_n", "gamma": "γ", "zeta": "ζ", "eta": "η"}
+SYMBOLS = {"alpha": "α", "beta": "β", "beta_k": "β_k", "beta_n": "β_n", "gamma": "γ", "zeta": "ζ", "eta": "η"}
 
 
 class ScalingFitError(ValueError):
@@ -43,6 +46,7 @@ class ScalingFit:
     standard_errors: dict[str, float]  # nan when the fit has no degrees of freedom left
     rms_log_residual: float  # root mean square of log L_fit − log L over the fitted points
     n_points: int
+    log_residuals: list[float]  # log L_fit − log L of each fitted point, in the order given
 
     def __str__(self) -> str:
         lines = [f"{self.formula}   ({self.n_points} runs, rms log residual {self.rms_log_residual:.3g})"]
@@ -58,6 +62,7 @@ class ScalingFit:
             "standard_errors": self.standard_errors,
             "rms_log_residual": self.rms_log_residual,
             "n_points": self.n_points,
+            "log_residuals": self.log_residuals,
         }
 
 
@@ -67,6 +72,11 @@ def loss_nk(n, k, alpha, beta_k, beta_n, gamma, zeta, eta):
     reducible = np.exp(alpha + beta_k * log_k + beta_n * log_n + gamma * log_k * log_n)
     irreducible = np.exp(zeta + eta * log_k)
     return reducible + irreducible
+
+
+def loss_n(n, alpha, beta, zeta):
+    """L(n, k) at one k: exp(α + β log n) + exp(ζ), elementwise over an array n."""
+    return np.exp(alpha + beta * np.log(n)) + np.exp(zeta)
 
 
 def loss_compute(compute, a, b, c):
@@ -139,13 +149,45 @@ def fit_loss_nk(n_latents, k, loss) -> ScalingFit:
     # few starts from the linearised guess is reliably the global one on paper-like data.
     results = [least_squares(residuals, start, method="lm", x_scale="jac") for start in _loss_nk_starts(n, k, loss)]
     best = min(results, key=lambda result: result.cost)
-    errors = _covariance_errors(best, loss.size)
+    return _fit_result(LOSS_NK_FORMULA, LOSS_NK_COEFFICIENTS, best, best.x, _covariance_errors(best, loss.size))
+
+
+def fit_loss_n(n_latents, loss) -> ScalingFit:
+    """Fit L(n) = exp(α + β log n) + exp(ζ) to runs at one k; returns α, β, ζ ± errors (β < 0: loss falls with n).
+
+    Example:
+        >>> fit = fit_loss_n([1024, 2048, 4096, 8192, 16384], losses)
+        >>> fit.coefficients["beta"], fit.standard_errors["beta"]
+    """
+    n = np.asarray(n_latents, dtype=np.float64)
+    loss = np.asarray(loss, dtype=np.float64)
+    _check_losses(loss, len(LOSS_N_COEFFICIENTS), "L(n)")
+    if np.unique(n).size < len(LOSS_N_COEFFICIENTS):
+        raise ScalingFitError(f"L(n) needs at least {len(LOSS_N_COEFFICIENTS)} distinct n; got {sorted(set(n.tolist()))}.")
+    log_loss, log_n = np.log(loss), np.log(n)
+
+    def residuals(theta):
+        return np.log(loss_n(n, *theta)) - log_loss
+
+    # As for L(n, k): a guessed floor makes the rest log-linear in log n, which gives the starts.
+    results = []
+    for fraction in (0.0, 0.3, 0.6, 0.85, 0.95):
+        floor = fraction * loss.min()
+        alpha, beta = _linear_fit(np.stack([np.ones_like(log_n), log_n], 1), np.log(loss - floor))
+        start = np.array([alpha, beta, math.log(max(floor, 1e-6 * loss.min()))])
+        results.append(least_squares(residuals, start, method="lm", x_scale="jac"))
+    best = min(results, key=lambda result: result.cost)
+    return _fit_result(LOSS_N_FORMULA, LOSS_N_COEFFICIENTS, best, best.x, _covariance_errors(best, loss.size))
+
+
+def _fit_result(formula: str, names, result, values, errors) -> ScalingFit:
     return ScalingFit(
-        formula=LOSS_NK_FORMULA,
-        coefficients=dict(zip(LOSS_NK_COEFFICIENTS, best.x.tolist())),
-        standard_errors=dict(zip(LOSS_NK_COEFFICIENTS, errors.tolist())),
-        rms_log_residual=float(np.sqrt(np.mean(best.fun**2))),
-        n_points=int(loss.size),
+        formula=formula,
+        coefficients=dict(zip(names, map(float, values))),
+        standard_errors=dict(zip(names, map(float, errors))),
+        rms_log_residual=float(np.sqrt(np.mean(result.fun**2))),
+        n_points=int(result.fun.size),
+        log_residuals=result.fun.tolist(),
     )
 
 
@@ -176,13 +218,7 @@ def fit_loss_compute(compute, loss) -> ScalingFit:
     se_a, se_log_b, se_c = _covariance_errors(best, loss.size)
     a, log_b, c = best.x
     b = math.exp(log_b)
-    return ScalingFit(
-        formula=LOSS_COMPUTE_FORMULA,
-        coefficients={"a": float(a), "b": b, "c": float(c)},
-        standard_errors={"a": float(se_a), "b": b * float(se_log_b), "c": float(se_c)},
-        rms_log_residual=float(np.sqrt(np.mean(best.fun**2))),
-        n_points=int(loss.size),
-    )
+    return _fit_result(LOSS_COMPUTE_FORMULA, LOSS_COMPUTE_COEFFICIENTS, best, (a, b, c), (se_a, b * se_log_b, se_c))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -251,11 +287,17 @@ def compute_frontier(runs: list[SweepRun]) -> list[SweepRun]:
 
 
 def plot_loss_nk(
-    runs: list[SweepRun], fit: ScalingFit | None, path: str | Path, *, compute_fit: ScalingFit | None = None
+    runs: list[SweepRun],
+    fit: ScalingFit | None,
+    path: str | Path,
+    *,
+    compute_fit: ScalingFit | None = None,
+    n_fits: dict[int, ScalingFit] | None = None,
 ) -> Path:
     """Write a PNG of held-out loss against n_latents, one colour per k, with the fitted L(n, k) curves.
 
-    With compute_fit, a second panel shows loss against training compute and the fitted L(C).
+    n_fits (k → L(n) fit at that k) are drawn dashed. With compute_fit, a second panel shows loss
+    against training compute and the fitted L(C).
     """
     import matplotlib
 
@@ -277,7 +319,9 @@ def plot_loss_nk(
         )
         if fit is not None:
             axis.plot(n_grid, loss_nk(n_grid, k, **fit.coefficients), color=colour, lw=1.2)
-    axis.set(xscale="log", yscale="log", xlabel="n_latents", ylabel="held-out FVU", title="L(n, k)")
+        if n_fits and k in n_fits:
+            axis.plot(n_grid, loss_n(n_grid, **n_fits[k].coefficients), color=colour, lw=1.2, ls="--")
+    axis.set(xscale="log", yscale="log", xlabel="n_latents", ylabel="held-out FVU", title="L(n, k) solid, L(n) dashed")
     axis.legend(fontsize=8)
     axis.grid(True, which="both", alpha=0.3)
     if compute_fit is not None:
@@ -315,11 +359,13 @@ class ScalingReport:
     loss_compute: ScalingFit | None
     plot: Path
     notes: list[str]
+    loss_n: dict[int, ScalingFit] = field(default_factory=dict)  # k → L(n) at that k
 
     def __str__(self) -> str:
         parts = [
             f"{len(self.runs)} runs: n_latents {sorted({r.n_latents for r in self.runs})}, k {sorted({r.k for r in self.runs})}"
         ]
+        parts += [f"k = {k}: {fit}" for k, fit in self.loss_n.items()]
         parts += [str(fit) for fit in (self.loss_nk, self.loss_compute) if fit is not None]
         parts += self.notes
         parts.append(f"plot: {self.plot}")
@@ -347,9 +393,9 @@ def _runs_at(runs: list[SweepRun], hook_point: str | None, sweep_dir: Path) -> l
 def scaling(
     sweep_dir: str | Path, *, hook_point: str | None = None, plot_path: str | Path | None = None, quiet: bool = False
 ) -> ScalingReport:
-    """Fit L(n, k) and L(C) to a sweep's SAE folders, write the plot (scaling.png) and the fits beside it (scaling.json).
+    """Fit L(n, k), L(n) per k and L(C) to a sweep's SAE folders, write the plot (scaling.png) and the fits beside it (scaling.json).
 
-    L(C) is fitted to the compute-efficient frontier of the runs at the most common k (docs/method.md §5
+    L(n) is fitted at each k with at least 4 values of n. L(C) is fitted to the compute-efficient frontier of the runs at the most common k (docs/method.md §5
     fits compute-optimal runs); it needs at least 4 frontier runs, L(n, k) at least 7 runs.
 
     Example:
@@ -372,6 +418,12 @@ def scaling(
             f"L(n, k) not fitted: needs > {len(LOSS_NK_COEFFICIENTS)} runs over at least 2 values of n and of k; "
             f"got {len(runs)}."
         )
+    fits_n = {}
+    for k in sorted({run.k for run in runs}):
+        at_k = [run for run in runs if run.k == k]
+        # One degree of freedom beyond the three coefficients, so that errors can be estimated.
+        if len({run.n_latents for run in at_k}) > len(LOSS_N_COEFFICIENTS):
+            fits_n[k] = fit_loss_n([r.n_latents for r in at_k], [r.loss for r in at_k])
     ks = [run.k for run in runs]
     common_k = max(set(ks), key=lambda k: (ks.count(k), k))
     frontier = compute_frontier([run for run in runs if run.k == common_k])
@@ -384,17 +436,21 @@ def scaling(
             f"L(C) not fitted: needs > {len(LOSS_COMPUTE_COEFFICIENTS)} compute-efficient runs at one k; "
             f"got {len(frontier)} at k = {common_k}."
         )
-    plot = plot_loss_nk(runs, fit_nk, plot_path or sweep_dir / "scaling.png", compute_fit=fit_compute)
+    plot = plot_loss_nk(runs, fit_nk, plot_path or sweep_dir / "scaling.png", compute_fit=fit_compute, n_fits=fits_n)
     summary = {
         "runs": [
-            {"path": str(r.path), "n_latents": r.n_latents, "k": r.k, "fvu": r.loss, "compute": r.compute} for r in runs
+            {"path": str(r.path), "n_latents": r.n_latents, "k": r.k, "fvu": r.loss, "tokens": r.tokens, "compute": r.compute}
+            for r in runs
         ],
+        "loss_n": {
+            str(k): {**fit.to_dict(), "n_latents": [r.n_latents for r in runs if r.k == k]} for k, fit in fits_n.items()
+        },
         "loss_nk": fit_nk.to_dict() if fit_nk else None,
         "loss_compute": fit_compute.to_dict() if fit_compute else None,
         "notes": notes,
     }
     write_json_atomic(plot.with_suffix(".json"), summary)  # scaling.png → scaling.json
-    report = ScalingReport(runs, fit_nk, fit_compute, plot, notes)
+    report = ScalingReport(runs, fit_nk, fit_compute, plot, notes, loss_n=fits_n)
     if not quiet:
         print(report)
     return report

@@ -9,8 +9,10 @@ from hfsae.evaluation.scaling import (
     ScalingFitError,
     compute_frontier,
     fit_loss_compute,
+    fit_loss_n,
     fit_loss_nk,
     loss_compute,
+    loss_n,
     loss_nk,
     read_sweep,
     scaling,
@@ -143,6 +145,50 @@ def test_scaling_fits_l_of_c_when_the_frontier_has_enough_runs(tmp_path):
     assert report.loss_nk is None  # one k only
     assert report.loss_compute.coefficients["c"] == pytest.approx(0.2, rel=1e-3)
     assert report.plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_loss_n_is_loss_nk_at_one_k():
+    # At fixed k the law is a power law in n over a floor: α = α + β_k log k, β = β_n + γ log k, ζ = ζ + η log k.
+    k, n = 32.0, np.geomspace(1e3, 1e6, 7)
+    p = PAPER_NK
+    at_k = dict(
+        alpha=p["alpha"] + p["beta_k"] * np.log(k), beta=p["beta_n"] + p["gamma"] * np.log(k), zeta=p["zeta"] + p["eta"] * np.log(k)
+    )
+    np.testing.assert_allclose(loss_n(n, **at_k), loss_nk(n, k, **p), rtol=1e-12)
+
+
+def test_fit_loss_n_recovers_exponent_and_floor_with_errors_and_residuals():
+    n = 2.0 ** np.arange(10, 17)
+    true = dict(alpha=1.2, beta=-0.35, zeta=np.log(0.08))
+    noise = np.random.default_rng(3).normal(0, 0.003, n.size)
+    fit = fit_loss_n(n, loss_n(n, **true) * np.exp(noise))
+    for name, value in true.items():
+        assert abs(fit.coefficients[name] - value) < 4 * fit.standard_errors[name], name
+    assert fit.standard_errors["beta"] < 0.1
+    # The residuals are the fit's own, point by point: log L_fit − log L.
+    expected = np.log(loss_n(n, **fit.coefficients)) - np.log(loss_n(n, **true) * np.exp(noise))
+    np.testing.assert_allclose(fit.log_residuals, expected, atol=1e-9)
+    assert fit.rms_log_residual == pytest.approx(np.sqrt(np.mean(expected**2)))
+
+
+def test_fit_loss_n_refuses_too_few_sizes():
+    with pytest.raises(ScalingFitError, match="at least 3 distinct n"):
+        fit_loss_n([1024, 1024, 2048, 2048], [0.3, 0.31, 0.25, 0.26])
+
+
+def test_scaling_fits_l_of_n_per_k_over_several_sweep_folders(tmp_path):
+    # One sweep folder per n (their token budgets differ), fitted together from their parent.
+    true = {8: dict(alpha=0.5, beta=-0.3, zeta=np.log(0.1)), 16: dict(alpha=0.2, beta=-0.3, zeta=np.log(0.07))}
+    for n in (256, 512, 1024, 2048, 4096):
+        for k, coefficients in true.items():
+            write_run(tmp_path / f"sweep-n{n}" / f"n{n}_k{k}", n_latents=n, k=k, fvu=float(loss_n(n, **coefficients)))
+    report = scaling(tmp_path, quiet=True)
+    assert sorted(report.loss_n) == [8, 16]
+    for k, coefficients in true.items():
+        assert report.loss_n[k].coefficients["beta"] == pytest.approx(coefficients["beta"], abs=1e-6)
+    saved = json.loads((tmp_path / "scaling.json").read_text())
+    assert saved["loss_n"]["8"]["n_latents"] == [256, 512, 1024, 2048, 4096]
+    assert len(saved["loss_n"]["8"]["log_residuals"]) == 5
 
 
 def test_scaling_on_a_missing_folder_says_what_to_pass(tmp_path):
