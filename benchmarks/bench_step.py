@@ -8,6 +8,8 @@ For each shape, in one run and interleaved (so machine noise hits all alike), ti
       hfsae.ops.auxk measures and picks (during the warm-up);
   (d) rejected: the same step forced onto the AuxK path the chooser rejected;
   (e) no_dead: the same step without dead latents (AuxK off);
+  (f) bf16: step (c) under CPU bf16 autocast (`--mixed-precision bf16`: the encoder matmul reads bf16,
+      master weights, Adam and losses stay fp32), as a ratio to (c): what AMX-class CPUs gain;
 and, apart, Adam's step alone over the SAE's parameters: fused, foreach and one tensor at a time.
 Ratios are of medians over `--repeats` interleaved rounds; `fastest` holds the same ratios from each
 run's fastest round (steadier when other processes share the machine). Prints a table and, as its last
@@ -123,6 +125,14 @@ def forced(path: str, fn):
     return run
 
 
+def autocast_bf16(fn):
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fn()
+
+    return run
+
+
 def adam_seconds(sae: TopKSAE, repeats: int) -> dict:
     """Median seconds of one Adam step alone per implementation, on the SAE's parameters with their gradients."""
     params = [p.detach().clone().requires_grad_() for p in sae.parameters()]
@@ -156,6 +166,7 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         "hfsae": hfsae,
         "rejected": forced(rejected, hfsae),
         "no_dead": lambda: hfsae_step(sae, sae_optimizer, x, no_dead),
+        "bf16": autocast_bf16(hfsae),
     }
     for fn in runs.values():  # warm-up: allocator, optimizer state
         fn()
@@ -178,6 +189,7 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         "rejected_over_floor": round(median["rejected"] / floor, 3),
         "no_dead_over_floor": round(median["no_dead"] / floor, 3),
         "dense_over_step": round(median["naive"] / median["hfsae"], 3),
+        "bf16_autocast_over_step": round(median["bf16"] / median["hfsae"], 3),
         "adam_s": {name: round(value, 4) for name, value in adam_s.items()},
         "adam_fused_share_of_step": round(adam_s["fused"] / median["hfsae"], 3),
         # The same ratios from each run's fastest repeat: steadier than the medians on a busy machine.
@@ -208,14 +220,14 @@ def main() -> None:
     print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, {args.clock} clock, torch {torch.__version__}")
     results = []
     print(f"{'d_in':>6} {'n_latents':>10} {'floor s':>8} {'hfsae s':>8} {'auxk path':>9} {'step/floor':>10} "
-          f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10}")
+          f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10} {'bf16/fp32':>9}")
     for shape in args.shapes:
         d_in, n_latents = map(int, shape.split("x"))
         r = bench_shape(d_in, n_latents, args.repeats)
         results.append(r)
         print(f"{d_in:>6} {n_latents:>10} {r['floor_s']:>8} {r['hfsae_s']:>8} {r['auxk_path']:>9} {r['step_over_floor']:>10} "
               f"{r['rejected_over_floor']:>14} {r['no_dead_over_floor']:>13} {r['dense_over_step']:>11} "
-              f"{r['adam_fused_share_of_step']:>10}")
+              f"{r['adam_fused_share_of_step']:>10} {r['bf16_autocast_over_step']:>9}")
     print(json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": args.clock, "torch": torch.__version__, "results": results}))
 
 
