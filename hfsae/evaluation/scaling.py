@@ -175,7 +175,8 @@ def fit_loss_n(n_latents, loss) -> ScalingFit:
         floor = fraction * loss.min()
         alpha, beta = _linear_fit(np.stack([np.ones_like(log_n), log_n], 1), np.log(loss - floor))
         start = np.array([alpha, beta, math.log(max(floor, 1e-6 * loss.min()))])
-        results.append(least_squares(residuals, start, method="lm", x_scale="jac"))
+        with np.errstate(over="ignore"):  # a trial step far off may overflow exp; the solver steps back
+            results.append(least_squares(residuals, start, method="lm", x_scale="jac"))
     best = min(results, key=lambda result: result.cost)
     return _fit_result(LOSS_N_FORMULA, LOSS_N_COEFFICIENTS, best, best.x, _covariance_errors(best, loss.size))
 
