@@ -1,6 +1,6 @@
 """docs/paper: results.json is consistent with the README's tables, its plots and its own verdict rules.
 
-The runs behind the report take about 1.5 hours on 2 CPU cores (`python docs/paper/reproduce.py`) and are
+The runs behind the report take about 2 hours on 2 CPU cores (`python docs/paper/reproduce.py`) and are
 not repeated here; what is checked is that the committed report says what its numbers say.
 """
 

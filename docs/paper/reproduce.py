@@ -1,6 +1,6 @@
 """Reproduce the paper's findings (docs/paper/README.md) with hfsae's own commands on the built-in model and text.
 
-    python docs/paper/reproduce.py                  # train, evaluate, fit, report (about 1.5 hours on 2 CPU cores)
+    python docs/paper/reproduce.py                  # train, evaluate, fit, report (about 2 hours on 2 CPU cores)
     python docs/paper/reproduce.py --report-only    # rebuild results.json, the plots and the README tables
 
 Every run is an `hfsae train` / `hfsae sweep` / `hfsae eval` / `hfsae scaling` command, printed before it

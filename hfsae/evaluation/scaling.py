@@ -1,4 +1,5 @@
-"""Scaling-law fits (docs/method.md §5): L(n, k), L(n) and L(C) with standard errors, from a sweep's results, and their plot.
+"""Scaling-law fits (docs/method.md §5): L(n, k), L(n) and L(C) with standard errors, from a sweep's
+results, and their plot.
 
 The converged-loss law is
 
@@ -6,8 +7,8 @@ The converged-loss law is
 
 (the paper's GPT-4 fit: α −0.50, β_k 0.26, β_n −0.017, γ −0.042, ζ −1.32, η −0.085); at one k it
 is L(n) = exp(α + β log n) + exp(ζ), a power law in n above an irreducible floor, which four runs
-at one k already determine. The compute law is L(C) = a + b · C^(−c). All are fitted by `scipy.optimize.least_squares` on the
-*logarithm* of the loss: the runs of a sweep differ in loss by a factor more than by an amount,
+at one k already determine. The compute law is L(C) = a + b · C^(−c). All are fitted by
+`scipy.optimize.least_squares` on the *logarithm* of the loss: the runs of a sweep differ in loss by a factor more than by an amount,
 so relative residuals weigh small and large runs alike. Standard errors come from the covariance
 s² (JᵀJ)⁻¹ at the optimum, s² the residual variance with m − p degrees of freedom.
 """
@@ -394,10 +395,12 @@ def _runs_at(runs: list[SweepRun], hook_point: str | None, sweep_dir: Path) -> l
 def scaling(
     sweep_dir: str | Path, *, hook_point: str | None = None, plot_path: str | Path | None = None, quiet: bool = False
 ) -> ScalingReport:
-    """Fit L(n, k), L(n) per k and L(C) to a sweep's SAE folders, write the plot (scaling.png) and the fits beside it (scaling.json).
+    """Fit L(n, k), L(n) per k and L(C) to a sweep's SAE folders (or a folder of several sweeps), write the
+    plot (scaling.png) and the fits beside it (scaling.json).
 
-    L(n) is fitted at each k with at least 4 values of n. L(C) is fitted to the compute-efficient frontier of the runs at the most common k (docs/method.md §5
-    fits compute-optimal runs); it needs at least 4 frontier runs, L(n, k) at least 7 runs.
+    L(n) is fitted at each k with at least 4 values of n. L(C) is fitted to the compute-efficient frontier
+    of the runs at the most common k (docs/method.md §5 fits compute-optimal runs); it needs at least 4
+    frontier runs, L(n, k) at least 7 runs.
 
     Example:
         >>> report = scaling("sweeps/default")      # after `hfsae sweep --output-dir sweeps/default`
