@@ -5,6 +5,7 @@ import math
 import shutil
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -292,10 +293,22 @@ def test_the_card_templates_ship_in_the_wheel_and_load_from_the_installed_packag
     expected = {f"hfsae/model_cards/{path.name}" for path in (root / "model_cards").glob("*.md")}
     assert MODEL_CARD_TEMPLATE in {name.rsplit("/", 1)[1] for name in shipped} and shipped == expected
 
+    # A bare venv that sees the running environment's packages (torch …) through a .pth file: --system-site-packages
+    # would give the base interpreter's packages, which lack them when the tests run inside a virtual environment.
+    # Paths listed in a .pth are not scanned for .pth files, so the checkout's editable install stays invisible.
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--no-deps", "-q", "--force-reinstall", str(wheel)], check=True)
+    venv_site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    running = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(venv_site) / "running_env.pth").write_text("\n".join(sorted(running)) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--force-reinstall", "--target", venv_site, str(wheel)],
+        check=True,
+    )
     folder = tmp_path / "sae"
     save_tiny_sae(folder)
     (folder / "README.md").unlink()
