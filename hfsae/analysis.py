@@ -34,6 +34,7 @@ import pyarrow.parquet
 import torch
 from tqdm.auto import tqdm
 
+from .errors import HfsaeError
 from .activations import FIRST_POSITION_USED, SKIP_FIRST_POSITION, load_language_model
 from .folder import ANALYSIS_DIR, read_json, staged_folder, write_json_atomic
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
@@ -46,7 +47,7 @@ SUMMARY_FILE = "analysis.json"
 HISTOGRAM_HEADROOM = 1 + 2**-10
 
 
-class AnalysisError(ValueError):
+class AnalysisError(HfsaeError, ValueError):
     """The analysis cannot run with the given SAE, model or options."""
 
 

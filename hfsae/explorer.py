@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from .errors import HfsaeError
 from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
@@ -41,7 +42,7 @@ CONTEXT_STYLE = (
 LABEL_STYLE = "color: var(--body-text-color-subdued); margin-right: 0.8em; display: inline-block; min-width: 6.5em"
 
 
-class ExplorerError(ValueError):
+class ExplorerError(HfsaeError, ValueError):
     """A request the explorer cannot answer (a latent out of range, an empty text)."""
 
 

@@ -32,6 +32,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .errors import HfsaeError
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
@@ -66,11 +68,11 @@ PUBLISHED_FILES = (
 )
 
 
-class SAEFolderError(ValueError):
+class SAEFolderError(HfsaeError, ValueError):
     """A file of an SAE folder is malformed: invalid JSON, the wrong kind of value, an unsafe folder name."""
 
 
-class HookPointNotInRepoError(LookupError):
+class HookPointNotInRepoError(HfsaeError, LookupError):
     """The multi-SAE folder or repo holds no SAE (or several) for the requested hook point."""
 
 

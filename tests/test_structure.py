@@ -217,3 +217,18 @@ def test_the_packages_list_is_every_package_folder():
     assert stray == []
     assert all((path / "__init__.py").is_file() for path in folders.values())
     assert sorted(settings["packages"]) == sorted(folders)
+
+
+def test_every_exception_class_of_hfsae_derives_from_hfsae_error():
+    import importlib
+    import inspect
+
+    from hfsae.errors import HfsaeError
+
+    defined = set()
+    for module in module_files():
+        for _, value in inspect.getmembers(importlib.import_module(module), inspect.isclass):
+            if issubclass(value, BaseException) and value.__module__.startswith("hfsae"):
+                defined.add(value)
+    assert len(defined) > 20  # the scan sees the package's errors, not an empty set
+    assert not {cls.__qualname__ for cls in defined if not issubclass(cls, HfsaeError)}

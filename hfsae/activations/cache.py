@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 
 from hfsae.folder import file_sha256, read_json, staged_folder, write_json_atomic
 
+from ..errors import HfsaeError
+
 __all__ = ["CACHE_DTYPES", "ActivationCache", "CacheMismatchError", "CorruptCacheError"]
 
 MANIFEST = "manifest.json"
@@ -30,11 +32,11 @@ FORMAT_VERSION = 2
 CACHE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class CorruptCacheError(ValueError):
+class CorruptCacheError(HfsaeError, ValueError):
     """A cache shard is unreadable or does not match its manifest's checksum."""
 
 
-class CacheMismatchError(ValueError):
+class CacheMismatchError(HfsaeError, ValueError):
     """The cache folder holds activations of another model, hook point, text or dtype."""
 
 

@@ -27,6 +27,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ..errors import HfsaeError
+
 __all__ = [
     "HookPoint",
     "HookPointError",
@@ -46,7 +48,7 @@ MLP_NAMES = ("mlp", "feed_forward", "ffn")
 _LAYER_NAME = re.compile(r"^layers\.(-?\d+)\.(\w+)$")
 
 
-class HookPointError(LookupError):
+class HookPointError(HfsaeError, LookupError):
     """The model has no activation at the requested hook point."""
 
 
@@ -203,7 +205,7 @@ def _hidden_input(args: tuple, kwargs: dict) -> torch.Tensor:
     return next(iter(kwargs.values()))
 
 
-class _StopForward(Exception):
+class _StopForward(HfsaeError):
     """Raised from a hook once every requested activation is captured, to skip the rest of the model."""
 
 

@@ -16,6 +16,8 @@ import torch
 
 from hfsae.activations.builtin import BUILTIN_MODEL, builtin_model_folder, is_builtin, quiet_transformers
 
+from ..errors import HfsaeError
+
 __all__ = [
     "MODEL_DTYPES",
     "LanguageModelError",
@@ -40,7 +42,7 @@ def cpu_default_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32
 
 
-class LanguageModelError(FileNotFoundError):
+class LanguageModelError(HfsaeError, FileNotFoundError):
     """The language model (or the asked revision of it) cannot be loaded."""
 
 

@@ -23,6 +23,8 @@ from typing import Literal
 
 from hfsae.activations.builtin import builtin_texts, is_builtin
 
+from ..errors import HfsaeError
+
 __all__ = [
     "DatasetUnavailableError",
     "TextColumnError",
@@ -37,11 +39,11 @@ FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".txt
 DOCUMENT_BATCH = 64
 
 
-class DatasetUnavailableError(FileNotFoundError):
+class DatasetUnavailableError(HfsaeError, FileNotFoundError):
     """The named dataset cannot be read: missing local files, or a Hub dataset while offline."""
 
 
-class TextColumnError(LookupError):
+class TextColumnError(HfsaeError, LookupError):
     """The dataset has no column with the requested name."""
 
 

@@ -20,12 +20,14 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import HfsaeError
+
 # A collective that waits longer than this raises instead of hanging: a dead or stuck rank then
 # ends the whole job with an error. Long enough for a slow checkpoint write on rank 0.
 DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 
-class ProcessGridError(ValueError):
+class ProcessGridError(HfsaeError, ValueError):
     """The requested grid does not fit the processes that were launched."""
 
 

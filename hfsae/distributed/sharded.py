@@ -37,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..errors import HfsaeError
 from ..configuration import TopKSAEConfig
 from ..folder import WEIGHTS_FILE, staged_folder
 from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize
@@ -45,7 +46,7 @@ from .grid import ProcessGrid, all_gather, all_reduce_, barrier, shard_ranges
 from .stats import global_normalized_mse
 
 
-class CheckpointError(FileNotFoundError):
+class CheckpointError(HfsaeError, FileNotFoundError):
     """A folder lacks the files of an hfsae model or training state."""
 
 

@@ -25,6 +25,8 @@ from scipy.optimize import least_squares
 
 from hfsae.folder import CONFIG_FILE, TRAINING_METRICS_FILE, read_json, write_bytes_atomic, write_json_atomic
 
+from ..errors import HfsaeError
+
 LOSS_NK_COEFFICIENTS = ("alpha", "beta_k", "beta_n", "gamma", "zeta", "eta")
 LOSS_NK_FORMULA = "L(n, k) = exp(α + β_k log k + β_n log n + γ log k log n) + exp(ζ + η log k)"
 LOSS_N_COEFFICIENTS = ("alpha", "beta", "zeta")
@@ -34,7 +36,7 @@ LOSS_COMPUTE_FORMULA = "L(C) = a + b · C^(−c)"
 SYMBOLS = {"alpha": "α", "beta": "β", "beta_k": "β_k", "beta_n": "β_n", "gamma": "γ", "zeta": "ζ", "eta": "η"}
 
 
-class ScalingFitError(ValueError):
+class ScalingFitError(HfsaeError, ValueError):
     """The sweep results cannot be fitted (too few runs, non-positive losses, a missing file)."""
 
 

@@ -30,6 +30,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from ..errors import HfsaeError
 from ..configuration import TopKSAEConfig
 from ..folder import (
     ANALYSIS_DIR,
@@ -101,7 +102,7 @@ ARCHITECTURE_FIELDS = (
 )  # fmt: skip
 
 
-class CardError(ValueError):
+class CardError(HfsaeError, ValueError):
     """A file of the SAE folder cannot be turned into a card (unreadable JSON, a malformed metric)."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import HfsaeError
 from ..folder import staged_folder
 from . import saelens
 from .loading import CONVERTERS, EXPECTED, SAERepo, sae_folders
@@ -20,7 +21,7 @@ SOURCE_FORMATS = ("openai", "saelens", "sparsify", "dictionary_learning", "hfsae
 TARGET_FORMATS = ("hfsae", "saelens")
 
 
-class UnknownFormatError(ValueError):
+class UnknownFormatError(HfsaeError, ValueError):
     """A format name that is not one of SOURCE_FORMATS / TARGET_FORMATS, or a path no format recognises."""
 
 

@@ -11,6 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..errors import HfsaeError
 from ..folder import SAEFolderError, read_json  # noqa: F401 (read_json: the converters read cfg.json through here)
 
 
@@ -18,7 +19,7 @@ from ..folder import SAEFolderError, read_json  # noqa: F401 (read_json: the con
 SAEFileError = SAEFolderError
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(HfsaeError, ValueError):
     """A foreign SAE whose forward pass a TopKSAE cannot reproduce exactly."""
 
 

@@ -31,6 +31,7 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from ..errors import HfsaeError
 from ..folder import (
     CONFIG_FILE,
     INDEX_FILE,
@@ -68,7 +69,7 @@ EXPECTED = (
 )
 
 
-class NotInCacheError(FileNotFoundError):
+class NotInCacheError(HfsaeError, FileNotFoundError):
     """Offline mode is on and the requested files are not in the local Hugging Face cache."""
 
 

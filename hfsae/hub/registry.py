@@ -8,6 +8,8 @@ import json
 from dataclasses import dataclass, fields
 from importlib import resources
 
+from ..errors import HfsaeError
+
 
 @dataclass(frozen=True)
 class RegistryEntry:
@@ -25,7 +27,7 @@ class RegistryEntry:
     k: int | None = None
 
 
-class UnknownSAEError(LookupError):
+class UnknownSAEError(HfsaeError, LookupError):
     """A name that is neither in the registry, nor a Hub repo id, nor a local path."""
 
 

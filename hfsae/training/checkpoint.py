@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import HfsaeError
 from ..folder import file_sha256, read_json, write_json_atomic
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -28,7 +29,7 @@ FORMAT_VERSION = 2
 _TEMPORARY_PREFIX = ".tmp-"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(HfsaeError, ValueError):
     """A checkpoint folder is missing, incomplete or corrupt."""
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from ..errors import HfsaeError
 from ..configuration import TopKSAEConfig
 from ..distributed.grid import ProcessGrid, init_process_grid
 from ..distributed.sharded import ShardedTopKSAE
@@ -60,7 +61,7 @@ EVAL_CHUNK = 4096
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 
 
-class TrainingDivergedError(ValueError):
+class TrainingDivergedError(HfsaeError, ValueError):
     """A loss became NaN or infinite: the options (learning rate, loss weights, batch) diverge."""
 
 

@@ -1,0 +1,9 @@
+"""The root of hfsae's exceptions: `except hfsae.errors.HfsaeError` catches every error hfsae raises on purpose.
+
+Each concrete error also keeps the built-in base that says what kind of mistake it is (ValueError for a bad value,
+FileNotFoundError for a missing file, LookupError for a missing name), so code written against those still works.
+"""
+
+
+class HfsaeError(Exception):
+    """Base of every exception class defined in hfsae."""
