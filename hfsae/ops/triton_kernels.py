@@ -136,6 +136,39 @@ def _shrink_buffers(
 
 
 @triton.jit
+def _preactivation_tile(
+    x_rows,
+    w_ptr,
+    b_ptr,
+    columns,
+    row_live,
+    column_live,
+    d,
+    stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """x @ W_enc.T + b_enc on one [BLOCK_M, BLOCK_N] tile (rows at `x_rows`, latents `columns`), in fp32."""
+    w_columns = w_ptr + columns.to(tl.int64)[:, None] * stride_w
+    pre = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for d_start in range(0, d, BLOCK_K):
+        ks = d_start + tl.arange(0, BLOCK_K)
+        k_live = ks < d
+        x_tile = tl.load(x_rows + ks[None, :], mask=row_live[:, None] & k_live[None, :], other=0.0)
+        w_tile = tl.load(w_columns + ks[None, :], mask=column_live[:, None] & k_live[None, :], other=0.0)
+        if UPCAST:
+            x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
+        pre = tl.dot(x_tile, tl.trans(w_tile), pre, input_precision=PRECISION)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + columns, mask=column_live, other=0.0).to(tl.float32)[None, :]
+    return pre
+
+
+@triton.jit
 def _encode_topk_kernel(
     x_ptr,
     w_ptr,
@@ -187,18 +220,8 @@ def _encode_topk_kernel(
     for tile_start in range(first, last, BLOCK_N):
         columns = tile_start + tl.arange(0, BLOCK_N)
         column_live = columns < last
-        w_columns = w_ptr + columns.to(tl.int64)[:, None] * stride_w
-        pre = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d_start in range(0, d, BLOCK_K):
-            ks = d_start + tl.arange(0, BLOCK_K)
-            k_live = ks < d
-            x_tile = tl.load(x_rows + ks[None, :], mask=row_live[:, None] & k_live[None, :], other=0.0)
-            w_tile = tl.load(w_columns + ks[None, :], mask=column_live[:, None] & k_live[None, :], other=0.0)
-            if UPCAST:
-                x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
-            pre = tl.dot(x_tile, tl.trans(w_tile), pre, input_precision=PRECISION)
-        if HAS_BIAS:
-            pre += tl.load(b_ptr + columns, mask=column_live, other=0.0).to(tl.float32)[None, :]
+        pre = _preactivation_tile(x_rows, w_ptr, b_ptr, columns, row_live, column_live, d, stride_w,
+                                  HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         live = row_live[:, None] & column_live[None, :]
 
         count = _append_candidates(pre, columns, live, buffer_ptr, lines, count, threshold, CAPACITY)
