@@ -151,6 +151,41 @@ def test_the_library_never_imports_the_command_line():
     assert {module: targets for module, targets in offenders.items() if targets} == {}
 
 
+# The layers of docs/architecture.md, bottom first: a module imports from its own layer or lower ones.
+# The package itself (hfsae/__init__.py, the public names) sits on top.
+LAYERS = [
+    ("hfsae.errors", "hfsae.folder", "hfsae.nested", "hfsae.user_cache"),
+    ("hfsae.ops",),
+    ("hfsae.configuration", "hfsae.modeling", "hfsae.hub"),
+    ("hfsae.activations",),
+    ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis"),
+    ("hfsae.explorer", "hfsae.space"),
+    ("hfsae.commands", "hfsae.cli"),
+    ("hfsae",),
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The index in LAYERS of the entry that `module` is or lies under (the package root only as itself)."""
+    for index, names in enumerate(LAYERS):
+        if any(module == name or (name != "hfsae" and module.startswith(f"{name}.")) for name in names):
+            return index
+    return None
+
+
+def test_the_layer_map_places_subpackages_and_leaves_unknown_modules_out():
+    assert layer_of("hfsae.ops.cpu") == layer_of("hfsae.ops") < layer_of("hfsae.training.trainer")
+    assert layer_of("hfsae") == len(LAYERS) - 1
+    assert layer_of("hfsae.not_a_module") is None
+
+
+def test_every_module_has_a_layer_and_imports_downwards_only():
+    graph = import_graph()
+    assert [module for module in graph if layer_of(module) is None] == [], "add it to LAYERS and docs/architecture.md"
+    upwards = [f"{module} -> {target}" for module, targets in graph.items() for target in targets if layer_of(target) > layer_of(module)]
+    assert upwards == []
+
+
 def test_command_line_arguments_and_runners_live_in_hfsae_commands():
     misplaced = [
         f"{module}: {node.name}"
