@@ -22,8 +22,8 @@ LAYER_NORM_EPS = 1e-5
 FIRING_THRESHOLD = 1e-3
 # The AuxK path is measured where it runs (ops/auxk.py); this rule decides when measuring is off or the
 # work is too small to time: dense matmuls over the dead latents while there are at most this many per
-# k_aux, sparse products over the k_aux selected entries otherwise (the measurements behind the bound:
-# docs/performance.md).
+# k_aux, sparse products over the k_aux selected entries otherwise. benchmarks/bench_step.py times both
+# paths; the figures behind this bound are in docs/performance.md.
 AUX_DENSE_MAX_RATIO = 4
 
 

@@ -26,7 +26,8 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
 ENCODE_TILE_ELEMENTS = 1 << 24
 # Whole rows (every latent of a row in one block, so one grouped top-k per row and nothing to merge) while
 # at least this many rows fit in a block; past that, a block of rows re-streams all of W_enc for too few
-# rows and the matmul slows down, so the block becomes a tile of ENCODE_TILE_LATENTS latents over many rows, and tiles are merged.
+# rows and the matmul slows down, so the block becomes a tile of ENCODE_TILE_LATENTS latents over many
+# rows, and tiles are merged.
 MIN_WHOLE_ROWS = 512
 ENCODE_TILE_LATENTS = 4096
 
@@ -93,8 +94,8 @@ _scratch_buffers: dict[tuple, torch.Tensor] = {}
 
 
 def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer reused across calls: a fresh output page-faults on every step, a cost comparable to
-    a share of the encoder matmul itself at these sizes."""
+    """A flat buffer reused across calls: a fresh output page-faults on every step, a measurable share of
+    the encoder matmul's time at these sizes (docs/performance.md)."""
     key = (numel, dtype, device)
     if key not in _scratch_buffers:
         _scratch_buffers.clear()  # keep one: a new shape means the old one is done with
