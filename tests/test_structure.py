@@ -341,6 +341,14 @@ def test_no_function_over_80_lines_and_no_class_over_250_without_a_reason():
     assert KNOWN_LONG - long == set(), "short enough now: strike these off KNOWN_LONG"
 
 
+def test_every_module_opens_with_a_docstring_that_names_its_job():
+    undocumented = [
+        module for module, path in module_files().items()
+        if not (ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or "").strip()
+    ]  # fmt: skip
+    assert undocumented == []
+
+
 # ---- measurements live in docs, not in source comments -----------------------------------------------
 
 # Seconds, core counts, measured speed-ups and throughputs: true of one machine on one day. Code facts
@@ -437,3 +445,43 @@ def test_hfsae_file_names_are_spelled_in_hfsae_folder_only():
             and any(node.value.endswith(name) for name in names)
         ]  # fmt: skip
     assert spelled == [], "import the name from hfsae.folder"
+
+
+# ---- the map in docs/architecture.md -----------------------------------------------------------------
+
+
+def architecture_homes() -> list[str]:
+    """The backticked homes in the second column of docs/architecture.md's table of concepts."""
+    text = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = text[text.index("| concept | home |") :].split("\n\n")[0]
+    rows = [line.split("|")[2] for line in table.splitlines()[2:]]
+    return [home for row in rows for home in re.findall(r"`([^`]+)`", row)]
+
+
+def missing_home(home: str) -> str | None:
+    """Why `home` (a module path under hfsae/, with an optional `.Name`, or a file or folder) does not exist."""
+    import importlib
+
+    if "<" in home:  # a pattern such as commands/<group>
+        return None if (PACKAGE / home.split("<")[0]).is_dir() else f"{home}: no such folder"
+    if home.endswith("/") or re.search(r"\.(json|md)$", home):
+        return None if (PACKAGE / home).exists() or (ROOT / home).exists() else f"{home}: no such file"
+    module, _, name = home.partition(".")
+    dotted = "hfsae." + module.replace("/", ".")
+    if dotted not in module_files():
+        return f"{home}: no module {dotted}"
+    if name and not hasattr(importlib.import_module(dotted), name):
+        return f"{home}: {dotted} has no {name}"
+    return None
+
+
+def test_the_home_check_resolves_modules_names_files_and_folders():
+    assert missing_home("ops/backend.SparseBackend") is None and missing_home("folder") is None
+    assert missing_home("hub/registry.json") is None and missing_home("model_cards/") is None
+    assert missing_home("ops/backend.NoSuchName") and missing_home("training/no_such_module") and missing_home("nothing.md")
+
+
+def test_every_home_docs_architecture_names_exists():
+    homes = architecture_homes()
+    assert len(homes) > 30
+    assert [problem for problem in map(missing_home, homes) if problem] == []
