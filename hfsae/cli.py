@@ -6,7 +6,7 @@ transformers.HfArgumentParser, so each field's docstring is its `--help` and bot
 and `--output_dir` spellings work. Every error prints one line to stderr and exits with status 1 (see
 `main`); `--debug` or HFSAE_DEBUG=1 shows the traceback instead.
 
-    hfsae train                                   # the built-in default (about 4–5 min on 2 CPU cores)
+    hfsae train                                   # the built-in default (minutes on a CPU)
     hfsae train --hook-points layers.6.resid_post --n-latents 4096 8192 --output-dir my-saes
     hfsae eval my-saes/layers.6.resid_post/n4096_k32
     hfsae convert v5_32k_layer_8.pt gpt2-l8 --from openai

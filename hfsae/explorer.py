@@ -28,6 +28,7 @@ from .errors import HfsaeError
 from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
+from .nested import flatten
 
 MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
 # Text is cut to this many characters before tokenizing, so a huge request costs no more than this:
@@ -474,7 +475,7 @@ class Explorer:
             ("Training", self.training_metrics),
         ):
             if metrics:
-                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in _flatten(metrics).items())
+                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in flatten(metrics).items())
                 sections.append(f"### {title}\n\n| metric | value |\n|---|---|\n{rows}")
         if not (self.eval_results or self.training_metrics):
             sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
@@ -499,16 +500,6 @@ def _finite(value, what: str) -> float:
     if not math.isfinite(number):
         raise ExplorerError(f"{what} must be a finite number; got {value!r}.")
     return number
-
-
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _number(value, spec: str = ".4g") -> str:

@@ -36,6 +36,7 @@ from .errors import HfsaeError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"  # save_pretrained(max_shard_size=...) splits the weights
 CARD_FILE = "README.md"
 TRAINING_CONFIG_FILE = "training_config.json"
 TRAINING_METRICS_FILE = "training_metrics.json"
@@ -52,7 +53,7 @@ INDEX_VERSION = 1
 PUBLISHED_FILES = (
     CONFIG_FILE,
     WEIGHTS_FILE,
-    "model.safetensors.index.json",  # save_pretrained(max_shard_size=...) splits the weights
+    SHARDED_WEIGHTS_INDEX,
     "model-*-of-*.safetensors",
     CARD_FILE,
     "*.png",  # the card's figures

@@ -22,9 +22,8 @@ LAYER_NORM_EPS = 1e-5
 FIRING_THRESHOLD = 1e-3
 # The AuxK path is measured where it runs (ops/auxk.py); this rule decides when measuring is off or the
 # work is too small to time: dense matmuls over the dead latents while there are at most this many per
-# k_aux, sparse products over the k_aux selected entries otherwise. Measured on one 2-core CPU (one
-# thread, batch 4096, d_in 576, n 16384, whole step): dense 1.27x / 1.32x / 1.64x the floor at 1.1 /
-# 2.3 / 5.7 dead latents per k_aux, sparse 1.46x / 1.44x / 1.48x.
+# k_aux, sparse products over the k_aux selected entries otherwise. benchmarks/bench_step.py times both
+# paths; the figures behind this bound are in docs/performance.md.
 AUX_DENSE_MAX_RATIO = 4
 
 
@@ -215,7 +214,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
         if self.W_dec.grad is None:
             return
         # In chunks of rows, updated in place: no [n_latents, d_in] temporary, so the step's extra memory
-        # does not grow with n_latents (benchmarks/bench_memory.py); ~3x faster on the CPU than one bmm.
+        # does not grow with n_latents (benchmarks/bench_memory.py); faster on the CPU than one bmm.
         grad, weight = self.W_dec.grad, self.W_dec
         for start in range(0, weight.shape[0], 2048):
             g, w = grad[start : start + 2048], weight[start : start + 2048]

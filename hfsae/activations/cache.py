@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from hfsae.folder import file_sha256, read_json, staged_folder, write_json_atomic
 
 from ..errors import HfsaeError
+from ..nested import flatten
 
 __all__ = ["CACHE_DTYPES", "ActivationCache", "CacheMismatchError", "CorruptCacheError"]
 
@@ -73,7 +74,7 @@ class ActivationCache:
             raise CacheMismatchError(
                 f"{manifest_path} is not an {FORMAT} version {FORMAT_VERSION} manifest; give another folder."
             )
-        saved, wanted = _flat(manifest["description"]), _flat(self.description)
+        saved, wanted = flatten(manifest["description"]), flatten(self.description)
         differs = sorted(key for key in wanted.keys() | saved.keys() if saved.get(key) != wanted.get(key))
         if differs:
             raise CacheMismatchError(
@@ -153,17 +154,6 @@ class ActivationCache:
                 return {name: handle.get_slice(name)[start:stop].float() for name in handle.keys()}  # noqa: SIM118
         except Exception as err:  # safetensors raises its own error types for bad files
             raise CorruptCacheError(f"Activation cache shard {path} is unreadable ({err}).") from err
-
-
-def _flat(description: dict, prefix: str = "") -> dict:
-    """{"model": {"dtype": ...}} → {"model.dtype": ...}, so a mismatch names the field that differs."""
-    flat = {}
-    for key, value in description.items():
-        if isinstance(value, dict):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
 
 
 def _short(values: dict) -> str:

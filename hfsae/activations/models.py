@@ -33,10 +33,9 @@ MODEL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16":
 def cpu_default_dtype() -> torch.dtype:
     """dtype "auto" on the CPU: bfloat16 where the CPU computes it natively (AVX512-BF16), else float32.
 
-    Measured on the built-in model (2 threads, 32 contexts of 64 tokens, layer 8; benchmarks/bench_train.py):
-    bfloat16 runs the forward pass at 13,500 tokens/s against 3,600 for float32 (3.75×), and its
+    On the built-in model bfloat16 runs the forward pass several times faster than float32, and its
     activations differ from float32's by FVU 1.7e-4 (cosine 0.99996), a thousandth of a trained SAE's
-    held-out FVU (0.19). A CPU without native bf16 arithmetic converts every
+    held-out FVU (0.19); benchmarks/bench_train.py measures both (docs/performance.md). A CPU without native bf16 arithmetic converts every
     operand, so it keeps float32 there (not measured here).
     """
     return torch.bfloat16 if torch.cpu._is_avx512_bf16_supported() else torch.float32

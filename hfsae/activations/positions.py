@@ -1,9 +1,9 @@
 """The one rule for which token positions of a context count, in training and in every metric.
 
 Position 0 of a context is left out (docs/method.md §1). Its activations are unlike the rest: on the
-built-in model (layer 8 residual stream, 64-token contexts) its norm is 4.6× the others' and it holds
-28% of the variance from 1/64 of the rows (layer 22: 75×, 98%), which an SAE would spend its
-capacity on, and which would dominate FVU.
+built-in model its norm is several times the others' and it holds a large share of the variance from
+1/64 of the rows (docs/performance.md gives the figures), which an SAE would spend its capacity on,
+and which would dominate FVU.
 """
 
 from __future__ import annotations

@@ -67,12 +67,67 @@ def _take(rows: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
     return {name: tensor[index] for name, tensor in rows.items()}
 
 
+def _check_sizes(context_size, contexts_per_forward, batch_tokens, buffer_tokens, epochs, n_tokens) -> None:
+    if not isinstance(context_size, int) or context_size <= FIRST_POSITION_USED:
+        raise ValueError(f"context_size must be an integer above {FIRST_POSITION_USED}; got {context_size}.")
+    for name, value in [
+        ("contexts_per_forward", contexts_per_forward),
+        ("batch_tokens", batch_tokens),
+        ("buffer_tokens", buffer_tokens),
+        ("epochs", epochs),
+    ]:
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value}.")
+    if n_tokens is not None and n_tokens < 1:
+        raise ValueError(f"n_tokens must be positive or None; got {n_tokens}.")
+    if buffer_tokens < batch_tokens:
+        raise ValueError(
+            f"buffer_tokens={buffer_tokens} is smaller than batch_tokens={batch_tokens}; give a buffer of at "
+            "least a batch (a few batches shuffle better)."
+        )
+
+
+def _block_rows(buffer_tokens: int, batch_tokens: int, rows_per_forward: int) -> int:
+    """Rows per buffer block, a multiple of SPREAD, so that the buffer stays within buffer_tokens rows.
+
+    Peak buffer: the block being filled (block_rows + a forward pass), the older blocks' parts not yet
+    used ((SPREAD - 1) / 2 blocks) and a batch carried over a stage's end.
+    """
+    spare = buffer_tokens - rows_per_forward - batch_tokens
+    block_rows = max(0, int(spare * 2 / (SPREAD + 1))) // SPREAD * SPREAD
+    if block_rows < SPREAD:
+        raise ValueError(
+            f"buffer_tokens={buffer_tokens} leaves no room to shuffle beside batch_tokens={batch_tokens} and a "
+            f"forward pass of {rows_per_forward} rows; give buffer_tokens ≥ "
+            f"{rows_per_forward + batch_tokens + 2 * SPREAD} (or fewer contexts_per_forward: --device-batch-tokens)."
+        )
+    return block_rows
+
+
 class ActivationSource:
     """Shuffled batches {hook_point: [batch_tokens, d]} (float32) of a causal LM's activations.
 
     The forward pass stops after the deepest hook point and runs under torch.inference_mode; position
     0 of every context is left out (positions.py). An epoch is the first `n_tokens` rows of the text
     (all of it when None); iteration ends after `epochs` of them; the last batch may be smaller.
+
+    Args:
+        hook_points: one or more names, e.g. "layers.8.resid_post" (see hook_points.py).
+        text: where the documents come from; default: the built-in corpus, "train" split.
+        context_size: tokens per context (the paper uses 64).
+        contexts_per_forward: contexts in one forward pass.
+        batch_tokens: rows per yielded batch.
+        buffer_tokens: most rows per hook point the shuffle buffer holds (with the forward pass
+            being filled in); at least batch_tokens + one forward pass's rows + a few.
+        n_tokens: rows per epoch; None: the whole text.
+        epochs: passes over those rows (each shuffled anew).
+        cache_dir: an activation cache folder: built from the model on the first run, read by
+            every later run with the same model, hook points, text, context and dtypes.
+        cache_dtype: how the cache stores rows: "float32", "bfloat16" or "float16".
+        device: where batches go; default: the model's device.
+
+    Size: one stream with one resume state (stage, offset, anchor) that the harvest, the shuffle buffer
+    and the batches it emits all advance; split into classes, each part would reach into the others'.
     """
 
     def __init__(
@@ -94,43 +149,11 @@ class ActivationSource:
         device: str | torch.device | None = None,
         progress: bool = False,
     ):
-        """
-        Args:
-            hook_points: one or more names, e.g. "layers.8.resid_post" (see hook_points.py).
-            text: where the documents come from; default: the built-in corpus, "train" split.
-            context_size: tokens per context (the paper uses 64).
-            contexts_per_forward: contexts in one forward pass.
-            batch_tokens: rows per yielded batch.
-            buffer_tokens: most rows per hook point the shuffle buffer holds (with the forward pass
-                being filled in); at least batch_tokens + one forward pass's rows + a few.
-            n_tokens: rows per epoch; None: the whole text.
-            epochs: passes over those rows (each shuffled anew).
-            cache_dir: an activation cache folder: built from the model on the first run, read by
-                every later run with the same model, hook points, text, context and dtypes.
-            cache_dtype: how the cache stores rows: "float32", "bfloat16" or "float16".
-            device: where batches go; default: the model's device.
-        """
         names = [hook_points] if isinstance(hook_points, str) else list(hook_points)
         self.hook_points: list[HookPoint] = [resolve(model, name) for name in names]
         if len({point.name for point in self.hook_points}) != len(self.hook_points):
             raise ValueError(f"Hook points repeat: {names}. Name each once.")
-        if not isinstance(context_size, int) or context_size <= FIRST_POSITION_USED:
-            raise ValueError(f"context_size must be an integer above {FIRST_POSITION_USED}; got {context_size}.")
-        for name, value in [
-            ("contexts_per_forward", contexts_per_forward),
-            ("batch_tokens", batch_tokens),
-            ("buffer_tokens", buffer_tokens),
-            ("epochs", epochs),
-        ]:
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value}.")
-        if n_tokens is not None and n_tokens < 1:
-            raise ValueError(f"n_tokens must be positive or None; got {n_tokens}.")
-        if buffer_tokens < batch_tokens:
-            raise ValueError(
-                f"buffer_tokens={buffer_tokens} is smaller than batch_tokens={batch_tokens}; give a buffer of at "
-                "least a batch (a few batches shuffle better)."
-            )
+        _check_sizes(context_size, contexts_per_forward, batch_tokens, buffer_tokens, epochs, n_tokens)
         self.model = model
         self.tokenizer = tokenizer
         self.text = text if text is not None else TextSource()
@@ -143,16 +166,7 @@ class ActivationSource:
         self.seed = seed
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.progress = progress
-        # Peak buffer: the block being filled (block_rows + a forward pass), the older blocks' parts
-        # not yet used ((SPREAD - 1) / 2 blocks) and a batch carried over a stage's end.
-        spare = buffer_tokens - self.rows_per_forward - batch_tokens
-        self.block_rows = max(0, int(spare * 2 / (SPREAD + 1))) // SPREAD * SPREAD
-        if self.block_rows < SPREAD:
-            raise ValueError(
-                f"buffer_tokens={buffer_tokens} leaves no room to shuffle beside batch_tokens={batch_tokens} and a "
-                f"forward pass of {self.rows_per_forward} rows; give buffer_tokens ≥ "
-                f"{self.rows_per_forward + batch_tokens + 2 * SPREAD} (or fewer contexts_per_forward: --device-batch-tokens)."
-            )
+        self.block_rows = _block_rows(buffer_tokens, batch_tokens, self.rows_per_forward)
         self.cache = (
             ActivationCache(cache_dir, self._description(), dtype=cache_dtype) if cache_dir is not None else None
         )

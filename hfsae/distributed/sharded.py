@@ -39,7 +39,7 @@ from torch import nn
 
 from ..errors import HfsaeError
 from ..configuration import TopKSAEConfig
-from ..folder import WEIGHTS_FILE, staged_folder
+from ..folder import SHARDED_WEIGHTS_INDEX, WEIGHTS_FILE, staged_folder
 from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize
 from ..ops import backend_for, selected_preactivations, sparse_decode
 from .grid import ProcessGrid, all_gather, all_reduce_, barrier, shard_ranges
@@ -52,7 +52,7 @@ class CheckpointError(HfsaeError, FileNotFoundError):
 
 def _weight_files(folder: str) -> dict[str, str]:
     """Parameter name → the safetensors file holding it (one file, or a sharded index)."""
-    index = os.path.join(folder, f"{WEIGHTS_FILE}.index.json")
+    index = os.path.join(folder, SHARDED_WEIGHTS_INDEX)
     if os.path.isfile(index):
         with open(index) as f:
             weight_map = json.load(f)["weight_map"]
@@ -60,7 +60,7 @@ def _weight_files(folder: str) -> dict[str, str]:
     single = os.path.join(folder, WEIGHTS_FILE)
     if not os.path.isfile(single):
         raise CheckpointError(
-            f"{folder!r} holds no {WEIGHTS_FILE} (nor {WEIGHTS_FILE}.index.json); expected a folder "
+            f"{folder!r} holds no {WEIGHTS_FILE} (nor {SHARDED_WEIGHTS_INDEX}); expected a folder "
             f"written by save_pretrained."
         )
     with safe_open(single, "pt") as f:

@@ -3,7 +3,7 @@
     results = evaluate(sae)                            # base model, hook point, text from sae.config
     write_eval_results("my-sae", results)              # eval_results.json + n2g_explanations.json
 
-Sample sizes default to what runs in a few minutes on 2 CPU cores for the built-in default
+Sample sizes default to what runs in a few minutes on a CPU for the built-in default
 (SmolLM2-135M, 8192 latents); all are `EvalConfig` fields. The reconstruction metrics, dead
 fraction and N2G use `n_tokens` tokens read only up to the hook point; the downstream loss and
 ablation sparsity need whole forward passes and use the first `n_downstream_tokens` of them.

@@ -43,6 +43,7 @@ from ..folder import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from ..nested import flatten
 
 MODEL_CARD_TEMPLATE = "topk_sae.md"
 DENSITY_FIGURE = "latent_density.png"
@@ -338,16 +339,6 @@ def _format(value) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _flatten(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, str, str]]:
     if eval_results:
         rows = [
@@ -427,7 +418,7 @@ def render_card(
         ],
         training_rows=[
             (key, _format(value))
-            for key, value in _flatten(training_config).items()
+            for key, value in flatten(training_config).items()
             if key not in LOCAL_TRAINING_OPTIONS
         ],
         training_metric_rows=[

@@ -35,6 +35,7 @@ from ..errors import HfsaeError
 from ..folder import (
     CONFIG_FILE,
     INDEX_FILE,
+    SHARDED_WEIGHTS_INDEX,
     WEIGHTS_FILE,
     check_folder_name,
     folder_for_hook_point,
@@ -48,7 +49,6 @@ from .model_class import sae_class
 from .registry import RegistryEntry, UnknownSAEError, lookup, registry, unknown_name_error
 
 REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
-SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"
 
 # The files that mark a folder as one SAE of each format (a .pt file alone is an OpenAI SAE).
 FORMATS = {

@@ -1,7 +1,8 @@
 """Sparse ops behind one dispatcher: the reference, the CPU fast path and the Triton kernels.
 
-`backend_for(device, name)` picks the module; `sparse_decode` and `selected_preactivations` are the
-two differentiable pieces a TopK SAE is made of, written once on top of whichever backend runs.
+`backend_for(device, name)` picks the module (each keeps the `SparseBackend` contract of backend.py);
+`sparse_decode` and `selected_preactivations` are the two differentiable pieces a TopK SAE is made of,
+written once on top of whichever backend runs.
 Their backward passes touch only the selected latents: O(batch · k · d), never O(batch · n · d).
 """
 
@@ -9,11 +10,10 @@ from __future__ import annotations
 
 import importlib
 import os
-from types import ModuleType
 
 import torch
 
-from .reference import TopKSelection
+from .backend import SparseBackend, TopKSelection
 
 BACKENDS = ("reference", "cpu", "triton")
 
@@ -25,7 +25,7 @@ def triton_available() -> bool:
     return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def backend_for(device: torch.device | str, name: str | None = None) -> ModuleType:
+def backend_for(device: torch.device | str, name: str | None = None) -> SparseBackend:
     """The ops module for `name`, or the fastest one for `device` (Triton on CUDA, the fast path on CPU)."""
     if name is None:
         name = "triton" if torch.device(device).type == "cuda" and triton_available() else "cpu"
@@ -116,8 +116,7 @@ class _SubspaceCode(torch.autograd.Function):
     def backward(ctx, grad_code):
         x, b_pre, W_sub, code = ctx.saved_tensors
         # code > 0 exactly where a selected pre-activation is positive, so ReLU's own backward kernel over
-        # the code is the mask: one pass, ~3x faster than gather/scatter through positions (and ~5x than
-        # `where`) at [4096, 1646] on one CPU thread.
+        # the code is the mask: one pass, faster than gather/scatter through positions or `where`.
         grad_pre = torch.ops.aten.threshold_backward(grad_code, code, 0.0)  # [batch, n_sub]
         grad_x = grad_pre @ W_sub if ctx.needs_input_grad[0] else None
         grad_W_sub = grad_pre.T @ (x - b_pre) if ctx.needs_input_grad[2] else None
@@ -127,7 +126,7 @@ class _SubspaceCode(torch.autograd.Function):
         return grad_x, grad_b_pre, grad_W_sub, grad_b_sub, None, None
 
 
-def sparse_decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, backend: ModuleType) -> torch.Tensor:
+def sparse_decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor, backend: SparseBackend) -> torch.Tensor:
     """Σ_j values[b,j] · weight[indices[b,j]]: indices, values [batch, k], weight [n, d] → [batch, d]."""
     return _SparseDecode.apply(indices, values, weight, backend)
 
@@ -138,7 +137,7 @@ def selected_preactivations(
     b_enc: torch.Tensor | None,
     indices: torch.Tensor,
     values: torch.Tensor,
-    backend: ModuleType,
+    backend: SparseBackend,
     *,
     b_pre: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -162,4 +161,4 @@ def subspace_code(
     return _SubspaceCode.apply(x, b_pre, W_sub, b_sub, positions, preacts)
 
 
-__all__ = ["BACKENDS", "TopKSelection", "backend_for", "selected_preactivations", "sparse_decode", "subspace_code", "triton_available"]
+__all__ = ["BACKENDS", "SparseBackend", "TopKSelection", "backend_for", "selected_preactivations", "sparse_decode", "subspace_code", "triton_available"]

@@ -23,14 +23,16 @@ from pathlib import Path
 
 import torch
 
+from ..user_cache import user_cache_dir
+
 logger = logging.getLogger(__name__)
 
 AUTOTUNE_ENV = "HFSAE_AUTOTUNE"
 CACHE_FILE = "autotune.json"
 # Timed runs per candidate after one warm-up, interleaved so that machine noise hits each alike. Each
 # candidate keeps its fastest run: noise (other processes, a busy core) only ever adds time, so the minimum
-# is the steadiest estimate of what a path costs; on a shared 2-core machine the median of 3 once kept a
-# CPU encoder block 25% slower than the best for good.
+# is the steadiest estimate of what a path costs (a median once cached a clearly slower CPU encoder
+# block, and a cached choice is never measured again).
 REPEATS = 5
 
 _overrides: dict[str, str] = {}
@@ -60,9 +62,7 @@ def autotune_enabled() -> bool:
 
 def cache_path() -> Path:
     """The file that keeps measured choices across processes."""
-    from ..activations.builtin import builtin_cache_dir
-
-    return builtin_cache_dir() / CACHE_FILE
+    return user_cache_dir() / CACHE_FILE
 
 
 def machine_key(device: torch.device | str) -> str:

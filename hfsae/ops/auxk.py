@@ -1,29 +1,28 @@
 """The AuxK path, measured where it runs: dense products over the dead latents, or sparse ones over k_aux entries.
 
 Both give the same loss and gradients (tests/test_modeling.py checks each against dense torch); which
-is faster depends on the machine. On one 2-core CPU the dense path won below ~4 dead latents per k_aux;
-on another of the same family (faster fp32 matmul, slower gathers) it won at 10 — so `auxk_path` times
-both once per (machine, dtype, shape class) through `autotune.choose` and keeps the faster.
+is faster depends on the machine: the number of dead latents per k_aux where the dense path stops
+winning moves with the balance of fp32 matmul and gather speed between CPUs of one family. So
+`auxk_path` times both once per (machine, dtype, shape class) through `autotune.choose` and keeps the
+faster.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
-
 import torch
 
-from . import autotune, selected_preactivations, sparse_decode, subspace_code
+from . import SparseBackend, autotune, selected_preactivations, sparse_decode, subspace_code
 
 PATHS = ("dense", "sparse")
-# Below this many multiply-adds (batch · d_in · dead latents) either path takes well under a millisecond:
-# not worth timing, the fixed rule decides (and tests never measure).
+# Below this many multiply-adds (batch · d_in · dead latents) either path is too quick for the choice to
+# matter: not worth timing, the fixed rule decides (and tests never measure).
 MIN_MEASURED_WORK = 1 << 27
 # Rows the micro-benchmark runs on: both paths are linear in the batch, so a slice ranks them as the full
 # batch does, for a fraction of the time.
 MEASURED_ROWS = 1024
 
 
-def _candidates(x: torch.Tensor, n_dead: int, k_aux: int, backend: ModuleType) -> dict:
+def _candidates(x: torch.Tensor, n_dead: int, k_aux: int, backend: SparseBackend) -> dict:
     """One forward + backward of each AuxK path on random inputs shaped like x [batch, d_in]'s step."""
     g = torch.Generator(device=x.device).manual_seed(0)
     rows, d = min(x.shape[0], MEASURED_ROWS), x.shape[1]
@@ -48,7 +47,7 @@ def _candidates(x: torch.Tensor, n_dead: int, k_aux: int, backend: ModuleType) -
     return {"dense": dense, "sparse": sparse}
 
 
-def auxk_path(x: torch.Tensor, n_dead: int, k_aux: int, backend: ModuleType, *, fallback: str) -> str:
+def auxk_path(x: torch.Tensor, n_dead: int, k_aux: int, backend: SparseBackend, *, fallback: str) -> str:
     """"dense" or "sparse": the faster AuxK path for x [batch, d_in] with `n_dead` dead latents, k_aux a row.
 
     `fallback` is what runs when measuring is off or the work is too small to time (see autotune).

@@ -1,9 +1,5 @@
 """CPU fast path: a blocked encoder with an exact grouped top-k, and the sparse ops on embedding_bag and
-torch's sampled CSR product.
-
-Measured on the 2-core machine at batch 4096, n 32768, d 768 (two threads): the encoder in row blocks
-with the AuxK selection ~1.04x the bare matmul + torch.topk; for 384 entries a row, embedding_bag
-decode ~48 ms, sampled_addmm gather_dot ~83 ms and the embedding_bag scatter_outer ~100 ms.
+torch's sampled CSR product (timings: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -13,7 +9,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from .reference import TopKSelection
+from .backend import TopKSelection
+
 
 def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tensor:
     """The code as a [batch, n_cols] CSR matrix: k entries a row, in the given order."""
@@ -29,20 +26,19 @@ def _csr(indices: torch.Tensor, values: torch.Tensor, n_cols: int) -> torch.Tens
 ENCODE_TILE_ELEMENTS = 1 << 24
 # Whole rows (every latent of a row in one block, so one grouped top-k per row and nothing to merge) while
 # at least this many rows fit in a block; past that, a block of rows re-streams all of W_enc for too few
-# rows (at n 131072 the matmul ran 1.5x slower in 128-row blocks than in [4096, 4096] tiles), so the
-# block becomes a tile of ENCODE_TILE_LATENTS latents over many rows, and tiles are merged.
+# rows and the matmul slows down, so the block becomes a tile of ENCODE_TILE_LATENTS latents over many
+# rows, and tiles are merged.
 MIN_WHOLE_ROWS = 512
 ENCODE_TILE_LATENTS = 4096
 
-# Group sizes tried by grouped_topk, largest first (measured at n 131072, k 32: 64 → 63 ms, 16 → 204 ms,
-# against 170 ms for torch.topk; one thread).
+# Group sizes tried by grouped_topk, largest first: a larger group means a cheaper max-reduction pass.
 TOPK_GROUP_SIZES = (64, 32)
 # Columns per group when a tile is screened against the running k-th best value (see _merge_tile).
 SCREEN_GROUP = 32
 
 
 def grouped_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.topk(scores, k, dim=1) for a [rows, n] block, exact, ~2–3x faster when n is large.
+    """torch.topk(scores, k, dim=1) for a [rows, n] block, exact, and faster when n is large.
 
     Split each row into groups of g columns. The k-th largest group maximum t is at most the row's
     k-th largest value (k different groups each hold a value ≥ t), and every other group's maximum
@@ -98,8 +94,8 @@ _scratch_buffers: dict[tuple, torch.Tensor] = {}
 
 
 def _scratch(numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A flat buffer reused across calls: a fresh output page-faults on every step, which costs ~17% of
-    the encoder matmul at these sizes (measured on a 2-core development machine)."""
+    """A flat buffer reused across calls: a fresh output page-faults on every step, a measurable share of
+    the encoder matmul's time at these sizes (docs/performance.md)."""
     key = (numel, dtype, device)
     if key not in _scratch_buffers:
         _scratch_buffers.clear()  # keep one: a new shape means the old one is done with
@@ -143,9 +139,9 @@ def encode_topk(
     aux_mask: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> TopKSelection:
-    """Top-k of x @ W_enc.T + b_enc in blocks of at most `tile_elements` elements, so the [batch, n]
-    pre-activations never exist whole. The AuxK pre-activations (masked latents) of a block are kept
-    aside and cut to the top k_aux whenever they outgrow one tile."""
+    """In blocks of at most `tile_elements` elements, so the [batch, n] pre-activations never exist whole.
+    The AuxK pre-activations (masked latents) of a block are kept aside and cut to the top k_aux
+    whenever they outgrow one tile."""
     return _encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux, tile_elements(x, W_enc, k))
 
 
@@ -179,7 +175,7 @@ def _encode_topk(x, W_enc, b_enc, k, aux_mask, k_aux, block_elements: int) -> To
             best = _merge_tile(best, block, start, k)
             if dead is not None and tile_bounds[tile] < tile_bounds[tile + 1]:
                 columns = dead[tile_bounds[tile] : tile_bounds[tile + 1]]
-                # gather runs on all threads; index_select along columns runs on one (3x slower here)
+                # gather runs on all threads; index_select along columns runs on one
                 kept_values.append(block.gather(1, (columns - start).expand(last - first, -1)))
                 kept_ids.append(columns)
                 if sum(v.shape[1] for v in kept_values) > width:  # cut back to the top k_aux so far
@@ -198,15 +194,12 @@ def decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) ->
 
 
 def scatter_outer(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """out[j] = Σ over entries (b, i) with indices[b, i] = j of values[b, i] · dense[b].
-
-    The transposed code, entries grouped by latent, is a bag of rows of `dense` per latent: one
+    """The transposed code, entries grouped by latent, is a bag of rows of `dense` per latent: one
     embedding_bag writes each output row once, with no second output-sized buffer (torch's CSRᵀ @ dense
-    keeps one) and ~1.3x faster at batch 4096, d 768, 384 entries a row (2 threads).
-    """
+    keeps one, and is slower)."""
     k = indices.shape[1]
     flat = indices.reshape(-1)
-    order = flat.to(torch.int32).argsort()  # int32 keys sort ~1.6x faster than int64
+    order = flat.to(torch.int32).argsort()  # int32 keys sort faster than int64
     offsets = torch.zeros(n_rows + 1, dtype=torch.int64, device=indices.device)
     torch.cumsum(torch.bincount(flat, minlength=n_rows), 0, out=offsets[1:])
     entries = values.reshape(-1).to(dense.dtype)[order]

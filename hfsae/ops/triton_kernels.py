@@ -1,6 +1,6 @@
 """Triton kernels for the sparse ops and the fused encoder + TopK: the CUDA backend (docs/method.md §6).
 
-Same contract as `reference.py`: outputs in the input dtype, fp32 accumulation, int64 offsets.
+Keeps the `SparseBackend` contract (backend.py), with fp32 accumulation and int64 offsets.
 
 The fused `encode_topk` never holds the [batch, n_latents] pre-activations. Each program owns
 BLOCK_M rows and one split of the latents; it computes x @ W_enc.T + b_enc one [BLOCK_M, BLOCK_N]
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .reference import TopKSelection
+from .backend import TopKSelection
 
 _EMPTY_KEY = tl.constexpr(-(2**63))  # below every real key, including that of -inf
 EMPTY_KEY = -(2**63)
@@ -79,7 +79,7 @@ def _top_keys(keys, CAPACITY: tl.constexpr, K_PAD: tl.constexpr, BY_RANK: tl.con
     """The K_PAD largest of keys [rows, CAPACITY], descending.
 
     tl.topk (a bitonic network) on the GPU. The interpreter runs each of the network's steps as a
-    Python-level reduction, ~4 s for one 16 × 128 block, so there the same keys are ranked by
+    Python-level reduction, far too slow for the tests, so there the same keys are ranked by
     counting, in a few whole-array numpy operations: rank = how many keys beat this one (ties
     broken by slot), and rank r goes to place r.
     """
@@ -136,6 +136,39 @@ def _shrink_buffers(
 
 
 @triton.jit
+def _preactivation_tile(
+    x_rows,
+    w_ptr,
+    b_ptr,
+    columns,
+    row_live,
+    column_live,
+    d,
+    stride_w,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """x @ W_enc.T + b_enc on one [BLOCK_M, BLOCK_N] tile (rows at `x_rows`, latents `columns`), in fp32."""
+    w_columns = w_ptr + columns.to(tl.int64)[:, None] * stride_w
+    pre = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    for d_start in range(0, d, BLOCK_K):
+        ks = d_start + tl.arange(0, BLOCK_K)
+        k_live = ks < d
+        x_tile = tl.load(x_rows + ks[None, :], mask=row_live[:, None] & k_live[None, :], other=0.0)
+        w_tile = tl.load(w_columns + ks[None, :], mask=column_live[:, None] & k_live[None, :], other=0.0)
+        if UPCAST:
+            x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
+        pre = tl.dot(x_tile, tl.trans(w_tile), pre, input_precision=PRECISION)
+    if HAS_BIAS:
+        pre += tl.load(b_ptr + columns, mask=column_live, other=0.0).to(tl.float32)[None, :]
+    return pre
+
+
+@triton.jit
 def _encode_topk_kernel(
     x_ptr,
     w_ptr,
@@ -187,18 +220,8 @@ def _encode_topk_kernel(
     for tile_start in range(first, last, BLOCK_N):
         columns = tile_start + tl.arange(0, BLOCK_N)
         column_live = columns < last
-        w_columns = w_ptr + columns.to(tl.int64)[:, None] * stride_w
-        pre = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
-        for d_start in range(0, d, BLOCK_K):
-            ks = d_start + tl.arange(0, BLOCK_K)
-            k_live = ks < d
-            x_tile = tl.load(x_rows + ks[None, :], mask=row_live[:, None] & k_live[None, :], other=0.0)
-            w_tile = tl.load(w_columns + ks[None, :], mask=column_live[:, None] & k_live[None, :], other=0.0)
-            if UPCAST:
-                x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
-            pre = tl.dot(x_tile, tl.trans(w_tile), pre, input_precision=PRECISION)
-        if HAS_BIAS:
-            pre += tl.load(b_ptr + columns, mask=column_live, other=0.0).to(tl.float32)[None, :]
+        pre = _preactivation_tile(x_rows, w_ptr, b_ptr, columns, row_live, column_live, d, stride_w,
+                                  HAS_BIAS, BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, UPCAST)
         live = row_live[:, None] & column_live[None, :]
 
         count = _append_candidates(pre, columns, live, buffer_ptr, lines, count, threshold, CAPACITY)
@@ -235,8 +258,8 @@ class EncodeTiles:
     upcast_operands: bool = False
 
 
-# H100, d 768 / n 32k / k 32, bf16: with 16 × 512 keys per buffer reduction the kernel needed 255
-# registers a thread and spilled 338; the reduction is rare, so it runs 4 rows at a time.
+# Reducing 16 rows' buffers at once made the kernel spill registers (docs/performance.md); the
+# reduction is rare, so it runs 4 rows at a time.
 CUDA_ENCODE_TILES = EncodeTiles(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3, flush_elements=2048)
 # The interpreter runs each tile as numpy calls: tiny tiles keep odd sizes covered by many tiles.
 INTERPRETER_ENCODE_TILES = EncodeTiles(
@@ -293,12 +316,7 @@ def encode_topk(
     aux_mask: torch.Tensor | None = None,
     k_aux: int = 0,
 ) -> TopKSelection:
-    """Top-k of x @ W_enc.T + b_enc per row; x: [batch, d], W_enc: [n, d].
-
-    With aux_mask [n] bool and k_aux > 0, also the top-k_aux among masked latents; k_aux is capped at
-    the number of masked latents, as in the CPU backend. Runs the fused kernel or cuBLAS + torch.topk,
-    whichever `encoder_path` picks.
-    """
+    """The fused kernel or cuBLAS + torch.topk, whichever `encoder_path` picks."""
     _check_encoder_inputs(x, W_enc, b_enc, k, aux_mask)
     if aux_mask is not None and k_aux > 0:
         k_aux = min(k_aux, int(aux_mask.sum()))  # one host sync: the output's shape depends on it
@@ -318,8 +336,7 @@ DENSE_MEMORY_SHARE = 0.25
 def dense_encode_topk(x, W_enc, b_enc, k, aux_mask=None, k_aux=0) -> TopKSelection:
     """The same selection through the whole [batch, n] pre-activations: one cuBLAS matmul and torch.topk.
 
-    H100, d 768 / n 32k / k 32 / batch 4096 in bf16: 1.40 ms against 3.76 ms for the fused kernel
-    (benchmarks/RESULTS.md), at the price of a 256 MiB buffer.
+    Often faster than the fused kernel where the [batch, n] buffer fits (docs/performance.md).
     """
     pre = x @ W_enc.T if b_enc is None else torch.addmm(b_enc, x, W_enc.T)
     values, indices = pre.topk(k, dim=1)
@@ -428,7 +445,6 @@ def _decode_kernel(indices_ptr, values_ptr, weight_ptr, out_ptr, k, d, stride_w,
 
 
 def decode(indices: torch.Tensor, values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Σ_j values[b,j] · weight[indices[b,j]]: indices, values [batch, k], weight [n, d] → [batch, d]."""
     indices, values, weight = indices.contiguous(), values.contiguous(), weight.contiguous()
     batch, k = indices.shape
     d = weight.shape[1]
@@ -468,7 +484,6 @@ def _gather_dot_kernel(indices_ptr, dense_ptr, weight_ptr, out_ptr, k, d, stride
 
 
 def gather_dot(indices: torch.Tensor, dense: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """<dense[b], weight[indices[b,j]]>: indices [batch, k], dense [batch, d], weight [n, d] → [batch, k]."""
     indices, dense, weight = indices.contiguous(), dense.contiguous(), weight.contiguous()
     batch, k = indices.shape
     d = weight.shape[1]
@@ -511,9 +526,7 @@ def _scatter_outer_kernel(order_ptr, row_starts_ptr, values_ptr, dense_ptr, out_
 
 
 def scatter_outer(indices: torch.Tensor, values: torch.Tensor, dense: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """out[indices[b,j]] += values[b,j] · dense[b]: indices, values [batch, k], dense [batch, d] → [n_rows, d].
-
-    Deterministic: entries are grouped by latent with a stable sort and each output row is summed by
+    """Deterministic: entries are grouped by latent with a stable sort and each output row is summed by
     one program in that order, instead of racing float atomics.
     """
     indices, values, dense = indices.contiguous(), values.contiguous(), dense.contiguous()

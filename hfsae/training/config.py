@@ -97,9 +97,8 @@ class TrainConfig:
     """Accelerate's big-model placement of the language model (e.g. 'auto') when it does not fit one device."""
     trust_remote_code: bool = False
     """Run model code from the language model's Hub repo (off unless asked)."""
-    # Layer 10 of 30, measured on the built-in model (first position excluded): its token norms
-    # stay within 1.5x of the mean (max 218, mean 147), while layer 6 has outliers of 9x and layer 15
-    # of 130x (massive activations); and harvesting stops a third of the way in (layer 15: 1.4x slower).
+    # Layer 10 of 30 on the built-in model: its token norms stay near their mean, where deeper layers
+    # have massive-activation outliers, and harvesting stops a third of the way in (docs/performance.md).
     hook_points: list[str] = field(default_factory=lambda: ["layers.10.resid_post"])
     """Where to read activations, e.g. layers.10.resid_post (one SAE set per hook point)."""
     dataset: str = "builtin"
@@ -110,10 +109,10 @@ class TrainConfig:
     """Dataset split to train on; held-out FVU uses text outside it."""
     context_size: int = 64
     """Tokens per context (the paper uses 64)."""
-    # Epochs by default: on 2 CPU cores the forward pass to layer 10 is the slow part (see
-    # FORWARD_NOTE in README "Training at scale"), so streaming all 2M training tokens would take
-    # several times the whole default run. 120k harvested tokens gave held-out FVU 0.209 (train
-    # batches 0.097: overfitting); 200k gave 0.190. Both with 2M training tokens, n_latents 4096, k 32.
+    # Epochs by default: on a CPU the forward pass to layer 10 is the slow part, so streaming all 2M
+    # training tokens would take several times the whole default run. 120k harvested tokens gave held-out
+    # FVU 0.209 (train batches 0.097: overfitting); 200k gave 0.190. Both with 2M training tokens,
+    # n_latents 4096, k 32 (docs/performance.md).
     streaming: bool = False
     """Stream fresh activations for every step through a shuffle buffer (memory O(buffer_tokens), any
     train_tokens); off: harvest harvest_tokens once and train epochs over them."""

@@ -103,7 +103,7 @@ def train(config: TrainConfig) -> list[TrainResult]:
     """Train every SAE of `config` and write them to config.output_dir; returns their results (main process).
 
     Example:
-        >>> results = train(TrainConfig(output_dir="my-sae"))   # about 4–5 minutes on 2 CPU cores
+        >>> results = train(TrainConfig(output_dir="my-sae"))   # minutes on a CPU (docs/performance.md)
         >>> results[0].metrics["fvu"]
     """
     from ..activations import load_language_model

@@ -3,8 +3,8 @@
 A sweep is an ordinary training run in the trainer's many-SAEs mode (every SAE reads the same
 harvested activations, docs/method.md §5 fits runs that differ only in n and k), followed by
 `hfsae.evaluation.scaling.scaling` on its output folder. `SweepConfig` is `TrainConfig` with a
-3×3 grid and a shorter schedule as defaults, sized so the built-in default finishes in under
-15 minutes on 2 CPU cores; every TrainConfig option still applies.
+3×3 grid and a shorter schedule as defaults, sized so the built-in default finishes in minutes on a
+CPU (docs/performance.md); every TrainConfig option still applies.
 
     hfsae sweep                                        # n 1024, 2048, 4096 × k 8, 16, 32 → sweep/
     hfsae scaling sweep                                # refit later, or on another sweep folder
@@ -38,11 +38,9 @@ class SweepConfig(TrainConfig):
         default_factory=lambda: list(DEFAULT_K),
         metadata={"help": "Latents kept per token of the grid; one SAE per (hook point, n_latents, k)."},
     )
-    # Nine SAEs share each step (21,504 latents in all: ~5× the encoder matmul of the single
-    # default SAE), so the sweep harvests and trains on less. Measured: this grid with 131,072
-    # training tokens took 753 s on 2 cores shared with ~5 other jobs (load ~11); the runs are far
-    # from converged there (docs/method.md §3: tokens to convergence grow ~ n^0.6), so raise
-    # train_tokens for a fit of converged losses.
+    # Nine SAEs share each step (21,504 latents in all, against 4,096 for the single default SAE), so
+    # the sweep harvests and trains on less. The runs are far from converged there (docs/method.md §3:
+    # tokens to convergence grow ~ n^0.6), so raise train_tokens for a fit of converged losses.
     harvest_tokens: int = field(
         default=50_000, metadata={"help": "Distinct tokens harvested once and reused in epochs (without --streaming)."}
     )

@@ -1,11 +1,13 @@
-"""The CPU fast path's sparse ops equal the dense reference, on odd sizes too."""
+"""The CPU fast path's sparse ops equal the dense reference, on odd sizes too; every backend keeps the one contract."""
+
+import inspect
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hfsae.ops import backend_for, reference, selected_preactivations, sparse_decode
+from hfsae.ops import BACKENDS, SparseBackend, backend_for, reference, selected_preactivations, sparse_decode
 
 cpu = backend_for("cpu", "cpu")
 
@@ -26,6 +28,32 @@ def random_case(batch, n_rows, d, k, seed):
     weight = torch.randn(n_rows, d, generator=g)
     dense = torch.randn(batch, d, generator=g)
     return indices, values, weight, dense
+
+
+def contract_parameters(function) -> list[tuple[str, object]]:
+    """(name, default) of each parameter but `self`: what a backend's function must take, in order."""
+    return [(p.name, p.default) for p in inspect.signature(function).parameters.values() if p.name != "self"]
+
+
+@pytest.mark.parametrize("name", BACKENDS)
+def test_every_backend_keeps_the_sparse_backend_contract(name, request):
+    backend = request.getfixturevalue("triton_ops") if name == "triton" else backend_for("cpu", name)
+    assert isinstance(backend, SparseBackend)
+    for function in ("encode_topk", "decode", "scatter_outer", "gather_dot"):
+        assert contract_parameters(getattr(backend, function)) == contract_parameters(getattr(SparseBackend, function))
+
+
+def test_the_contract_check_sees_a_backend_that_breaks_it():
+    class Renamed:  # gather_dot's arguments in another order: still "an instance", but the signatures differ
+        encode_topk, decode, scatter_outer = reference.encode_topk, reference.decode, reference.scatter_outer
+
+        @staticmethod
+        def gather_dot(dense, indices, weight):
+            return reference.gather_dot(indices, dense, weight)
+
+    assert isinstance(Renamed(), SparseBackend)
+    assert contract_parameters(Renamed.gather_dot) != contract_parameters(SparseBackend.gather_dot)
+    assert not isinstance(object(), SparseBackend)
 
 
 @settings(max_examples=60, deadline=None)
