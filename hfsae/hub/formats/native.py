@@ -1,0 +1,40 @@
+"""hfsae's own folders: config.json (model_type 'topk_sae') + model.safetensors (or its shards), loaded by transformers."""
+
+from __future__ import annotations
+
+import re
+
+from ...configuration import TopKSAEConfig
+from ...folder import CONFIG_FILE, WEIGHTS_FILE
+from . import Format, FolderView
+
+SHARDED_WEIGHTS_INDEX = "model.safetensors.index.json"
+SHARD = re.compile(r"model-\d+-of-\d+\.safetensors")
+
+
+def is_ours(config: dict | None) -> bool:
+    """Whether a config.json describes an hfsae SAE (transformers' model_type), not another library's model."""
+    return config is not None and config.get("model_type") == TopKSAEConfig.model_type
+
+
+def recognise(view: FolderView) -> list[str]:
+    return [""] if is_ours(view.config(CONFIG_FILE)) else []
+
+
+def fetch(view: FolderView, sae: str) -> list[str]:
+    return sorted(name for name in view.names
+                  if name in (CONFIG_FILE, WEIGHTS_FILE, SHARDED_WEIGHTS_INDEX) or SHARD.fullmatch(name))
+
+
+def hook_point(view: FolderView, sae: str) -> str | None:
+    return (view.config(CONFIG_FILE) or {}).get("hook_point")
+
+
+FORMAT = Format(
+    name="hfsae",
+    layout="hfsae: config.json (model_type 'topk_sae') + model.safetensors",
+    recognise=recognise,
+    fetch=fetch,
+    hook_point=hook_point,
+    convert=None,
+)
