@@ -60,7 +60,7 @@ class NotInCacheError(HfsaeError, FileNotFoundError):
     """Offline (HF_HUB_OFFLINE=1 or local_files_only=True) and the requested files are not in the local cache."""
 
 
-class SkippedSAEsWarning(UserWarning):
+class SkippedSAEsWarning(HfsaeError, UserWarning):
     """load_many left out folders holding SAEs that are not TopK (named with their architecture)."""
 
 
@@ -261,8 +261,10 @@ def sae_folders(repo: SAERepo) -> dict[str, Found]:
     if index is not None:
         found = {}
         for entry in index["saes"]:
+            # The index says these are SAE folders (hfsae's unless another format's files say otherwise): no need
+            # to read each folder's config.json, which would download every config to load one SAE.
             view = views.get(entry["folder"], FolderView(entry["folder"], set(), lambda name: {}))
-            fmt = next((fmt for fmt in FORMATS if "" in fmt.recognise(view)), BY_NAME["hfsae"])
+            fmt = next((fmt for fmt in FORMATS if fmt.convert and "" in fmt.recognise(view)), BY_NAME["hfsae"])
             found[entry["folder"]] = Found(fmt, view, "")
         return found
     found: dict[str, Found] = {}

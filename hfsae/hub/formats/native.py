@@ -17,8 +17,13 @@ def is_ours(config: dict | None) -> bool:
     return config is not None and config.get("model_type") == TopKSAEConfig.model_type
 
 
+def has_weights(names: set[str]) -> bool:
+    return WEIGHTS_FILE in names or SHARDED_WEIGHTS_INDEX in names
+
+
 def recognise(view: FolderView) -> list[str]:
-    return [""] if is_ours(view.config(CONFIG_FILE)) else []
+    # config.json is also dictionary_learning's and other libraries' (PyTorchModelHubMixin): ours by model_type only.
+    return [""] if has_weights(view.names) and is_ours(view.config(CONFIG_FILE)) else []
 
 
 def fetch(view: FolderView, sae: str) -> list[str]:

@@ -185,10 +185,8 @@ def convert(path: Path, context: Context) -> Converted:
 
 
 def recognise(view: FolderView) -> list[str]:
-    if not {CONFIG_FILE, WEIGHTS_FILE} <= view.names:
-        return []
-    cfg = view.config(CONFIG_FILE)
-    return [""] if cfg is not None and {"d_in", "d_sae"} & set(cfg) else []
+    # The pair of names is SAELens's alone; `convert` checks the config's fields (checked_fields).
+    return [""] if {CONFIG_FILE, WEIGHTS_FILE} <= view.names else []
 
 
 def unsupported(view: FolderView, sae: str) -> str | None:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..files import UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
+from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
 from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "cfg.json"
@@ -59,10 +59,9 @@ def why_unsupported(cfg: dict[str, Any]) -> str | None:
 
 
 def recognise(view: FolderView) -> list[str]:
-    if not {CONFIG_FILE, WEIGHTS_FILE} <= view.names:
-        return []
-    cfg = view.config(CONFIG_FILE)
-    return [""] if cfg is not None and ("k" in cfg or CONFIG_KEYS & set(cfg)) else []
+    # The pair of names is sparsify's alone; its config's keys are checked when converting (`convert`), so
+    # that finding one folder of a large run downloads nothing.
+    return [""] if {CONFIG_FILE, WEIGHTS_FILE} <= view.names else []
 
 
 def unsupported(view: FolderView, sae: str) -> str | None:
@@ -77,6 +76,8 @@ def convert(path: Path, context: Context) -> Converted:
         raise UnsupportedArchitectureError(
             f"{path / CONFIG_FILE}: unsupported architecture with {reasons}; hfsae converts plain TopK sparsify SAEs only."
         )
+    if "k" not in cfg and not CONFIG_KEYS & set(cfg):
+        raise SAEFileError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {', '.join(sorted(cfg))}).")
     if "k" not in cfg:
         raise UnsupportedArchitectureError(f"{path / CONFIG_FILE}: a TopK SAE config without k.")
     weights_path = path / WEIGHTS_FILE
