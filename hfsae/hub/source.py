@@ -307,7 +307,8 @@ def config_or_none(repo: SAERepo, path: str) -> dict | None:
 def what_is_there(repo: SAERepo, subfolder: str = "") -> str:
     """The files (and the keys of JSON configs) of a folder that no format recognised, for the error."""
     prefix = f"{subfolder}/" if subfolder else ""
-    names = sorted((path[len(prefix):] for path in repo.files if path.startswith(prefix)), key=natural_key)
+    names = sorted((path[len(prefix):] for path in repo.files if path.startswith(prefix) and not skipped(path)),
+                   key=natural_key)
     described = []
     for name in names[:8]:
         note = next((other for file, other in KNOWN_OTHERS.items() if name.endswith(file)), None)
