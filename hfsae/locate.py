@@ -77,19 +77,22 @@ def candidate_sites(model: nn.Module, declared: str) -> list[str]:
 
 
 @torch.no_grad()
-def locate(sae, model: nn.Module, tokenizer, *, texts=None, tokens: int = 4096, context_size: int = 64) -> LocateResult:
+def locate(sae, model: nn.Module, tokenizer=None, *, texts=None, tokens: int = 4096, context_size: int = 64,
+           input_ids: torch.Tensor | None = None) -> LocateResult:
     """FVU of `sae` at its declared hook point and the sites next to it, on `tokens` tokens of `texts`.
 
-    `texts`: documents (strings) or a TextSource; default the built-in corpus's held-out split.
+    `texts`: documents (strings) or a TextSource, cut into contexts with `tokenizer`; default the
+    built-in corpus's held-out split. `input_ids` [contexts, seq] replaces texts and tokenizer.
     """
     declared = sae.config.hook_point
     if not declared:
         raise LocateError("The SAE declares no hook_point, so there is no site to start from; set config.hook_point.")
     sites = candidate_sites(model, declared)
-    n_contexts = max(1, -(-tokens // (context_size - 1)))
-    contexts = [ids for _, ids in islice(token_contexts(texts or TextSource(split="test"), tokenizer, context_size), n_contexts)]
-    device = next(model.parameters()).device
-    acts = capture(model, torch.tensor(contexts, device=device), sites)
+    if input_ids is None:
+        n_contexts = max(1, -(-tokens // (context_size - 1)))
+        texts = texts or TextSource(split="test")
+        input_ids = torch.tensor([ids for _, ids in islice(token_contexts(texts, tokenizer, context_size), n_contexts)])
+    acts = capture(model, input_ids.to(next(model.parameters()).device), sites)
     sae_device, dtype = sae.W_enc.device, sae.W_enc.dtype
     fits = []
     for site, activation in acts.items():
