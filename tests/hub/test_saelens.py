@@ -185,3 +185,12 @@ def test_a_missing_tensor_is_named(tmp_path):
     folder = write_folder(tmp_path / "sae", CONVENTIONS["oai_mirror_layer_norm"], tensors)
     with pytest.raises(SAEFileError, match="lacks the tensor"):
         from_format("saelens", folder)
+
+
+def test_gemma_2_and_3_attention_and_mlp_hooks_map_to_the_post_norms_output_as_transformer_lens_takes_them():
+    assert hook_point_from_transformer_lens("blocks.5.hook_mlp_out", "gemma-2-2b") == (
+        "model.layers.5.post_feedforward_layernorm:output")
+    assert hook_point_from_transformer_lens("blocks.5.hook_attn_out", "google/gemma-3-1b-pt") == (
+        "model.layers.5.post_attention_layernorm:output")
+    assert hook_point_from_transformer_lens("blocks.5.hook_mlp_out", "gpt2-small") == "layers.5.mlp_out"
+    assert hook_point_from_transformer_lens("blocks.5.hook_resid_post", "gemma-2-2b") == "layers.5.resid_post"

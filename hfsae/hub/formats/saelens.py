@@ -42,14 +42,24 @@ TRANSFORMER_LENS_SITES = {
     "hook_mlp_out": "mlp_out",
 }
 MODEL_NAMES = {"gpt2-small": "openai-community/gpt2", "gpt2": "openai-community/gpt2"}
+# The transformers modules whose output TransformerLens's hook_attn_out / hook_mlp_out read in Gemma-2/3.
+POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 
 
-def hook_point_from_transformer_lens(hook_name: str | None) -> str | None:
-    """'blocks.8.hook_resid_post' → 'layers.8.resid_post'; other names are kept as they are."""
+def hook_point_from_transformer_lens(hook_name: str | None, model_name: str | None = None) -> str | None:
+    """'blocks.8.hook_resid_post' → 'layers.8.resid_post'; other names are kept as they are.
+
+    TransformerLens takes Gemma-2/3's hook_attn_out and hook_mlp_out after the block's post-norm
+    (ln1_post / ln2_post), which transformers names post_attention_layernorm / post_feedforward_layernorm:
+    for those models the hook point is that norm's output, not the attention or MLP output.
+    """
     match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name or "")
-    if match and match.group(2) in TRANSFORMER_LENS_SITES:
-        return f"layers.{match.group(1)}.{TRANSFORMER_LENS_SITES[match.group(2)]}"
-    return hook_name
+    if not match or match.group(2) not in TRANSFORMER_LENS_SITES:
+        return hook_name
+    layer, site = match.group(1), TRANSFORMER_LENS_SITES[match.group(2)]
+    if site in POST_NORMS and re.search(r"gemma-?[23]", model_name or "", re.IGNORECASE):
+        return f"model.layers.{layer}.{POST_NORMS[site]}:output"
+    return f"layers.{layer}.{site}"
 
 
 def hook_point_to_transformer_lens(hook_point: str | None) -> str | None:
@@ -176,7 +186,7 @@ def convert(path: Path, context: Context) -> Converted:
     model_name = metadata.get("model_name")
     return Converted(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_pre=b_dec, fields={
         "k": k,
-        "hook_point": hook_point_from_transformer_lens(hook_name),
+        "hook_point": hook_point_from_transformer_lens(hook_name, model_name),
         "base_model": MODEL_NAMES.get(model_name, model_name),
         "context_size": metadata.get("context_size"),
         "dataset": metadata.get("dataset_path"),
@@ -198,7 +208,9 @@ def unsupported(view: FolderView, sae: str) -> str | None:
 
 
 def hook_point(view: FolderView, sae: str) -> str | None:
-    return hook_point_from_transformer_lens(hook_name_of(view.config(CONFIG_FILE) or {}, Path(view.sae_path(CONFIG_FILE))))
+    cfg = view.config(CONFIG_FILE) or {}
+    model_name = {**cfg, **(cfg.get("metadata") or {})}.get("model_name")
+    return hook_point_from_transformer_lens(hook_name_of(cfg, Path(view.sae_path(CONFIG_FILE))), model_name)
 
 
 FORMAT = Format(
