@@ -8,6 +8,7 @@ This module never imports the model class, so the model's module can reach it wi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -326,8 +327,24 @@ def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFileError:
     if incomplete:
         return FileNotFoundError(f"{next(iter(incomplete.values()))}: the SAE's weights are missing. "
                                  "Re-save or re-download the folder.")
-    return SAEFileError(f"{repo.describe(subfolder)} holds no SAE hfsae reads: found {what_is_there(repo, subfolder)}. "
-                        f"hfsae reads {layouts()}.")
+    return SAEFileError(f"{repo.describe(subfolder)} holds no SAE hfsae reads: {foreign_config(repo, subfolder)}found "
+                        f"{what_is_there(repo, subfolder)}. hfsae reads {layouts()}.")
+
+
+def foreign_config(repo: SAERepo, subfolder: str) -> str:
+    """What is wrong with a config.json beside weights that is not hfsae's ("" when there is none), ending in '; '."""
+    path = f"{subfolder}/{CONFIG_FILE}" if subfolder else CONFIG_FILE
+    if path not in repo.files:
+        return ""
+    try:
+        config = json.loads((repo.fetch([path]) / path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        return f"{CONFIG_FILE} is not valid JSON ({err}); "
+    if not isinstance(config, dict):
+        return f"{CONFIG_FILE} should hold a JSON object; it holds a {type(config).__name__}; "
+    if "model_type" in config and not is_ours(config):
+        return f"{CONFIG_FILE} describes a model of type {config['model_type']!r}, not a TopK SAE ('topk_sae'); "
+    return ""
 
 
 def normalized_hook_point(name: str) -> str:

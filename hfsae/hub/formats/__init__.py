@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from ...folder import SAEFolderError
+
 
 @dataclass(frozen=True)
 class Converted:
@@ -64,7 +66,10 @@ class FolderView:
         """The JSON object in file `name` of this folder, or None when the file is absent or not an object."""
         if name not in self.files:
             return None
-        value = self.read_json(name)
+        try:
+            value = self.read_json(name)
+        except SAEFolderError:  # not JSON, or not an object: no format's config; the error for the folder says so
+            return None
         return value if isinstance(value, dict) else None
 
     def sae_path(self, sae: str) -> str:
