@@ -53,7 +53,7 @@ class LocateResult:
         best, declared = self.fits[0][1], fvus.get(self.declared)
         if self.best == self.declared or (declared is not None and best >= CLEARLY_BETTER * declared):
             return None
-        at_declared = f"FVU {declared:.3f} at {self.declared}" if declared is not None else f"{self.declared} is not a site"
+        at_declared = f"FVU {declared:.3f} at {self.declared}" if declared is not None else f"no FVU at {self.declared}"
         return (f"{self.best} fits clearly better (FVU {best:.3f}; {at_declared}): the SAE's hook point is probably "
                 f"{self.best}; load it with that hook point or fix its config.")
 
@@ -101,5 +101,7 @@ def locate(sae, model: nn.Module, tokenizer=None, *, texts=None, tokens: int = 4
         x = positions_used(activation).to(sae_device, dtype)
         fits.append((site, fvu_of(sae(x).x_hat, x)))
     if not fits:
-        raise LocateError(f"No site near {declared} has width {sae.config.d_in} in this model; is it the SAE's base model?")
+        raise LocateError(
+            f"No site near {declared} has width {sae.config.d_in} in this model; is it the SAE's base model?"
+        )
     return LocateResult(declared, sorted(fits, key=lambda item: item[1]))

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 class LocateArgs:
     sae: str = field(metadata={"help": "The SAE: a saved folder, a Hub repo id or a registry name (see `hfsae list`)."})
     model: str = field(default="builtin", metadata={"help": "Its base model: 'builtin', a local folder or a Hub id."})
-    hookpoint: str | None = field(default=None, metadata={"help": "Which SAE of a repo holding several (folder or hook point)."})
+    hookpoint: str | None = field(
+        default=None, metadata={"help": "Which SAE of a repo holding several (folder or hook point)."}
+    )
     tokens: int = field(default=4096, metadata={"help": "How many tokens of text to measure on."})
-    dataset: str | None = field(default=None, metadata={"help": "Text to run: a Hub dataset or local files; default the built-in corpus."})
+    dataset: str | None = field(
+        default=None, metadata={"help": "Text to run: a Hub dataset or local files; default the built-in corpus."}
+    )
     device: str = field(default="cpu", metadata={"help": "Where the model and the SAE run."})
 
 

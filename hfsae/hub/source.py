@@ -174,7 +174,8 @@ def list_hub_files(repo_id: str, options: HubOptions) -> list[str]:
 def download(repo: SAERepo, path_in_repo: str) -> Path:
     """One file of a Hub repo, through the cache; errors name the repo, the file and the revision."""
     options = repo.options
-    # huggingface_hub ignores proxies (with a warning) and reads HTTPS_PROXY; passed on only when given, as transformers does.
+    # huggingface_hub ignores proxies (with a warning) and reads HTTPS_PROXY; passed on only when given, as
+    # transformers does.
     proxies = {"proxies": options.proxies} if options.proxies else {}
     try:
         return Path(hf_hub_download(
@@ -201,7 +202,8 @@ def not_in_cache(described: str, what: str, options: HubOptions) -> NotInCacheEr
     why = "local_files_only=True forbids" if options.local_files_only else "HF_HUB_OFFLINE=1 forbids"
     fix = "drop local_files_only" if options.local_files_only else "unset HF_HUB_OFFLINE"
     return NotInCacheError(
-        f"{what} of {described} is not in the local Hugging Face cache ({options.cache_dir or constants.HF_HUB_CACHE}), "
+        f"{what} of {described} is not in the local Hugging Face cache "
+        f"({options.cache_dir or constants.HF_HUB_CACHE}), "
         f"and {why} downloading it. Load it once with network access, or {fix}."
     )
 
@@ -446,7 +448,8 @@ def pt_format(path: Path, found: Found) -> Format:
     fmt = for_tensor_keys(keys)
     if fmt is None:
         expected = "; ".join(f"{f.name}: {', '.join(sorted(f.tensor_keys))}" for f in FORMATS if f.tensor_keys)
-        raise SAEFileError(f"{path} is a .pt file of no SAE format hfsae reads: it holds {', '.join(sorted(keys))[:300]}; "
+        held = ", ".join(sorted(keys))[:300]
+        raise SAEFileError(f"{path} is a .pt file of no SAE format hfsae reads: it holds {held}; "
                            f"expected the tensors of {expected}.")
     return fmt
 
@@ -474,7 +477,8 @@ def load_sae(cls: type, name_or_path: str | os.PathLike, *args: Any, hookpoint: 
         if dtype not in (None, "auto"):
             sae = sae.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     # What the explorer and cards resolve again: the registry name or repo, with the SAE picked in it.
-    sae.name_or_path = str(local) if repo.local else f"{name}/{found.path}" if found.path and name not in registry() else name
+    in_repo = f"{name}/{found.path}" if found.path and name not in registry() else name
+    sae.name_or_path = str(local) if repo.local else in_repo
     return sae
 
 

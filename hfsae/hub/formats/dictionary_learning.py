@@ -21,7 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_torch_state_dict, require_tensors
+from ..files import (
+    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_torch_state_dict, require_tensors,
+)
 from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "config.json"

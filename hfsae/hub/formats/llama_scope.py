@@ -1,4 +1,4 @@
-"""Llama Scope (OpenMOSS's SAEs for Llama-3.1-8B, fnlp/Llama3_1-8B-Base-L*): hyperparams.json + checkpoints/final.safetensors.
+"""Llama Scope (OpenMOSS's SAEs for Llama-3.1-8B): hyperparams.json + checkpoints/final.safetensors.
 
 Each SAE folder (e.g. `Llama3_1-8B-Base-L15R-8x/`) holds lm_saes's hyperparams.json and the weights
 encoder.weight [n, d], encoder.bias [n], decoder.weight [d, n], decoder.bias [d]. lm_saes
@@ -83,7 +83,9 @@ FORMAT = Format(
     layout="Llama Scope: hyperparams.json + checkpoints/final.safetensors",
     recognise=recognise,
     fetch=lambda view, sae: [CONFIG_FILE, WEIGHTS_FILE],
-    hook_point=lambda view, sae: hook_point_from_transformer_lens((view.config(CONFIG_FILE) or {}).get("hook_point_in")),
+    hook_point=lambda view, sae: hook_point_from_transformer_lens(
+        (view.config(CONFIG_FILE) or {}).get("hook_point_in")
+    ),
     convert=convert,
     unsupported=lambda view, sae: why_unsupported(view.config(CONFIG_FILE) or {}),
 )

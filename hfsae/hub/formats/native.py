@@ -1,4 +1,4 @@
-"""hfsae's own folders: config.json (model_type 'topk_sae') + model.safetensors (or its shards), loaded by transformers."""
+"""hfsae's own folders: config.json (model_type 'topk_sae') + model.safetensors (or shards), loaded by transformers."""
 
 from __future__ import annotations
 

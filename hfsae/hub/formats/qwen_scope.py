@@ -76,7 +76,8 @@ def convert(path: Path, context: Context) -> Converted:
 
 
 def recognise(view: FolderView) -> list[str]:
-    return sorted((name for name in view.names if FILE.fullmatch(name)), key=lambda name: int(FILE.fullmatch(name).group(1)))
+    layers = {name: int(match.group(1)) for name in view.names if (match := FILE.fullmatch(name))}
+    return sorted(layers, key=layers.get)
 
 
 def fetch(view: FolderView, sae: str) -> list[str]:

@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
+from ..files import (
+    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors,
+)
 from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "cfg.json"
@@ -74,10 +76,12 @@ def convert(path: Path, context: Context) -> Converted:
     reasons = why_unsupported(cfg)
     if reasons:
         raise UnsupportedArchitectureError(
-            f"{path / CONFIG_FILE}: unsupported architecture with {reasons}; hfsae converts plain TopK sparsify SAEs only."
+            f"{path / CONFIG_FILE}: unsupported architecture with {reasons}; "
+            "hfsae converts plain TopK sparsify SAEs only."
         )
     if "k" not in cfg and not CONFIG_KEYS & set(cfg):
-        raise SAEFileError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {', '.join(sorted(cfg))}).")
+        keys = ", ".join(sorted(cfg))
+        raise SAEFileError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {keys}).")
     if "k" not in cfg:
         raise UnsupportedArchitectureError(f"{path / CONFIG_FILE}: a TopK SAE config without k.")
     weights_path = path / WEIGHTS_FILE
