@@ -11,6 +11,7 @@ so `import hfsae` stays light and needs no network.
 
 from .configuration import TopKSAEConfig
 from .hub.loading import load, load_many
+from .locate import locate
 from .modeling import SparseCode, TopKSAE, TopKSAEOutput
 
 
@@ -40,5 +41,5 @@ def analyze(sae, **options):
 
 
 __all__ = [
-    "SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "analyze", "evaluate", "load", "load_many", "train",
+    "SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "analyze", "evaluate", "load", "load_many", "locate", "train",
 ]

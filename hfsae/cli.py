@@ -30,6 +30,7 @@ from .commands.env import EnvArgs, run_env
 from .commands.eval import EvalArgs, run_eval
 from .commands.scaling import ScalingArgs, run_scaling
 from .commands.hub import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
+from .commands.locate import LocateArgs, run_locate
 from .commands.space import SpaceArgs, run_space
 from .commands.train import run_sweep, run_train
 from .training.config import TrainConfig
@@ -66,6 +67,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "space": Command(
         SpaceArgs, run_space, "Explore an SAE in the browser, or export it as a Hugging Face Space (--export, --push-to-hub).", ("sae",)
+    ),
+    "locate": Command(
+        LocateArgs, run_locate, "Measure an SAE's FVU at its hook point and the sites next to it; warn if another fits better.",
+        ("sae",),
     ),
     "env": Command(EnvArgs, run_env, "Print the versions of hfsae, Python and its libraries, for bug reports."),
 }

@@ -11,7 +11,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
 from .folder import WEIGHTS_FILE, SAEFolderError
-from .hub.mixin import HubMixin
+from .pretrained import HubMixin
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
 from .ops.auxk import auxk_path
 

@@ -156,9 +156,9 @@ def test_the_library_never_imports_the_command_line():
 LAYERS = [
     ("hfsae.errors", "hfsae.folder", "hfsae.nested", "hfsae.user_cache"),
     ("hfsae.ops",),
-    ("hfsae.configuration", "hfsae.modeling", "hfsae.hub"),
+    ("hfsae.configuration", "hfsae.modeling", "hfsae.pretrained", "hfsae.hub"),
     ("hfsae.activations",),
-    ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis"),
+    ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis", "hfsae.locate"),
     ("hfsae.explorer", "hfsae.space"),
     ("hfsae.commands", "hfsae.cli"),
     ("hfsae",),
@@ -357,7 +357,7 @@ MACHINE_FIGURES = re.compile(
     "|".join([
         r"\b\d+(?:\.\d+)?\s?(?:ms|µs|us|ns|s|sec|seconds?|mins?|minutes?|hours?)\b",
         r"\b\d+[- ](?:cores?|vCPUs?|CPUs?)\b",
-        r"\b\d+(?:\.\d+)?[x×](?!\w)",
+        r"(?<![\w-])\d+(?:\.\d+)?[x×](?!\w)",  # not inside a name such as "L15R-8x"
         r"\b\d+(?:\.\d+)?\s?%\s+(?:slower|faster)\b",
         r"\b\d[\d,.]*\s?k?\s?(?:tokens|T?FLOP|GFLOP|[KMGT]i?B)/s\b",
     ])
@@ -407,6 +407,7 @@ def test_the_figure_check_leaves_code_facts_alone():
         "# bounds the transient block at 128 MiB in fp32; 2^24 elements",
         "# a [n, 1, d] × [n, d, 1] product, k 32, layer 10 of 30, 16 × 512 keys",
         "# ~ n^0.6 tokens to convergence; 0x7FFFFFFF masks the sign",
+        "# a folder such as Llama3_1-8B-Base-L15R-8x/ (a name, not a speed-up)",
     ]
     assert machine_figures("".join(f"x = 1  {fact}\n" for fact in facts)) == []
     assert machine_figures('timeout = "600 s"\n') == []  # strings in code are not comments

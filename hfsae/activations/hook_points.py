@@ -6,6 +6,7 @@ One naming scheme for every architecture, resolved from the model's own decoder-
     layers.{i}.resid_post   output of decoder layer i (first element when the layer returns a tuple)
     layers.{i}.attn_out     output of layer i's attention block (self_attn / attn / attention)
     layers.{i}.mlp_out      output of layer i's MLP block (mlp / feed_forward)
+    embed_tokens            output of the token embedding (model.get_input_embeddings()), as sparsify names it
     <module path>[:input|:output]   any module, e.g. "model.layers.8.mlp" (default: output)
 
 Example:
@@ -40,6 +41,7 @@ __all__ = [
 ]
 
 LAYER_SITES = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+EMBEDDING = "embed_tokens"
 # Submodule names of the attention and MLP blocks across GPT-2, Llama, GPT-NeoX, Qwen2, Gemma and
 # most other transformers decoders; the first one a layer has wins.
 ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
@@ -117,7 +119,7 @@ def _child(layer: nn.Module, names: Sequence[str]) -> nn.Module | None:
 def valid_hook_points(model: nn.Module) -> list[str]:
     """Every name `resolve` accepts for this model: the layer sites, then all module paths."""
     layers = decoder_layers(model)
-    names = []
+    names = [EMBEDDING] if _embedding(model) is not None else []
     for i, layer in enumerate(layers):
         names += [f"layers.{i}.resid_pre", f"layers.{i}.resid_post"]
         if _child(layer, ATTENTION_NAMES) is not None:
@@ -147,10 +149,20 @@ def _layer_of(model: nn.Module, module: nn.Module) -> int | None:
     return None
 
 
+def _embedding(model: nn.Module) -> nn.Module | None:
+    get = getattr(model, "get_input_embeddings", None)
+    try:
+        return get() if callable(get) else None
+    except NotImplementedError:
+        return None
+
+
 def resolve(model: nn.Module, name: str) -> HookPoint:
     """The module and kind behind a hook point name; HookPointError names the valid ones."""
     if not isinstance(name, str):
         raise HookPointError(f"A hook point is a string such as 'layers.8.resid_post'; got {name!r}.")
+    if name == EMBEDDING and _embedding(model) is not None:
+        return HookPoint(name, _embedding(model), "output", None)
     match = _LAYER_NAME.match(name)
     if match and match.group(2) in LAYER_SITES:
         layers = decoder_layers(model)

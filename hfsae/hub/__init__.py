@@ -1,30 +1,28 @@
-"""Hub integration: friendly names, loading one or many SAEs in any supported format, pushing, converting."""
+"""Hub integration: friendly names, the formats hfsae reads, loading one or many SAEs, pushing, converting.
+
+    hfsae.load / hfsae.load_many / TopKSAE.from_pretrained    load (hub/loading.py, hub/source.py)
+    hfsae.hub.formats.FORMATS                                  the formats, one module each
+    hfsae.hub.convert.convert                                  convert local SAEs between formats
+    hfsae.hub.push                                             push folders like transformers
+
+This package's own namespace holds only names that need no model class, so that the model's module
+can reach the loaders (hub/source.py) without an import cycle.
+"""
 
 from ..folder import HookPointNotInRepoError
-from .convert import convert
-from .dictionary_learning import from_dictionary_learning
 from .files import SAEFileError, UnsupportedArchitectureError
-from .loading import NotInCacheError, list_saes, load, load_many
-from .openai import from_openai
+from .formats.saelens import to_saelens
 from .push import push_folder, push_many, push_to_hub
 from .registry import UnknownSAEError
-from .saelens import from_saelens, to_saelens
-from .sparsify import from_sparsify
+from .source import NotInCacheError, SkippedSAEsWarning
 
 __all__ = [
     "HookPointNotInRepoError",
     "NotInCacheError",
     "SAEFileError",
+    "SkippedSAEsWarning",
     "UnknownSAEError",
     "UnsupportedArchitectureError",
-    "convert",
-    "from_dictionary_learning",
-    "from_openai",
-    "from_saelens",
-    "from_sparsify",
-    "list_saes",
-    "load",
-    "load_many",
     "push_folder",
     "push_many",
     "push_to_hub",

@@ -306,9 +306,12 @@ def card_data_for(
     """The card's YAML metadata."""
     dataset_id = _hub_id(config.dataset)
     tags = ["sparse-autoencoder", "topk", "hfsae"] + ([config.hook_point] if config.hook_point else [])
+    base_model = _base_model_id(config)
     return ModelCardData(
         library_name="hfsae",
-        base_model=_base_model_id(config),
+        base_model=base_model,
+        # An SAE reads the base model's activations and adds to it; without this the Hub lists it as a fine-tune.
+        base_model_relation="adapter" if base_model else None,
         datasets=[dataset_id] if dataset_id else None,
         tags=tags,
         license=license,

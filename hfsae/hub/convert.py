@@ -1,4 +1,4 @@
-"""Convert SAEs between formats: OpenAI .pt, SAELens, sparsify and dictionary_learning into hfsae, hfsae into SAELens.
+"""Convert SAEs between formats: every format hfsae reads (hub/formats) into hfsae, hfsae into SAELens.
 
 Example:
     >>> convert("v5_32k/resid_post_mlp/8.pt", "gpt2-l8-32k", source_format="openai")
@@ -11,13 +11,14 @@ import os
 from pathlib import Path
 
 from ..errors import HfsaeError
-from ..folder import staged_folder
-from . import saelens
-from .loading import CONVERTERS, EXPECTED, SAERepo, sae_folders
-from .model_class import sae_class
+from ..folder import INDEX_FILE, staged_folder
+from ..modeling import TopKSAE
+from .build import build
+from .formats import BY_NAME, Context, layouts, saelens
 from .multi import save_many
+from .source import SAERepo, fetch_sae, load_native, pt_format, sae_folders
 
-SOURCE_FORMATS = ("openai", "saelens", "sparsify", "dictionary_learning", "hfsae")
+SOURCE_FORMATS = tuple(BY_NAME)
 TARGET_FORMATS = ("hfsae", "saelens")
 
 
@@ -30,27 +31,36 @@ def check_format(name: str, valid: tuple[str, ...], role: str) -> None:
         raise UnknownFormatError(f"Unknown {role} format {name!r}; choose one of: {', '.join(valid)}.")
 
 
-def load_all_local(path: str | os.PathLike, source_format: str) -> dict:
-    """Every SAE in `source_format` at `path`: {"": sae} for one SAE, or {folder: sae} for a collection.
+def load_all_local(path: str | os.PathLike, source_format: str, cls: type = TopKSAE) -> dict:
+    """Every SAE in `source_format` at the local `path`: {"": sae} for one SAE, or {folder: sae} for a collection.
 
     Folders come from the same discovery as loading (an index.json is checked by hfsae.folder, so a
-    '../' or absolute entry is refused), and are saved under the same names in the destination.
+    '../' or absolute entry is refused), and are saved under the same names in the destination. Only
+    local files are read: a folder that index.json lists but that is missing is an error, never a download.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Nothing to convert at {path}: no such file or folder.")
-    repo = SAERepo(str(path.parent), None, True, [path.name]) if path.is_file() else SAERepo.open(str(path))
-    found = {name: fmt for name, fmt in sae_folders(repo).items() if fmt == source_format}
+    repo = SAERepo(str(path.parent), True, [path.name]) if path.is_file() else SAERepo.open(str(path))
+    found = {name: item for name, item in sae_folders(repo).items() if item.format.name == source_format}
     if not found:
-        raise UnknownFormatError(f"{path} holds no SAE in {source_format} format (nor a folder of them); hfsae reads {EXPECTED}.")
-    if path.is_file():
-        return {"": CONVERTERS[source_format](path)}
+        raise UnknownFormatError(
+            f"{path} holds no SAE in {source_format} format (nor a folder of them); hfsae reads {layouts()}."
+        )
     saes = {}
-    for name in found:
-        folder = path / name if name else path
-        sae = sae_class().from_pretrained(str(folder)) if source_format == "hfsae" else CONVERTERS[source_format](folder)
+    for name, item in found.items():
+        if not item.view.files:
+            raise FileNotFoundError(f"{path / INDEX_FILE} lists the folder {name!r}, which is not in {path}; "
+                                    "restore it or remove its entry from index.json.")
+        local = fetch_sae(repo, item)
+        fmt = pt_format(local, item)
+        if fmt.convert is None:
+            sae = load_native(cls, local, repo, item, None)
+        else:
+            sae = build(cls, fmt.convert(local, Context(str(path), name)), where=local)
         # A .pt collection becomes one folder per file, named after it without the suffix.
-        saes[name.removesuffix(".pt") if source_format == "openai" else name] = sae
+        key = "" if path.is_file() else name.removesuffix(".sae.pt").removesuffix(".pt")
+        saes[key] = sae
     return saes
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,17 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, Any]:
-    """A `.pt` state dict loaded with `weights_only=True`: tensors and plain values only, never code."""
+def read_torch_state_dict(path: str | os.PathLike, *, mmap: bool = False) -> dict[str, Any]:
+    """A `.pt` state dict loaded with `weights_only=True`: tensors and plain values only, never code.
+
+    `mmap=True` maps the tensors instead of reading them (enough to look at the keys of a large file);
+    files in torch's legacy (non-zip) format cannot be mapped and are read.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Expected a .pt weights file at {path}, but there is none.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except pickle.UnpicklingError as err:
         # weights_only refuses anything but tensors and plain containers: a pickled module or class
         # would run code on load, which hfsae never allows.
@@ -65,3 +70,14 @@ def require_tensors(tensors: dict[str, Any], names: list[str], path: str | os.Pa
         raise SAEFileError(
             f"{path} lacks the tensor(s) {', '.join(missing)}; it holds {', '.join(sorted(tensors)) or 'nothing'}."
         )
+
+
+def positive_int(value: Any, name: str, where: str | os.PathLike) -> int:
+    """`value` when it is a whole number ≥ 1 (an int, or a float like 32.0), else SAEFileError naming the field."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value.item())  # dictionary_learning keeps k as a buffer
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SAEFileError(f"{where}: {name} must be a whole number ≥ 1; got {value!r}.")
+    return value

@@ -191,3 +191,16 @@ def test_splicing_a_tuple_output_replaces_its_first_element(tiny_lm):
     with torch.no_grad(), splice(model, "layers.0.attn_out", torch.zeros_like):
         acts = capture(model, ids, names)
     torch.testing.assert_close(acts["layers.0.resid_post"], acts["layers.0.resid_pre"] + acts["layers.0.mlp_out"])
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_embed_tokens_is_the_token_embeddings_output(tiny_lm, family):
+    model, ids = tiny_lm(family), random_ids()
+    assert "embed_tokens" in valid_hook_points(model)
+    point = resolve(model, "embed_tokens")
+    assert point.module is model.get_input_embeddings() and point.kind == "output"
+    with torch.no_grad():
+        captured = capture(model, ids, ["embed_tokens"])["embed_tokens"]
+    torch.testing.assert_close(captured, model.get_input_embeddings()(ids))
+    if family == "llama":  # Llama adds nothing to the embeddings before layer 0
+        torch.testing.assert_close(captured, full_hidden_states(model, ids)[0])

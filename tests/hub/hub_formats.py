@@ -45,3 +45,14 @@ def assert_same_codes(code, indices: torch.Tensor, values: torch.Tensor) -> None
         expected = set(indices[row][positive[row]].tolist())
         got = set(code.indices[row][code.values[row] > 0].tolist())
         assert got == expected, f"row {row}: latents {sorted(got)} != {sorted(expected)}"
+
+
+def from_format(name: str, path, **options):
+    """One SAE of format `name` at `path`, converted and built as a TopKSAE (what loading does once files are fetched)."""
+    from pathlib import Path
+
+    from hfsae import TopKSAE
+    from hfsae.hub.build import build
+    from hfsae.hub.formats import BY_NAME, Context
+
+    return build(TopKSAE, BY_NAME[name].convert(Path(path), Context(str(path), "", options)), where=path)

@@ -81,6 +81,7 @@ def test_the_yaml_header_carries_the_hub_metadata(sae_dir):
     metadata = front_matter(write_card(sae_dir, repo_id="someone/tiny-sae"))
     assert metadata["library_name"] == "hfsae"
     assert metadata["base_model"] == BUILTIN_BASE_MODEL_REPO
+    assert metadata["base_model_relation"] == "adapter"  # the Hub would otherwise list it as a fine-tune
     assert metadata["license"] == "apache-2.0"
     assert metadata["tags"] == ["sparse-autoencoder", "topk", "hfsae", "layers.1.resid_post"]
     assert metadata["model-index"][0]["name"] == "tiny-sae"
@@ -167,7 +168,7 @@ def test_a_local_base_model_and_dataset_stay_out_of_the_yaml_but_a_hub_dataset_i
     folder = tmp_path / "sae"
     save_tiny_sae(folder, base_model=str(tmp_path), dataset="someone/some-text")
     metadata = front_matter(write_card(folder))
-    assert "base_model" not in metadata
+    assert "base_model" not in metadata and "base_model_relation" not in metadata
     assert metadata["datasets"] == ["someone/some-text"]
 
 

@@ -7,17 +7,9 @@ import pytest
 import torch
 
 from hfsae import TopKSAE, TopKSAEConfig
-from hfsae.hub import (
-    HookPointNotInRepoError,
-    SAEFileError,
-    UnknownSAEError,
-    convert,
-    list_saes,
-    load,
-    load_many,
-    to_saelens,
-)
-from hfsae.hub.convert import UnknownFormatError
+from hfsae.hub import HookPointNotInRepoError, SAEFileError, UnknownSAEError, to_saelens
+from hfsae.hub.convert import UnknownFormatError, convert
+from hfsae.hub.loading import list_saes, load, load_many
 from hfsae.hub.multi import save_many
 from hfsae.hub.registry import registry
 
@@ -141,7 +133,7 @@ def test_convert_refuses_to_overwrite_and_unknown_formats(tmp_path):
     (tmp_path / "taken" / "file").write_text("x")
     with pytest.raises(FileExistsError, match="already exists and is not an empty folder"):
         convert(tmp_path / "ours", tmp_path / "taken", source_format="hfsae", target_format="saelens")
-    with pytest.raises(UnknownFormatError, match="Unknown source format 'safetensors'; choose one of: openai"):
+    with pytest.raises(UnknownFormatError, match="Unknown source format 'safetensors'; choose one of: hfsae, saelens"):
         convert(tmp_path / "ours", tmp_path / "new", source_format="safetensors")
     with pytest.raises(UnknownFormatError, match="holds no SAE in sparsify format"):
         convert(tmp_path / "ours", tmp_path / "new", source_format="sparsify")

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from hfsae.hub.files import SAEFileError, UnsupportedArchitectureError
-from hfsae.hub.openai import from_openai, hook_point_from_filename
+from hfsae.hub.formats.openai import hook_point_from_filename
+from hub_formats import from_format
 
 from hub_formats import assert_same_codes, dense_topk, random_activations, random_weights
 
@@ -47,7 +48,7 @@ def test_a_converted_openai_sae_selects_openais_latents_with_openais_values(tmp_
     x = random_activations()
     _, indices, values = openai_forward(state, x)
 
-    sae = from_openai(tmp_path / "8.pt")
+    sae = from_format("openai", tmp_path / "8.pt")
 
     assert sae.config.normalize == "layer_norm" and sae.config.k == K
     assert_same_codes(sae.encode(x), indices, values)
@@ -59,7 +60,7 @@ def test_a_converted_openai_sae_reproduces_openais_reconstruction(tmp_path):
     x = random_activations()
     expected, _, _ = openai_forward(state, x)
 
-    torch.testing.assert_close(from_openai(tmp_path / "8.pt")(x).x_hat, expected)
+    torch.testing.assert_close(from_format("openai", tmp_path / "8.pt")(x).x_hat, expected)
 
 
 def test_the_hook_point_is_read_from_openais_folder_layout(tmp_path):
@@ -72,7 +73,7 @@ def test_a_pickle_that_would_run_code_is_refused_and_the_file_named(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"encoder.weight": torch.zeros(2, 2), "payload": torch.nn.Linear(2, 2)}, path)
     with pytest.raises(SAEFileError, match=r"evil\.pt holds more than tensors"):
-        from_openai(path)
+        from_format("openai", path)
 
 
 def test_a_truncated_pt_file_is_an_error_naming_it(tmp_path):
@@ -80,7 +81,7 @@ def test_a_truncated_pt_file_is_an_error_naming_it(tmp_path):
     torch.save(openai_state_dict(), path)
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(SAEFileError, match=r"8\.pt"):
-        from_openai(path)
+        from_format("openai", path)
 
 
 def test_a_relu_sae_is_an_unsupported_architecture(tmp_path):
@@ -88,4 +89,4 @@ def test_a_relu_sae_is_an_unsupported_architecture(tmp_path):
     state["activation"] = "ReLU"
     torch.save(state, tmp_path / "relu.pt")
     with pytest.raises(UnsupportedArchitectureError, match="unsupported architecture 'ReLU'"):
-        from_openai(tmp_path / "relu.pt")
+        from_format("openai", tmp_path / "relu.pt")

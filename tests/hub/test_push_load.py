@@ -32,7 +32,7 @@ info = sae.push_to_hub({repo!r})
 emit({{"x_hat": sae(x).x_hat.tolist(), "commit": info.oid}})
 """, cache="pusher")
     loaded = hub.run(MAKE_SAE + f"""
-from hfsae.hub import load
+from hfsae.hub.loading import load
 sae = load({repo!r})
 emit({{"x_hat": sae(x).x_hat.tolist()}})
 """, cache="fresh")
@@ -79,7 +79,7 @@ emit({{name: sae(x).x_hat.tolist() for name, sae in [*saes.items(), ("layers.3.m
 """, cache="pusher")
     loaded = hub.run(MAKE_SAE + f"""
 from hfsae import TopKSAE
-from hfsae.hub import load_many
+from hfsae.hub.loading import load_many
 one = TopKSAE.from_pretrained({repo!r}, hookpoint="layers.2.resid_post")
 many = load_many({repo!r})
 emit({{"one": one(x).x_hat.tolist(), "many": {{name: sae(x).x_hat.tolist() for name, sae in many.items()}}}})
@@ -102,21 +102,21 @@ TopKSAE.from_pretrained({repo!r}, hookpoint="layers.9.resid_post")
 def test_offline_a_warm_cache_loads_and_a_cold_cache_fails_fast_with_a_clear_message(hub):
     repo = new_repo()
     pushed = hub.run(MAKE_SAE + f"""
-from hfsae.hub import load
+from hfsae.hub.loading import load
 sae = make_sae(6)
 sae.push_to_hub({repo!r})
 load({repo!r})                       # warms this cache
 emit(sae(x).x_hat.tolist())
 """, cache="warm")
     warm = hub.run(MAKE_SAE + f"""
-from hfsae.hub import load
+from hfsae.hub.loading import load
 emit(load({repo!r})(x).x_hat.tolist())
 """, cache="warm", offline=True)
     assert warm == pushed
 
     started = time.monotonic()
     cold = hub.run(f"""
-from hfsae.hub import load
+from hfsae.hub.loading import load
 load({repo!r})
 """, cache="cold", offline=True, expect_failure=True)
     assert time.monotonic() - started < 20  # no retry loop (online-mode retries take ~20 s)
@@ -139,9 +139,10 @@ TopKSAE.from_pretrained({repo!r})
 def test_a_registry_name_loads_a_saelens_mirror_from_the_hub(hub):
     repo = new_repo()
     result = hub.run(MAKE_SAE + f"""
-from hfsae.hub import load
+from hfsae.hub.loading import load
 from unittest import mock
-from hfsae.hub import registry, saelens
+from hfsae.hub import registry
+from hfsae.hub.formats import saelens
 from hfsae.hub.registry import RegistryEntry
 sae = make_sae(8, "layers.8.resid_post")
 saelens.to_saelens(sae, "mirror/v5_32k_layer_8.pt")
@@ -160,7 +161,7 @@ emit({{"ours": sae(x).x_hat.tolist(), "loaded": loaded(x).x_hat.tolist(), "hook_
 def test_hfsae_list_remote_shows_hub_models_with_library_name_hfsae(hub):
     repo = new_repo()
     listed = hub.run(MAKE_SAE + f"""
-from hfsae.hub import list_saes
+from hfsae.hub.loading import list_saes
 make_sae(9).push_to_hub({repo!r})
 emit([[[item.name, item.source] for item in list_saes(remote=remote)] for remote in (False, True)])
 """)

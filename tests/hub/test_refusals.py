@@ -8,7 +8,10 @@ from safetensors.torch import save_file
 
 from hfsae import TopKSAE, TopKSAEConfig
 from hfsae.folder import SAEFolderError, index_entry, write_index
-from hfsae.hub import SAEFileError, convert, from_openai, from_saelens, load, load_many
+from hfsae.hub import SAEFileError
+from hfsae.hub.convert import convert
+from hfsae.hub.loading import load, load_many
+from hub_formats import from_format
 
 from hub_formats import random_weights
 
@@ -67,7 +70,7 @@ def saelens_dir(tmp_path, **changes):
 ])
 def test_malformed_saelens_fields_are_one_line_errors(tmp_path, changes, message):
     with pytest.raises(SAEFileError, match=message) as error:
-        from_saelens(saelens_dir(tmp_path, **changes))
+        from_format("saelens", saelens_dir(tmp_path, **changes))
     assert "\n" not in str(error.value)
 
 
@@ -77,11 +80,11 @@ def test_zero_norm_decoder_rows_are_refused_instead_of_becoming_nan(tmp_path):
     tensors["W_dec"][3] = 0
     save_file(tensors, folder / "sae_weights.safetensors")
     with pytest.raises(SAEFileError, match="zero norm"):
-        from_saelens(folder)
+        from_format("saelens", folder)
     tensors["W_dec"][3] = float("nan")
     save_file(tensors, folder / "sae_weights.safetensors")
     with pytest.raises(SAEFileError, match="non-finite"):
-        from_saelens(folder)
+        from_format("saelens", folder)
 
 
 @pytest.mark.parametrize("activation_state, message", [
@@ -94,4 +97,4 @@ def test_odd_openai_activation_state_is_a_one_line_error(tmp_path, activation_st
     torch.save({"encoder.weight": torch.randn(32, 8), "decoder.weight": torch.randn(8, 32), "pre_bias": torch.zeros(8),
                 "latent_bias": torch.zeros(32), "activation": "TopK", "activation_state_dict": activation_state}, path)
     with pytest.raises(SAEFileError, match=message):
-        from_openai(path)
+        from_format("openai", path)

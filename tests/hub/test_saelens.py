@@ -7,8 +7,11 @@ import torch
 from safetensors.torch import save_file
 
 from hfsae.hub.files import SAEFileError, UnsupportedArchitectureError
-from hfsae.hub.build import sae_from_tensors
-from hfsae.hub.saelens import from_saelens, hook_point_from_transformer_lens, to_saelens
+from hfsae import TopKSAE
+from hfsae.hub.build import build
+from hfsae.hub.formats import Converted
+from hfsae.hub.formats.saelens import hook_point_from_transformer_lens, to_saelens
+from hub_formats import from_format
 
 from hub_formats import assert_same_codes, dense_topk, random_activations, random_weights
 
@@ -106,7 +109,7 @@ def test_a_converted_saelens_sae_selects_the_same_latents_with_the_same_values(t
     x = random_activations()
     _, indices, values = saelens_forward(cfg, tensors, x)
 
-    sae = from_saelens(write_folder(tmp_path / convention, cfg, tensors))
+    sae = from_format("saelens", write_folder(tmp_path / convention, cfg, tensors))
 
     assert_same_codes(sae.encode(x), indices, values)
 
@@ -117,14 +120,14 @@ def test_a_converted_saelens_sae_reproduces_saelens_reconstruction(tmp_path, con
     x = random_activations()
     expected, _, _ = saelens_forward(cfg, tensors, x)
 
-    sae = from_saelens(write_folder(tmp_path / convention, cfg, tensors))
+    sae = from_format("saelens", write_folder(tmp_path / convention, cfg, tensors))
 
     torch.testing.assert_close(sae(x).x_hat, expected)
 
 
 def test_saelens_metadata_becomes_the_hfsae_hook_point_and_base_model(tmp_path):
     cfg = CONVENTIONS["oai_mirror_layer_norm"]
-    sae = from_saelens(write_folder(tmp_path / "sae", cfg, saelens_tensors()))
+    sae = from_format("saelens", write_folder(tmp_path / "sae", cfg, saelens_tensors()))
     assert (sae.config.hook_point, sae.config.base_model) == ("layers.8.resid_post", "openai-community/gpt2")
     assert hook_point_from_transformer_lens("blocks.0.hook_attn_out") == "layers.0.attn_out"
 
@@ -133,7 +136,7 @@ def test_saelens_metadata_becomes_the_hfsae_hook_point_and_base_model(tmp_path):
 def test_an_exported_sae_runs_the_same_under_saelens_conventions(tmp_path, normalize):
     weights = random_weights(seed=5)
     extra = {"dataset_scale": 0.25} if normalize == "dataset_scale" else {}
-    sae = sae_from_tensors(**weights, k=K, normalize=normalize, hook_point="layers.2.resid_post", **extra)
+    sae = build(TopKSAE, Converted(**weights, fields={"k": K, "normalize": normalize, "hook_point": "layers.2.resid_post", **extra}))
     x = random_activations()
 
     folder = to_saelens(sae, tmp_path / "exported")
@@ -149,9 +152,9 @@ def test_an_exported_sae_runs_the_same_under_saelens_conventions(tmp_path, norma
 
 
 def test_export_then_import_gives_back_the_same_sae(tmp_path):
-    sae = sae_from_tensors(**random_weights(seed=6), k=K, normalize="layer_norm")
+    sae = build(TopKSAE, Converted(**random_weights(seed=6), fields={"k": K, "normalize": "layer_norm"}))
     x = random_activations()
-    back = from_saelens(to_saelens(sae, tmp_path / "exported"))
+    back = from_format("saelens", to_saelens(sae, tmp_path / "exported"))
     torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
 
 
@@ -166,14 +169,14 @@ def test_export_then_import_gives_back_the_same_sae(tmp_path):
 def test_saes_hfsae_cannot_reproduce_are_refused_with_the_reason(tmp_path, cfg, message):
     folder = write_folder(tmp_path / "sae", cfg, saelens_tensors())
     with pytest.raises(UnsupportedArchitectureError, match=message):
-        from_saelens(folder)
+        from_format("saelens", folder)
 
 
 def test_a_corrupt_weights_file_is_an_error_naming_it(tmp_path):
     folder = write_folder(tmp_path / "sae", CONVENTIONS["oai_mirror_layer_norm"], saelens_tensors())
     (folder / "sae_weights.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
     with pytest.raises(SAEFileError, match=r"sae_weights\.safetensors is not a readable safetensors file"):
-        from_saelens(folder)
+        from_format("saelens", folder)
 
 
 def test_a_missing_tensor_is_named(tmp_path):
@@ -181,4 +184,13 @@ def test_a_missing_tensor_is_named(tmp_path):
     del tensors["b_dec"]
     folder = write_folder(tmp_path / "sae", CONVENTIONS["oai_mirror_layer_norm"], tensors)
     with pytest.raises(SAEFileError, match="lacks the tensor"):
-        from_saelens(folder)
+        from_format("saelens", folder)
+
+
+def test_gemma_2_and_3_attention_and_mlp_hooks_map_to_the_post_norms_output_as_transformer_lens_takes_them():
+    assert hook_point_from_transformer_lens("blocks.5.hook_mlp_out", "gemma-2-2b") == (
+        "model.layers.5.post_feedforward_layernorm:output")
+    assert hook_point_from_transformer_lens("blocks.5.hook_attn_out", "google/gemma-3-1b-pt") == (
+        "model.layers.5.post_attention_layernorm:output")
+    assert hook_point_from_transformer_lens("blocks.5.hook_mlp_out", "gpt2-small") == "layers.5.mlp_out"
+    assert hook_point_from_transformer_lens("blocks.5.hook_resid_post", "gemma-2-2b") == "layers.5.resid_post"

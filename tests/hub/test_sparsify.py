@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from hfsae.hub.files import UnsupportedArchitectureError
-from hfsae.hub.sparsify import from_sparsify
+from hub_formats import from_format
 
 from hub_formats import assert_same_codes, random_activations, random_weights
 
@@ -48,7 +48,7 @@ def test_a_converted_sparsify_sae_reproduces_sparsifys_reconstruction_and_codes(
     x = random_activations()
     expected, indices, values = sparsify_forward(cfg, tensors, x)
 
-    sae = from_sparsify(folder)
+    sae = from_format("sparsify", folder)
     output = sae(x)
 
     torch.testing.assert_close(output.x_hat, expected)
@@ -64,4 +64,4 @@ def test_a_converted_sparsify_sae_reproduces_sparsifys_reconstruction_and_codes(
 def test_sparsify_variants_hfsae_cannot_reproduce_are_refused(tmp_path, change, message):
     folder, _, _ = sparsify_checkpoint(tmp_path, **change)
     with pytest.raises(UnsupportedArchitectureError, match=f"unsupported architecture with {message}"):
-        from_sparsify(folder)
+        from_format("sparsify", folder)

@@ -1,4 +1,4 @@
-"""Convert SAELens TopK SAE folders (cfg.json + sae_weights.safetensors) to TopKSAE, and export back.
+"""SAELens TopK SAE folders (cfg.json + sae_weights.safetensors) as TopKSAEs, and export back.
 
 SAELens (sae_lens/saes/sae.py, topk_sae.py) computes, per token,
 
@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ..folder import write_json_atomic
-from .build import positive_int, sae_from_tensors
-from .files import SAEFileError, UnsupportedArchitectureError, read_json, read_safetensors, require_tensors
+from ...folder import write_json_atomic
+from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
+from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -42,14 +42,24 @@ TRANSFORMER_LENS_SITES = {
     "hook_mlp_out": "mlp_out",
 }
 MODEL_NAMES = {"gpt2-small": "openai-community/gpt2", "gpt2": "openai-community/gpt2"}
+# The transformers modules whose output TransformerLens's hook_attn_out / hook_mlp_out read in Gemma-2/3.
+POST_NORMS = {"attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}
 
 
-def hook_point_from_transformer_lens(hook_name: str | None) -> str | None:
-    """'blocks.8.hook_resid_post' → 'layers.8.resid_post'; other names are kept as they are."""
+def hook_point_from_transformer_lens(hook_name: str | None, model_name: str | None = None) -> str | None:
+    """'blocks.8.hook_resid_post' → 'layers.8.resid_post'; other names are kept as they are.
+
+    TransformerLens takes Gemma-2/3's hook_attn_out and hook_mlp_out after the block's post-norm
+    (ln1_post / ln2_post), which transformers names post_attention_layernorm / post_feedforward_layernorm:
+    for those models the hook point is that norm's output, not the attention or MLP output.
+    """
     match = re.fullmatch(r"blocks\.(\d+)\.(hook_\w+)", hook_name or "")
-    if match and match.group(2) in TRANSFORMER_LENS_SITES:
-        return f"layers.{match.group(1)}.{TRANSFORMER_LENS_SITES[match.group(2)]}"
-    return hook_name
+    if not match or match.group(2) not in TRANSFORMER_LENS_SITES:
+        return hook_name
+    layer, site = match.group(1), TRANSFORMER_LENS_SITES[match.group(2)]
+    if site in POST_NORMS and re.search(r"gemma-?[23]", model_name or "", re.IGNORECASE):
+        return f"model.layers.{layer}.{POST_NORMS[site]}:output"
+    return f"layers.{layer}.{site}"
 
 
 def hook_point_to_transformer_lens(hook_point: str | None) -> str | None:
@@ -130,13 +140,10 @@ def checked_fields(cfg: dict[str, Any], path: Path) -> None:
         raise SAEFileError(f"{path}: metadata must be an object; got {cfg['metadata']!r}.")
 
 
-def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None = None):
-    """Load a SAELens TopK SAE folder as a TopKSAE with the same outputs.
-
-    Example:
-        >>> sae = from_saelens("GPT2-Small-OAI-v5-32k-resid-post-SAEs/v5_32k_layer_8.pt")   # a folder
-    """
-    path = Path(path)
+def convert(path: Path, context: Context) -> Converted:
+    """One SAELens TopK folder → the same SAE in hfsae's terms (option norm_scaling_factor= for
+    expected_average_only_in SAEs whose cfg.json lacks it)."""
+    norm_scaling_factor = context.options.get("norm_scaling_factor")
     cfg = read_json(path / CONFIG_FILE)
     checked_fields(cfg, path / CONFIG_FILE)
     metadata = {**cfg, **(cfg.get("metadata") or {})}
@@ -165,7 +172,7 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
         W_dec = W_dec * scaling[:, None]
     if cfg.get("rescale_acts_by_decoder_norm"):
         norms = W_dec.norm(dim=1)
-        if (norms == 0).any():  # NaN rows are caught by the finite check of sae_from_tensors
+        if (norms == 0).any():  # NaN rows are caught by the finite check of build.build
             raise SAEFileError(
                 f"{weights_path}: {int((norms == 0).sum())} decoder row(s) have zero norm (e.g. latent "
                 f"{int((norms == 0).nonzero()[0])}), so rescale_acts_by_decoder_norm divides by zero; "
@@ -177,19 +184,44 @@ def from_saelens(path: str | os.PathLike, *, norm_scaling_factor: float | None =
         b_enc = b_enc + W_enc @ b_dec
 
     model_name = metadata.get("model_name")
-    return sae_from_tensors(
-        W_enc=W_enc,
-        b_enc=b_enc,
-        W_dec=W_dec,
-        b_pre=b_dec,
-        k=k,
-        hook_point=hook_point_from_transformer_lens(hook_name),
-        base_model=MODEL_NAMES.get(model_name, model_name),
-        context_size=metadata.get("context_size"),
-        dataset=metadata.get("dataset_path"),
-        where=path,
+    return Converted(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_pre=b_dec, fields={
+        "k": k,
+        "hook_point": hook_point_from_transformer_lens(hook_name, model_name),
+        "base_model": MODEL_NAMES.get(model_name, model_name),
+        "context_size": metadata.get("context_size"),
+        "dataset": metadata.get("dataset_path"),
         **normalization,
-    )
+    })
+
+
+def recognise(view: FolderView) -> list[str]:
+    # The pair of names is SAELens's alone; `convert` checks the config's fields (checked_fields).
+    return [""] if {CONFIG_FILE, WEIGHTS_FILE} <= view.names else []
+
+
+def unsupported(view: FolderView, sae: str) -> str | None:
+    try:
+        topk_of(view.config(CONFIG_FILE) or {}, Path(view.sae_path(CONFIG_FILE)))
+    except (UnsupportedArchitectureError, SAEFileError) as err:
+        return str(err).split(": ", 1)[-1]
+    return None
+
+
+def hook_point(view: FolderView, sae: str) -> str | None:
+    cfg = view.config(CONFIG_FILE) or {}
+    model_name = {**cfg, **(cfg.get("metadata") or {})}.get("model_name")
+    return hook_point_from_transformer_lens(hook_name_of(cfg, Path(view.sae_path(CONFIG_FILE))), model_name)
+
+
+FORMAT = Format(
+    name="saelens",
+    layout="SAELens: cfg.json + sae_weights.safetensors",
+    recognise=recognise,
+    fetch=lambda view, sae: [CONFIG_FILE, WEIGHTS_FILE],
+    hook_point=hook_point,
+    convert=convert,
+    unsupported=unsupported,
+)
 
 
 def to_saelens(sae, path: str | os.PathLike) -> Path:

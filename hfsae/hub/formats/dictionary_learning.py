@@ -1,4 +1,4 @@
-"""Convert dictionary_learning TopK dictionaries (ae.pt + config.json) into a TopKSAE.
+"""dictionary_learning TopK dictionaries (ae.pt + config.json) as TopKSAEs.
 
 dictionary_learning (saprmarks/dictionary_learning, dictionary_learning/trainers/top_k.py) saves each
 trained dictionary as a folder (e.g. `trainer_0/`) holding `ae.pt`, a plain state dict, and
@@ -10,21 +10,30 @@ trained dictionary as a folder (e.g. `trainer_0/`) holding `ae.pt`, a plain stat
 
 which is a TopKSAE with W_enc = encoder.weight, b_enc = encoder.bias, W_dec = decoder.weightᵀ and
 b_pre = b_dec (ReLU before TopK keeps the same values as after it).
+
+SAEBench sweeps (`<sweep>/resid_post_layer_12/trainer_N/`) are such folders side by side, TopK among
+other architectures; each folder's dict_class says which.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from .build import positive_int, sae_from_tensors
-from .files import SAEFileError, UnsupportedArchitectureError, read_json, read_torch_state_dict, require_tensors
+from ..files import (
+    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_torch_state_dict, require_tensors,
+)
+from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "ae.pt"
 SUPPORTED_CLASSES = ("AutoEncoderTopK",)
+# dictionary_learning's other dictionary classes, by the architecture they are.
+OTHER_CLASSES = {
+    "AutoEncoder": "ReLU", "AutoEncoderNew": "ReLU", "GatedAutoEncoder": "gated", "JumpReluAutoEncoder": "JumpReLU",
+    "BatchTopKSAE": "BatchTopK", "MatryoshkaBatchTopKSAE": "Matryoshka BatchTopK",
+}
 # submodule_name as dictionary_learning's scripts write it ('resid_post_layer_3') → hfsae hook-point site.
 SUBMODULE_SITES = {"resid_post": "resid_post", "mlp_out": "mlp_out", "attn_out": "attn_out"}
 
@@ -47,13 +56,16 @@ def hook_point_of(trainer: dict[str, Any]) -> str | None:
     return None
 
 
-def from_dictionary_learning(path: str | os.PathLike, *, base_model: str | None = None):
-    """Load one dictionary_learning AutoEncoderTopK folder (ae.pt + config.json) as a TopKSAE.
+def architecture_of(trainer: dict[str, Any]) -> str | None:
+    """Why a dictionary is not one hfsae runs ("gated (dict_class GatedAutoEncoder)"), or None for a TopK one."""
+    dict_class = trainer.get("dict_class")
+    if dict_class in SUPPORTED_CLASSES:
+        return None
+    return f"{OTHER_CLASSES.get(dict_class, 'unknown architecture')} (dict_class {dict_class!r})"
 
-    Example:
-        >>> sae = from_dictionary_learning("saes/resid_post_layer_3/trainer_0")
-    """
-    path = Path(path)
+
+def convert(path: Path, context: Context) -> Converted:
+    """One dictionary_learning AutoEncoderTopK folder (ae.pt + config.json) → the same SAE in hfsae's terms."""
     trainer = trainer_config(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     dict_class = trainer.get("dict_class")
     if dict_class not in SUPPORTED_CLASSES:
@@ -65,13 +77,35 @@ def from_dictionary_learning(path: str | os.PathLike, *, base_model: str | None 
     state = read_torch_state_dict(path / WEIGHTS_FILE)
     require_tensors(state, ["encoder.weight", "encoder.bias", "decoder.weight", "b_dec"], path / WEIGHTS_FILE)
     k = trainer.get("k", state.get("k"))
-    return sae_from_tensors(
+    return Converted(
         W_enc=state["encoder.weight"].float(),
         b_enc=state["encoder.bias"].float(),
         W_dec=state["decoder.weight"].float().T.contiguous(),
         b_pre=state["b_dec"].float(),
-        k=positive_int(k, "k", path / CONFIG_FILE),
-        hook_point=hook_point_of(trainer),
-        base_model=base_model or trainer.get("lm_name"),
-        where=path,
+        fields={
+            "k": positive_int(k, "k", path / CONFIG_FILE),
+            "hook_point": hook_point_of(trainer),
+            "base_model": trainer.get("lm_name"),
+        },
     )
+
+
+def trainer_of(view: FolderView) -> dict[str, Any] | None:
+    cfg = view.config(CONFIG_FILE)
+    trainer = cfg.get("trainer") if cfg is not None else None
+    return trainer if isinstance(trainer, dict) else None
+
+
+def recognise(view: FolderView) -> list[str]:
+    return [""] if WEIGHTS_FILE in view.names and trainer_of(view) is not None else []
+
+
+FORMAT = Format(
+    name="dictionary_learning",
+    layout="dictionary_learning / SAEBench: config.json (with a 'trainer' section) + ae.pt",
+    recognise=recognise,
+    fetch=lambda view, sae: [CONFIG_FILE, WEIGHTS_FILE],
+    hook_point=lambda view, sae: hook_point_of(trainer_of(view) or {}),
+    convert=convert,
+    unsupported=lambda view, sae: architecture_of(trainer_of(view) or {}),
+)

@@ -1,8 +1,9 @@
 """Hub behaviour for the SAE model class, as huggingface_hub's ModelHubMixin gives it to any model.
 
-`TopKSAE` inherits `HubMixin` before transformers' `PreTrainedModel`. This module imports nothing of
-`hfsae.modeling`: the class is recorded (hub/model_class.py) when it subclasses the mixin, and the loaders
-and converters build that class (`sae_class()`), so `modeling → hub` is the only direction of import.
+`TopKSAE` inherits `HubMixin` before transformers' `PreTrainedModel`. The Hub package is imported only
+inside the methods, when they run, so `import hfsae.modeling` does not load it; and the loaders build
+the class they are called on (`cls`), so a subclass's from_pretrained returns the subclass, whatever
+the format of the files.
 """
 
 from __future__ import annotations
@@ -10,15 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from .model_class import record_sae_class
-
 
 class HubMixin:
     """from_pretrained for every format and layout, save_pretrained with our card, push_to_hub like transformers."""
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        record_sae_class(cls)  # the first class built on the mixin; what loaders and converters build
 
     @classmethod
     def from_pretrained(
@@ -34,13 +29,14 @@ class HubMixin:
 
         `hookpoint=` picks one SAE of a repo or folder holding several, by folder name or hook point
         ('layers.3', 'layers.3.resid_post', 'blocks.3.hook_resid_post'); `subfolder=`, `revision=`,
-        `dtype=` and `token=` work as in transformers.
+        `dtype=`, `token=`, `cache_dir=`, `force_download=`, `local_files_only=` and `proxies=` work as
+        in transformers; `k=` gives the k of formats that do not store it (Qwen-Scope).
         """
-        from .loading import load_sae
+        from .hub.source import load_sae
 
         return load_sae(
-            cls, cls.from_pretrained_folder, pretrained_model_name_or_path, *args, hookpoint=hookpoint, subfolder=subfolder,
-            revision=revision, **kwargs,
+            cls, pretrained_model_name_or_path, *args, hookpoint=hookpoint, subfolder=subfolder, revision=revision,
+            **kwargs,
         )
 
     @classmethod
@@ -57,9 +53,9 @@ class HubMixin:
         With `push_to_hub=True` the folder is then pushed (see `push_to_hub`; `repo_id` defaults to the
         folder's name), with our card rather than transformers' generic one.
         """
-        from .push import PUSH_OPTIONS, push_saved_folder
-        from .card import write_card
-        from ..folder import CARD_FILE
+        from .folder import CARD_FILE
+        from .hub.card import write_card
+        from .hub.push import PUSH_OPTIONS, push_saved_folder
 
         push_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
         super().save_pretrained(save_directory, *args, **kwargs)
@@ -78,6 +74,6 @@ class HubMixin:
         commit_description, private, token, tags, folder (subfolder: one folder of a multi-SAE repo).
         Returns the huggingface_hub CommitInfo (its `.commit_url`, `.pr_url`, and `.repo_id`).
         """
-        from .push import push_to_hub
+        from .hub.push import push_to_hub
 
         return push_to_hub(self, repo_id, **options)

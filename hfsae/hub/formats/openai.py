@@ -1,4 +1,4 @@
-"""Convert OpenAI's released TopK SAE state dicts (.pt, v5 GPT-2 small, docs/method.md §7) into a TopKSAE.
+"""OpenAI's released TopK SAE state dicts (.pt, v5 GPT-2 small, docs/method.md §7) as TopKSAEs.
 
 OpenAI's `Autoencoder` (openai/sparse_autoencoder, model.py) computes, per token,
 
@@ -16,8 +16,8 @@ import os
 import re
 from pathlib import Path
 
-from .build import positive_int, sae_from_tensors
-from .files import SAEFileError, UnsupportedArchitectureError, read_torch_state_dict, require_tensors
+from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_torch_state_dict, require_tensors
+from . import Context, Converted, Format, pt_files
 
 # OpenAI's location names for GPT-2 small (the v5 release) → hfsae hook-point sites.
 LOCATION_SITES = {
@@ -39,12 +39,8 @@ def hook_point_from_filename(path: str | os.PathLike) -> str | None:
     return f"layers.{layer.group(1)}.{site}"
 
 
-def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_model: str | None = None):
-    """Load one OpenAI `.pt` TopK SAE (weights only, never pickled code) as a TopKSAE.
-
-    Example:
-        >>> sae = from_openai("v5_32k/resid_post_mlp/8.pt")   # hook point layers.8.resid_post
-    """
+def convert(path: Path, context: Context) -> Converted:
+    """One OpenAI `.pt` TopK SAE (weights only, never pickled code) → the same SAE in hfsae's terms."""
     state = read_torch_state_dict(path)
     require_tensors(state, ["encoder.weight", "decoder.weight", "pre_bias"], path)
     activation = state.get("activation", "ReLU")
@@ -69,15 +65,28 @@ def from_openai(path: str | os.PathLike, *, hook_point: str | None = None, base_
 
     W_enc = state["encoder.weight"].float()
     guessed_hook_point = hook_point_from_filename(path)
-    return sae_from_tensors(
+    return Converted(
         W_enc=W_enc,
         b_enc=state["latent_bias"].float() if "latent_bias" in state else None,
         W_dec=state["decoder.weight"].float().T.contiguous(),
         b_pre=state["pre_bias"].float(),
-        k=positive_int(activation_state["k"], "activation_state_dict['k']", path),
-        # OpenAI enables layer norm exactly for TopK SAEs (Autoencoder.from_state_dict).
-        normalize="layer_norm",
-        hook_point=hook_point or guessed_hook_point,
-        base_model=base_model or (GPT2_SMALL if W_enc.shape[1] == 768 and guessed_hook_point else None),
-        where=path,
+        fields={
+            "k": positive_int(activation_state["k"], "activation_state_dict['k']", path),
+            # OpenAI enables layer norm exactly for TopK SAEs (Autoencoder.from_state_dict).
+            "normalize": "layer_norm",
+            "hook_point": guessed_hook_point,
+            "base_model": GPT2_SMALL if W_enc.shape[1] == 768 and guessed_hook_point else None,
+        },
     )
+
+
+FORMAT = Format(
+    name="openai",
+    layout="OpenAI: a .pt state dict with encoder.weight, decoder.weight, pre_bias",
+    # Any other .pt file is a candidate; its tensor keys decide once it is read (see tensor_keys).
+    recognise=lambda view: pt_files(view, exclude=("ae.pt",)),
+    fetch=lambda view, sae: [sae],
+    hook_point=lambda view, sae: hook_point_from_filename(view.sae_path(sae)),
+    convert=convert,
+    tensor_keys=frozenset({"encoder.weight", "decoder.weight", "pre_bias"}),
+)

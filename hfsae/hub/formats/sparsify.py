@@ -1,0 +1,104 @@
+"""EleutherAI sparsify SAE folders (cfg.json + sae.safetensors) as TopKSAEs.
+
+sparsify's SparseCoder (sparsify/sparse_coder.py, fused_encoder.py) computes, per token,
+
+    z     = TopK_k(ReLU(encoder.weight (x − b_dec) + encoder.bias))
+    x_hat = W_decᵀ z + b_dec                                   W_dec [num_latents, d_in]
+
+with no input normalisation. ReLU before TopK keeps the same values as TopK before ReLU (ReLU is
+monotone), so this is TopKSAE with W_enc = encoder.weight, b_enc = encoder.bias, b_pre = b_dec.
+A run folder holds one subfolder per hook point, named after the module whose output it reads
+(layers.6/, layers.6.mlp/, embed_tokens/), and newer runs keep sparsify's training config.json
+at the root beside them: that file describes the run, not an SAE, and is left alone.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from ..files import (
+    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors,
+)
+from . import Context, Converted, Format, FolderView
+
+CONFIG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae.safetensors"
+# Keys of sparsify's SparseCoderConfig, of which a cfg.json holds at least one (SAELens's cfg.json has none).
+CONFIG_KEYS = {"expansion_factor", "num_latents", "normalize_decoder", "multi_topk", "skip_connection", "transcode"}
+SITES = {"mlp": "mlp_out", "self_attn": "attn_out", "attn": "attn_out"}
+
+
+def hook_point_from_folder(name: str) -> str:
+    """sparsify folder names (module paths) → hfsae hook points.
+
+    'layers.6' (or 'layer_6') is that layer's output, resid_post; 'layers.6.mlp' its MLP's output, mlp_out;
+    'embed_tokens' the token embedding's output; other names are kept (a module path hfsae resolves as it is).
+    """
+    name = re.sub(r"^layer_(\d+)", r"layers.\1", name.rsplit("/", 1)[-1])
+    match = re.fullmatch(r"(?:layers|h)\.(\d+)(?:\.(\w+))?", name)
+    if match and match.group(2) is None:
+        return f"layers.{match.group(1)}.resid_post"
+    if match and match.group(2) in SITES:
+        return f"layers.{match.group(1)}.{SITES[match.group(2)]}"
+    return name
+
+
+def why_unsupported(cfg: dict[str, Any]) -> str | None:
+    activation = cfg.get("activation", "topk")
+    reasons = [
+        reason
+        for reason, present in (
+            (f"activation {activation!r}", activation != "topk"),
+            ("skip_connection (an extra linear path W_skip)", cfg.get("skip_connection")),
+            ("transcode (reads one activation, reconstructs another)", cfg.get("transcode")),
+            ("signed latents", cfg.get("signed")),
+        )
+        if present
+    ]
+    return ", ".join(reasons) or None
+
+
+def recognise(view: FolderView) -> list[str]:
+    # The pair of names is sparsify's alone; its config's keys are checked when converting (`convert`), so
+    # that finding one folder of a large run downloads nothing.
+    return [""] if {CONFIG_FILE, WEIGHTS_FILE} <= view.names else []
+
+
+def unsupported(view: FolderView, sae: str) -> str | None:
+    return why_unsupported(view.config(CONFIG_FILE) or {})
+
+
+def convert(path: Path, context: Context) -> Converted:
+    """One sparsify SAE folder → the same SAE in hfsae's terms."""
+    cfg = read_json(path / CONFIG_FILE)
+    reasons = why_unsupported(cfg)
+    if reasons:
+        raise UnsupportedArchitectureError(
+            f"{path / CONFIG_FILE}: unsupported architecture with {reasons}; "
+            "hfsae converts plain TopK sparsify SAEs only."
+        )
+    if "k" not in cfg and not CONFIG_KEYS & set(cfg):
+        keys = ", ".join(sorted(cfg))
+        raise SAEFileError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {keys}).")
+    if "k" not in cfg:
+        raise UnsupportedArchitectureError(f"{path / CONFIG_FILE}: a TopK SAE config without k.")
+    weights_path = path / WEIGHTS_FILE
+    tensors = {name: tensor.float() for name, tensor in read_safetensors(weights_path).items()}
+    require_tensors(tensors, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], weights_path)
+    return Converted(
+        W_enc=tensors["encoder.weight"], b_enc=tensors["encoder.bias"], W_dec=tensors["W_dec"], b_pre=tensors["b_dec"],
+        fields={"k": positive_int(cfg["k"], "k", path / CONFIG_FILE), "hook_point": hook_point_from_folder(path.name)},
+    )
+
+
+FORMAT = Format(
+    name="sparsify",
+    layout="sparsify: cfg.json + sae.safetensors",
+    recognise=recognise,
+    fetch=lambda view, sae: [CONFIG_FILE, WEIGHTS_FILE],
+    hook_point=lambda view, sae: hook_point_from_folder(view.path) if view.path else None,
+    convert=convert,
+    unsupported=unsupported,
+)
