@@ -231,7 +231,7 @@ def check_output_dir(
     A folder that is absent or empty may be written. A non-empty one only with `overwrite`, and then only
     when every file in it is one the writer itself writes (`replaces`, see `foreign_files`): overwriting
     never deletes a file the user did not ask to lose, and never the folder the process works in.
-    `how_to_overwrite` names the option that allows overwriting ('--overwrite-output-dir'), when there is one.
+    `how_to_overwrite` says how to allow overwriting ('--overwrite-output-dir to replace it'), when a caller can.
     """
     path = _absolute(destination)
     if path.exists() and not path.is_dir():
@@ -239,8 +239,8 @@ def check_output_dir(
     if not path.is_dir() or not any(path.iterdir()):
         return path
     if not overwrite:
-        allow = f", or pass {how_to_overwrite} to replace it" if how_to_overwrite else ", or empty it first"
-        raise OutputDirError(f"{destination} already exists and is not empty. Choose another folder{allow}.")
+        what_to_do = f"Pass {how_to_overwrite}, or choose another folder" if how_to_overwrite else "Choose another folder, or empty it first"
+        raise OutputDirError(f"{destination} already exists and is not empty. {what_to_do}.")
     if path.resolve() in Path.cwd().resolve().parents:
         raise OutputDirError(
             f"{destination} holds the current directory ({Path.cwd()}); replacing it would delete the folder you "

@@ -97,8 +97,8 @@ def test_a_staged_folder_refuses_a_non_empty_destination_without_overwrite(tmp_p
     with pytest.raises(FileExistsError, match=r"sae already exists and is not empty. Choose another folder, or empty"):
         with staged_folder(tmp_path / "sae"):
             pass
-    with pytest.raises(FileExistsError, match=r"or pass --overwrite-output-dir to replace it"):
-        with staged_folder(tmp_path / "sae", how_to_overwrite="--overwrite-output-dir"):
+    with pytest.raises(FileExistsError, match=r"not empty. Pass --overwrite-output-dir to replace it, or choose another"):
+        with staged_folder(tmp_path / "sae", how_to_overwrite="--overwrite-output-dir to replace it"):
             pass
     with staged_folder(tmp_path / "new" / "nested") as staging:  # parents are created
         (staging / "a").write_text("a")
