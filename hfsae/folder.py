@@ -105,6 +105,31 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return value
 
 
+def saved_tensor_shapes(folder: str | os.PathLike) -> dict[str, list[int]] | None:
+    """{tensor name: shape} of an SAE folder's weights, read from the safetensors headers alone (no tensor data
+    is read or allocated), or None when the folder has no safetensors weights."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / f"{WEIGHTS_FILE}.index.json").is_file():  # save_pretrained(max_shard_size=...)
+        files = sorted(set(read_json(folder / f"{WEIGHTS_FILE}.index.json").get("weight_map", {}).values()))
+    elif (folder / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        return None
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(folder / check_folder_name(file), framework="pt") as handle:
+                shapes.update({name: handle.get_slice(name).get_shape() for name in handle.keys()})  # noqa: SIM118
+        except (OSError, SAEFolderError):
+            raise
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise SAEFolderError(f"{folder / file} is not a readable safetensors file ({err}); re-save or re-download "
+                                 "the SAE.") from err  # fmt: skip
+    return shapes
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that readers see the old file or the new one, never half of one.
 

@@ -59,9 +59,10 @@ class HubMixin:
         """
         from .push import PUSH_OPTIONS, push_saved_folder
         from .card import write_card
-        from ..folder import CARD_FILE
+        from ..folder import CARD_FILE, check_finite
 
         push_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
+        check_finite(dict(self.state_dict()), what="The SAE to save")  # a NaN file breaks every later command
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return None
