@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .errors import HfsaeError
 from .activations import FIRST_POSITION_USED, SKIP_FIRST_POSITION, load_language_model
-from .folder import ANALYSIS_DIR, check_output_dir, read_json, staged_folder, write_json_atomic
+from .folder import ANALYSIS_DIR, check_output_folder, read_json, staged_folder, write_json_atomic
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
 DATASET_CARD_TEMPLATE = "dataset.md"
@@ -449,7 +449,7 @@ def analyze(
     if context_before < 0 or context_after < 0:
         raise AnalysisError(f"context_before and context_after must be 0 or more; got {context_before}, {context_after}.")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(sae)
-    check_output_dir(output_dir, overwrite=overwrite, replaces=ANALYSIS_FILES, how_to_overwrite=HOW_TO_OVERWRITE)
+    check_output_folder(output_dir, overwrite=overwrite, replaces=ANALYSIS_FILES, how_to_overwrite=HOW_TO_OVERWRITE)
     if model is None or tokenizer is None:
         model, tokenizer = _load_base_model(sae)
     texts = _default_texts(sae) if texts is None else texts

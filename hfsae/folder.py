@@ -244,7 +244,7 @@ def _listing(names: list[str]) -> str:
     return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def check_output_dir(
+def check_output_folder(
     destination: str | os.PathLike,
     *,
     overwrite: bool,
@@ -333,12 +333,12 @@ def staged_folder(
     """Yield an empty folder beside `destination`; on success it becomes `destination` in one swap.
 
     On an error the staged folder is removed and `destination` is left as it was: a crash mid-write
-    never leaves a folder that loads but holds half an SAE. What may be replaced is `check_output_dir`'s
+    never leaves a folder that loads but holds half an SAE. What may be replaced is `check_output_folder`'s
     rule (`overwrite`, `replaces`), checked before the block runs; a file that appeared in the
     destination meanwhile is not deleted: the old folder is then kept beside it, and named in a warning.
     Staging folders of killed processes are cleaned up first (`remove_stale_staging`).
     """
-    destination = check_output_dir(destination, overwrite=overwrite, replaces=replaces, how_to_overwrite=how_to_overwrite)
+    destination = check_output_folder(destination, overwrite=overwrite, replaces=replaces, how_to_overwrite=how_to_overwrite)
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(parent)

@@ -3,7 +3,7 @@
     results = train(TrainConfig())          # the built-in default: SmolLM2-135M, one middle layer
 
 Output (`output_dir`, refused when it is not empty unless overwrite_output_dir or resuming, and even then
-when it holds files training does not write: hfsae.folder.check_output_dir): a
+when it holds files training does not write: hfsae.folder.check_output_folder): a
 single SAE goes directly into output_dir; several go into subfolders named like
 `layers.10.resid_post/n8192_k32`, listed in `index.json` (hfsae.folder.write_index, what
 `hfsae.load_many` and `hookpoint=` read). Each folder is staged and swapped in whole: `config.json`
@@ -22,7 +22,7 @@ from ..folder import (
     CHECKPOINTS_DIR,
     TRAINING_CONFIG_FILE,
     TRAINING_METRICS_FILE,
-    check_output_dir,
+    check_output_folder,
     index_entry,
     staged_folder,
     write_index,
@@ -46,7 +46,7 @@ def check_output_dir(config: TrainConfig) -> Path | None:
         saved = TrainConfig.from_json_string(read_checkpoint_state(folder)["train_config"])
         config.check_resumable(saved, where=str(folder))
         return folder
-    check_output_dir(
+    check_output_folder(
         output_dir,
         overwrite=config.overwrite_output_dir,
         how_to_overwrite="--overwrite-output-dir to replace it, --resume-from-checkpoint last to continue the run saved in it",

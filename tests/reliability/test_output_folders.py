@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hfsae.folder import OutputDirError, check_output_dir, remove_stale_staging, staged_folder
+from hfsae.folder import OutputDirError, check_output_folder, remove_stale_staging, staged_folder
 
 
 def sae_files(folder, marker="old"):
@@ -35,9 +35,9 @@ def test_overwriting_refuses_a_folder_with_files_the_writer_does_not_write(tmp_p
 def test_a_writer_of_other_files_never_replaces_an_sae_folder(tmp_path):
     sae_files(tmp_path / "sae")
     with pytest.raises(OutputDirError, match=r"sae holds files this command does not write \(config\.json, model"):
-        check_output_dir(tmp_path / "sae", overwrite=True, replaces=("latents.parquet", "analysis.json"))
+        check_output_folder(tmp_path / "sae", overwrite=True, replaces=("latents.parquet", "analysis.json"))
     with pytest.raises(OutputDirError, match=r"\(config\.json, model\.safetensors\)"):
-        check_output_dir(tmp_path / "sae", overwrite=True, replaces=None)
+        check_output_folder(tmp_path / "sae", overwrite=True, replaces=None)
 
 
 def test_a_previous_multi_sae_run_with_checkpoints_may_be_overwritten(tmp_path):
@@ -48,13 +48,13 @@ def test_a_previous_multi_sae_run_with_checkpoints_may_be_overwritten(tmp_path):
     (out / "checkpoints" / "step-00000002").mkdir()
     (out / "checkpoints" / "step-00000002" / "state.safetensors").write_text("x")
     (out / ".README.md.abc.tmp").write_text("half")
-    assert check_output_dir(out, overwrite=True) == out
+    assert check_output_folder(out, overwrite=True) == out
 
 
 def test_a_file_given_as_output_folder_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputDirError, match="is a file, not a folder"):
-        check_output_dir(tmp_path / "file", overwrite=True)
+        check_output_folder(tmp_path / "file", overwrite=True)
 
 
 @pytest.mark.parametrize("output_dir", [".", "../a"])
@@ -74,7 +74,7 @@ def test_a_folder_holding_the_current_directory_is_never_replaced(tmp_path, monk
     (tmp_path / "a" / "checkpoints").mkdir()
     monkeypatch.chdir(tmp_path / "a" / "checkpoints")
     with pytest.raises(OutputDirError, match="holds the current directory"):
-        check_output_dir("..", overwrite=True)
+        check_output_folder("..", overwrite=True)
 
 
 def test_a_file_that_appears_during_the_write_is_kept_with_the_old_folder(tmp_path):
