@@ -76,7 +76,7 @@ def save_checkpoint(
         files = {name: file_sha256(staging / name) for name in (TENSORS_FILE, STATE_FILE)}
         write_json_atomic(staging / MANIFEST, {"format": FORMAT_VERSION, "step": step, "run_id": run_id, "sha256": files})
     if keep is not None:
-        for old in run_checkpoints(output_dir, run_id)[:-keep]:
+        for old in checkpoints_of_run(output_dir, run_id)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -125,7 +125,7 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return found
 
 
-def run_checkpoints(output_dir: str | Path, run_id: str) -> list[Path]:
+def checkpoints_of_run(output_dir: str | Path, run_id: str) -> list[Path]:
     """The checkpoints of run `run_id` under output_dir/checkpoints, oldest first (not hashed)."""
     return [folder for folder in checkpoints(output_dir) if _manifest(folder).get("run_id") == run_id]
 

@@ -46,7 +46,7 @@ from ..distributed.grid import ProcessGrid, init_process_grid
 from ..distributed.sharded import ShardedTopKSAE
 from ..distributed.stats import any_rank
 from ..modeling import TopKSAE, fired_latents, fvu
-from .checkpoint import load_checkpoint, remove_orphans, run_checkpoints, save_checkpoint
+from .checkpoint import checkpoints_of_run, load_checkpoint, remove_orphans, save_checkpoint
 from .config import TrainConfig
 from .data import StreamBatches, split_batch
 from .dead import DeadLatents
@@ -354,7 +354,7 @@ class Trainer:
     def _what_to_do(self) -> str:
         """The end of a divergence message: the options that diverged, what was kept, what to change."""
         config = self.config
-        saved = run_checkpoints(config.output_dir, self.run_id) if config.save_steps else []
+        saved = checkpoints_of_run(config.output_dir, self.run_id) if config.save_steps else []
         if saved:
             kept = f"the last checkpoint, {saved[-1]}, is kept"
         else:
