@@ -36,12 +36,14 @@ from tqdm.auto import tqdm
 
 from .errors import HfsaeError
 from .activations import FIRST_POSITION_USED, SKIP_FIRST_POSITION, load_language_model
-from .folder import ANALYSIS_DIR, read_json, staged_folder, write_json_atomic
+from .folder import ANALYSIS_DIR, check_output_folder, read_json, staged_folder, write_json_atomic
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 
 DATASET_CARD_TEMPLATE = "dataset.md"
 LATENTS_FILE = "latents.parquet"
 SUMMARY_FILE = "analysis.json"
+ANALYSIS_FILES = (LATENTS_FILE, SUMMARY_FILE)  # all that an analysis folder holds: what overwriting may replace
+HOW_TO_OVERWRITE = "overwrite=True (--overwrite-output-dir) to replace the analysis in it"
 
 
 HISTOGRAM_HEADROOM = 1 + 2**-10
@@ -415,6 +417,7 @@ def analyze(
     n_histogram_bins: int = 32,
     n_logit_tokens: int = 10,
     output_dir: str | os.PathLike | None = None,
+    overwrite: bool = False,
     seed: int = 0,
     quiet: bool = False,
 ):
@@ -423,7 +426,9 @@ def analyze(
     `model`/`tokenizer` default to the SAE's `config.base_model` (the built-in SmolLM2 for
     "builtin"); `texts` (strings, or a `TextSource`) to its training text (the built-in corpus for
     "builtin"). The result is
-    saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`.
+    saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`; a
+    non-empty `output_dir` is refused before any work unless `overwrite`, and even then unless it holds only a
+    previous analysis.
     Each context's first position is left out of the statistics as everywhere else
     (`hfsae.activations.positions_used`); it still shows in the context windows.
 
@@ -437,9 +442,14 @@ def analyze(
     context_size = context_size or config.context_size or 64
     if context_size < 2:
         raise AnalysisError(f"context_size must be at least 2; got {context_size}.")
-    if n_tokens < 1:
-        raise AnalysisError(f"n_tokens must be positive; got {n_tokens}.")
+    for name, value in (("n_tokens", n_tokens), ("batch_size", batch_size), ("n_top_examples", n_top_examples),
+                        ("n_random_examples", n_random_examples), ("n_logit_tokens", n_logit_tokens)):  # fmt: skip
+        if value < 1:
+            raise AnalysisError(f"{name} must be at least 1; got {value}.")
+    if context_before < 0 or context_after < 0:
+        raise AnalysisError(f"context_before and context_after must be 0 or more; got {context_before}, {context_after}.")
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(sae)
+    check_output_folder(output_dir, overwrite=overwrite, replaces=ANALYSIS_FILES, how_to_overwrite=HOW_TO_OVERWRITE)
     if model is None or tokenizer is None:
         model, tokenizer = _load_base_model(sae)
     texts = _default_texts(sae) if texts is None else texts
@@ -495,7 +505,7 @@ def analyze(
         n_random_examples=n_random_examples,
     )
     dataset = latent_dataset(statistics, tokenizer, effects)
-    save_analysis(dataset, settings, output_dir)
+    save_analysis(dataset, settings, output_dir, overwrite=overwrite)
     return dataset
 
 
@@ -608,11 +618,12 @@ def latent_dataset(statistics: LatentStatistics, tokenizer, effects=None):
 # ---- saving and loading ------------------------------------------------------------------------------
 
 
-def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.PathLike) -> Path:
-    """Write latents.parquet and analysis.json into output_dir, replacing a previous analysis whole."""
+def save_analysis(dataset, settings: AnalysisSettings, output_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Write latents.parquet and analysis.json into output_dir; with `overwrite`, replace a previous analysis whole
+    (never a folder holding anything else, such as the SAE itself)."""
     # Staged and swapped in whole: a crash mid-write never leaves a parquet file beside the
     # analysis.json of another analysis.
-    with staged_folder(output_dir, overwrite=True) as staging:
+    with staged_folder(output_dir, overwrite=overwrite, replaces=ANALYSIS_FILES, how_to_overwrite=HOW_TO_OVERWRITE) as staging:
         pyarrow.parquet.write_table(dataset.data.table, staging / LATENTS_FILE)
         write_json_atomic(staging / SUMMARY_FILE, asdict(settings))
     return Path(output_dir)

@@ -55,7 +55,7 @@ COMMANDS: dict[str, Command] = {
         ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens).", ("src", "dst")
     ),
     "list": Command(ListArgs, run_list, "List SAEs known by name (--base-model to filter); --remote adds Hub models tagged hfsae."),
-    "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card."),
+    "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card.", ("folder", "repo_id")),
     "card": Command(CardArgs, run_card, "Write (or rewrite) the README.md model card and figures of a saved SAE folder."),
     "sweep": Command(SweepConfig, run_sweep, "Train a grid of (n_latents, k) SAEs from one activation stream, then fit scaling laws."),
     "scaling": Command(
@@ -136,7 +136,9 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Command, Any]:
 # exception class of the libraries that read the user's files, data and the Hub (a corrupt
 # safetensors file, a malformed jsonl, a config failing huggingface_hub's strict validation).
 USER_ERRORS = (ValueError, LookupError, OSError, ImportError)
-USER_ERROR_LIBRARIES = ("huggingface_hub", "safetensors", "datasets", "pyarrow", "tokenizers")
+# huggingface_hub's HTTP client: httpx up to huggingface_hub 1.x, its successor httpx2 since 2.0.
+NETWORK_LIBRARIES = ("httpx", "httpx2")
+USER_ERROR_LIBRARIES = ("huggingface_hub", "safetensors", "datasets", "pyarrow", "tokenizers", *NETWORK_LIBRARIES)
 
 
 def is_user_error(err: BaseException) -> bool:
@@ -164,6 +166,19 @@ def error_line(err: BaseException) -> str:
             parts.append(message)
         err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
     return ": ".join([part.rstrip(".") for part in parts[:-1]] + parts[-1:])
+
+
+def _network_hint(err: BaseException) -> str:
+    """What to do when the Hub could not be reached at all (a transport error: refused, timed out, no DNS)."""
+    unreachable = any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0] in NETWORK_LIBRARIES for cls in type(err).__mro__
+    )
+    if not unreachable:
+        return ""
+    from huggingface_hub import constants
+
+    return (f" (the Hub at {constants.ENDPOINT} cannot be reached: check the network and HF_ENDPOINT, or set "
+            "HF_HUB_OFFLINE=1 to use only what is in the local cache)")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -208,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         if is_user_error(err):
-            print(f"hfsae: error: {error_line(err)}", file=sys.stderr)
+            print(f"hfsae: error: {error_line(err)}{_network_hint(err)}", file=sys.stderr)
         else:
             print(
                 f"hfsae: error: unexpected {type(err).__name__}: {error_line(err)}. This is probably a bug in "

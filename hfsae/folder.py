@@ -10,6 +10,7 @@ A single SAE folder (what `TopKSAE.save_pretrained`, `hfsae train`, `hfsae eval`
     eval_results.json             the metrics of `hfsae eval`
     n2g_explanations.json         token-pattern explanations of latents
     analysis/                     `hfsae analyze`: latents.parquet + analysis.json
+    checkpoints/                  training checkpoints (hfsae.training.checkpoint), never published
 
 A multi-SAE folder or Hub repo holds one such folder per SAE, listed in index.json:
 
@@ -27,6 +28,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +46,7 @@ EVAL_RESULTS_FILE = "eval_results.json"
 N2G_FILE = "n2g_explanations.json"
 INDEX_FILE = "index.json"
 ANALYSIS_DIR = "analysis"
+CHECKPOINTS_DIR = "checkpoints"  # hfsae.training.checkpoint writes them
 
 INDEX_FORMAT = "hfsae-index"
 INDEX_VERSION = 1
@@ -103,6 +106,31 @@ def read_json(path: str | os.PathLike) -> dict[str, Any]:
     return value
 
 
+def saved_tensor_shapes(folder: str | os.PathLike) -> dict[str, list[int]] | None:
+    """{tensor name: shape} of an SAE folder's weights, read from the safetensors headers alone (no tensor data
+    is read or allocated), or None when the folder has no safetensors weights."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if (folder / f"{WEIGHTS_FILE}.index.json").is_file():  # save_pretrained(max_shard_size=...)
+        files = sorted(set(read_json(folder / f"{WEIGHTS_FILE}.index.json").get("weight_map", {}).values()))
+    elif (folder / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
+    else:
+        return None
+    shapes = {}
+    for file in files:
+        try:
+            with safe_open(folder / check_folder_name(file), framework="pt") as handle:
+                shapes.update({name: handle.get_slice(name).get_shape() for name in handle.keys()})  # noqa: SIM118
+        except (OSError, SAEFolderError):
+            raise
+        except Exception as err:  # safetensors raises its own error types for a damaged file
+            raise SAEFolderError(f"{folder / file} is not a readable safetensors file ({err}); re-save or re-download "
+                                 "the SAE.") from err  # fmt: skip
+    return shapes
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` so that readers see the old file or the new one, never half of one.
 
@@ -135,36 +163,215 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
+class OutputDirError(HfsaeError, FileExistsError):
+    """Writing an output folder would lose files already there (or the folder cannot be written at all)."""
+
+
+class NonFiniteWeightsError(HfsaeError, ValueError):
+    """Weights hold NaN or infinite values: they are never saved, and refused on load."""
+
+
+def non_finite_tensors(tensors: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors (torch) of `tensors` that hold a NaN or an infinity."""
+    return [name for name, tensor in tensors.items() if tensor.is_floating_point() and not bool(tensor.isfinite().all())]
+
+
+def check_finite(tensors: dict[str, Any], *, what: str) -> None:
+    """NonFiniteWeightsError naming the tensors of `what` (a file, an SAE) that hold NaN or infinite values."""
+    bad = non_finite_tensors(tensors)
+    if bad:
+        raise NonFiniteWeightsError(
+            f"{what} holds NaN or infinite values in {', '.join(bad)}: the training diverged or the file is "
+            "damaged. Train again with a lower learning rate, or re-download the SAE."
+        )
+
+
+# What `hfsae train` (and convert, sweep) may replace when told to overwrite: everything an SAE folder or a
+# multi-SAE folder holds, at any depth. '**' stands for any number of folders; '*' never crosses a '/'.
+SAE_OUTPUT = (
+    *(f"**/{pattern}" for pattern in PUBLISHED_FILES),
+    f"**/{INDEX_FILE}",
+    f"**/{CHECKPOINTS_DIR}/**",
+)
+# A write_bytes_atomic temporary left by a killed process: every writer may replace its own.
+_TEMPORARY_FILES = ("**/.*.tmp",)
+# Staging and retired folders beside a destination: `.NAME.staging-PID-xxxx`, `.NAME.old-PID-xxxx`.
+_STAGING_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>staging|old)-(?P<pid>\d+)-[^.]+$")
+
+
+def _matches_parts(parts: list[str], pieces: list[str]) -> bool:
+    if not pieces:
+        return not parts
+    if pieces[0] == "**":
+        return any(_matches_parts(parts[start:], pieces[1:]) for start in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pieces[0]) and _matches_parts(parts[1:], pieces[1:])
+
+
+def _files(folder: Path) -> Iterator[str]:
+    """Every file (or link, or empty folder) under `folder`, as relative '/'-separated paths."""
+    for root, directories, files in os.walk(folder):
+        relative = Path(root).relative_to(folder)
+        for name in files + [name for name in directories if os.path.islink(Path(root) / name)]:
+            yield (relative / name).as_posix()
+        if not directories and not files and Path(root) != folder:
+            yield relative.as_posix() + "/"
+
+
+def foreign_files(folder: str | os.PathLike, replaces: Iterable[str] | None) -> list[str]:
+    """The files of `folder` that a writer of `replaces` (glob patterns, see SAE_OUTPUT) did not write.
+
+    `replaces=None` stands for a writer of anything but SAEs: only an SAE's own files are foreign to it.
+    """
+    folder = Path(folder)
+    if replaces is None:
+        return sorted(name for name in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE) if (folder / name).exists())
+    pieces = [pattern.split("/") for pattern in (*replaces, *_TEMPORARY_FILES)]
+    return sorted(
+        relative for relative in _files(folder)
+        if not any(_matches_parts(relative.rstrip("/").split("/"), piece) for piece in pieces)
+    )  # fmt: skip
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """`path` made absolute with its parent resolved: '.' and '../a' keep meaning the same folder after a chdir
+    or once the folder they were relative to has been moved."""
+    path = Path(path).absolute()
+    if path.name in ("", ".", ".."):
+        return path.resolve()
+    return path.parent.resolve() / path.name
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def check_output_folder(
+    destination: str | os.PathLike,
+    *,
+    overwrite: bool,
+    replaces: Iterable[str] | None = SAE_OUTPUT,
+    how_to_overwrite: str | None = None,
+) -> Path:
+    """The absolute path of `destination` if it may be written; OutputDirError otherwise, before any work.
+
+    A folder that is absent or empty may be written. A non-empty one only with `overwrite`, and then only
+    when every file in it is one the writer itself writes (`replaces`, see `foreign_files`): overwriting
+    never deletes a file the user did not ask to lose, and never the folder the process works in.
+    `how_to_overwrite` says how to allow overwriting ('--overwrite-output-dir to replace it'), when a caller can.
+    """
+    path = _absolute(destination)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{destination} is a file, not a folder; choose a folder to write to.")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not overwrite:
+        what_to_do = f"Pass {how_to_overwrite}, or choose another folder" if how_to_overwrite else "Choose another folder, or empty it first"
+        raise OutputDirError(f"{destination} already exists and is not empty. {what_to_do}.")
+    if path.resolve() in Path.cwd().resolve().parents:
+        raise OutputDirError(
+            f"{destination} holds the current directory ({Path.cwd()}); replacing it would delete the folder you "
+            "are working in. Run from outside it, or choose another folder."
+        )
+    foreign = foreign_files(path, replaces)
+    if foreign:
+        raise OutputDirError(
+            f"{destination} holds files this command does not write ({_listing(foreign)}); overwriting replaces "
+            "only its own output, so nothing else is lost. Move them away, or choose another folder."
+        )
+    return path
+
+
+def _is_running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(parent: str | os.PathLike) -> None:
+    """Clean up after processes killed mid-`staged_folder` in `parent`: their staging folders are removed, and
+    a folder they had retired comes back when its destination is missing (the kill fell between the swaps)."""
+    parent = Path(parent)
+    for child in parent.iterdir() if parent.is_dir() else []:
+        match = _STAGING_NAME.match(child.name)
+        if not match or not child.is_dir() or _is_running(int(match["pid"])):
+            continue
+        destination, retired = parent / match["name"], child / match["name"]
+        if match["kind"] == "old" and retired.is_dir() and not destination.exists():
+            os.replace(retired, destination)
+        shutil.rmtree(child, ignore_errors=True)
+
+
+def _swap(staging: Path, destination: Path, retired_parent: Path) -> None:
+    """Move `destination` into `retired_parent` and `staging` into its place. The current directory's folder
+    keeps its identity (its contents move, not the folder) so that the shell sitting in it still sees it."""
+    retired = retired_parent / destination.name
+    if destination.resolve() != Path.cwd().resolve():
+        os.replace(destination, retired)
+        os.replace(staging, destination)
+        return
+    retired.mkdir()
+    for entry in list(destination.iterdir()):
+        os.replace(entry, retired / entry.name)
+    for entry in list(staging.iterdir()):
+        os.replace(entry, destination / entry.name)
+    staging.rmdir()
+
+
 @contextmanager
-def staged_folder(destination: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def staged_folder(
+    destination: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    replaces: Iterable[str] | None = SAE_OUTPUT,
+    how_to_overwrite: str | None = None,
+) -> Iterator[Path]:
     """Yield an empty folder beside `destination`; on success it becomes `destination` in one swap.
 
     On an error the staged folder is removed and `destination` is left as it was: a crash mid-write
-    never leaves a folder that loads but holds half an SAE. A non-empty `destination` is refused
-    unless `overwrite`, in which case it is replaced whole (not merged).
+    never leaves a folder that loads but holds half an SAE. What may be replaced is `check_output_folder`'s
+    rule (`overwrite`, `replaces`), checked before the block runs; a file that appeared in the
+    destination meanwhile is not deleted: the old folder is then kept beside it, and named in a warning.
+    Staging folders of killed processes are cleaned up first (`remove_stale_staging`).
     """
-    destination = Path(destination)
-    if destination.is_file() or (destination.is_dir() and any(destination.iterdir()) and not overwrite):
-        raise FileExistsError(
-            f"{destination} already exists and is not an empty folder; choose another destination "
-            "or allow overwriting it (--overwrite-output-dir / overwrite=True)."
-        )
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    # A dot name: never published (PUBLISHED_FILES), and skipped by anything listing SAE folders.
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.staging-", dir=destination.parent))
+    destination = check_output_folder(destination, overwrite=overwrite, replaces=replaces, how_to_overwrite=how_to_overwrite)
+    parent = destination.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent)
+    # A dot name with our pid: never published (PUBLISHED_FILES), skipped by anything listing SAE folders,
+    # and removable by a later run once this process is gone.
+    prefix = f".{destination.name}.{{}}-{os.getpid()}-"
+    staging = Path(tempfile.mkdtemp(prefix=prefix.format("staging"), dir=parent))
     staging.chmod(0o755)  # mkdtemp makes it private; SAE folders are meant to be shared
     try:
         yield staging
-        if destination.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{destination.name}.old-", dir=destination.parent))
-            os.replace(destination, retired / destination.name)
-            os.replace(staging, destination)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, destination)
+        if not overwrite or not destination.exists():
+            try:
+                os.replace(staging, destination)  # atomic; refused by the OS if the folder filled up meanwhile
+            except OSError as err:
+                if destination.is_dir() and any(destination.iterdir()):
+                    raise OutputDirError(f"{destination} was filled by another process while this one wrote it; "
+                                         "choose another folder.") from err  # fmt: skip
+                raise
+            return
+        retired_parent = Path(tempfile.mkdtemp(prefix=prefix.format("old"), dir=parent))
+        _swap(staging, destination, retired_parent)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    retired = retired_parent / destination.name
+    foreign = foreign_files(retired, replaces)
+    if foreign:
+        kept = parent / f"{destination.name}.previous-{os.getpid()}"
+        os.replace(retired, kept)
+        warnings.warn(f"{destination} was replaced, but files this command does not write appeared in it while it "
+                      f"ran ({_listing(foreign)}); the previous folder is kept at {kept}.", stacklevel=3)  # fmt: skip
+    shutil.rmtree(retired_parent, ignore_errors=True)
 
 
 # ---- the multi-SAE index -----------------------------------------------------------------------------
@@ -180,7 +387,7 @@ def check_folder_name(name: Any, *, where: str | None = None) -> str:
     """`name` when it is a relative folder inside a repo ('layers.8' or 'layers.8/n64_k4'), else SAEFolderError.
 
     Refused: anything that could point outside the repo or differ between systems — absolute paths,
-    '..' or '.' parts, backslashes, empty parts.
+    '..' or '.' parts, backslashes, empty parts — and hidden parts ('.git'), which are never published.
     """
     problem = None
     if not isinstance(name, str) or not name:
@@ -193,6 +400,8 @@ def check_folder_name(name: Any, *, where: str | None = None) -> str:
         problem = "a '..' part leads out of the repo"
     elif "." in name.split("/") or "" in name.split("/"):
         problem = "it has an empty or '.' part"
+    elif any(part.startswith(".") for part in name.split("/")):
+        problem = "a part starting with '.' is hidden, and hidden files are never published"
     if problem:
         location = f"{where}: " if where else ""
         raise SAEFolderError(

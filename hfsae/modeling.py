@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -10,7 +11,7 @@ from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
 from .configuration import TopKSAEConfig
-from .folder import WEIGHTS_FILE, SAEFolderError
+from .folder import WEIGHTS_FILE, SAEFolderError, check_finite, saved_tensor_shapes
 from .pretrained import HubMixin
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
 from .ops.auxk import auxk_path
@@ -356,13 +357,33 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
 
 def _load_strictly(base_from_pretrained, location, *args, **kwargs):
-    """transformers' from_pretrained, then an SAEFolderError unless the weights are exactly this SAE's tensors."""
+    """transformers' from_pretrained, then an SAEFolderError unless the weights are exactly this SAE's finite tensors.
+
+    The weight file's header is checked against config.json before anything is allocated: an edited n_latents
+    must not reserve gigabytes (or crash) before the mismatch is found.
+    """
     want_info = kwargs.pop("output_loading_info", False)
     allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
+    folder = Path(location, kwargs.get("subfolder") or "")
+    weights = "/".join(str(part) for part in (location, kwargs.get("subfolder"), WEIGHTS_FILE) if part)
+    saved = saved_tensor_shapes(folder) if not allow_mismatch else None
+    if saved is not None:
+        config = kwargs.get("config")
+        config = config if isinstance(config, TopKSAEConfig) else TopKSAEConfig.from_pretrained(folder)
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            expected = {name: list(tensor.shape) for name, tensor in TopKSAE(config).state_dict().items()}
+        wrong = [name for name in sorted(expected.keys() & saved.keys()) if expected[name] != saved[name]]
+        if wrong:
+            name = wrong[0]
+            raise SAEFolderError(
+                f"{weights} does not hold the weights of the TopK SAE its config.json describes: {name} has shape "
+                f"{tuple(saved[name])} where config.json (d_in={config.d_in}, n_latents={config.n_latents}) needs "
+                f"{tuple(expected[name])}. It may come from another model or an edited config.json; re-save or "
+                "re-download the SAE."
+            )
     model, info = base_from_pretrained(
         location, *args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
     )
-    weights = "/".join(str(part) for part in (location, kwargs.get("subfolder"), WEIGHTS_FILE) if part)
     problems = []
     if info["missing_keys"]:
         problems.append(f"it lacks {', '.join(sorted(info['missing_keys']))}")
@@ -379,6 +400,8 @@ def _load_strictly(base_from_pretrained, location, *args, **kwargs):
             f"{weights} does not hold the weights of the TopK SAE its config.json describes: {'; '.join(problems)}. "
             "It may come from another model or an edited config.json; re-save or re-download the SAE."
         )
+    # A NaN weight would load and evaluate, then break eval, card and push on their own files: refuse it here.
+    check_finite(dict(model.state_dict()), what=weights)
     return (model, info) if want_info else model
 
 

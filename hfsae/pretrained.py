@@ -53,11 +53,12 @@ class HubMixin:
         With `push_to_hub=True` the folder is then pushed (see `push_to_hub`; `repo_id` defaults to the
         folder's name), with our card rather than transformers' generic one.
         """
-        from .folder import CARD_FILE
+        from .folder import CARD_FILE, check_finite
         from .hub.card import write_card
         from .hub.push import PUSH_OPTIONS, push_saved_folder
 
         push_options = {name: kwargs.pop(name) for name in PUSH_OPTIONS if name in kwargs}
+        check_finite(dict(self.state_dict()), what="The SAE to save")  # a NaN file breaks every later command
         super().save_pretrained(save_directory, *args, **kwargs)
         if not kwargs.get("is_main_process", True):
             return None

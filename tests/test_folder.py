@@ -70,11 +70,11 @@ def test_a_missing_json_file_is_file_not_found(tmp_path):
 def test_a_staged_folder_is_swapped_in_whole_on_success(tmp_path):
     destination = tmp_path / "sae"
     destination.mkdir()
-    (destination / "old.txt").write_text("old")
+    (destination / "model.safetensors").write_text("old")
     with staged_folder(destination, overwrite=True) as staging:
         assert staging.parent == tmp_path and staging.name.startswith(".")
         (staging / "config.json").write_text("{}")
-        assert (destination / "old.txt").exists()  # nothing changes until the block ends
+        assert (destination / "model.safetensors").exists()  # nothing changes until the block ends
     assert sorted(p.name for p in destination.iterdir()) == ["config.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["sae"]  # neither staging nor the old folder remains
 
@@ -94,8 +94,11 @@ def test_a_staged_folder_is_removed_on_error_and_the_destination_kept(tmp_path):
 def test_a_staged_folder_refuses_a_non_empty_destination_without_overwrite(tmp_path):
     (tmp_path / "sae").mkdir()
     (tmp_path / "sae" / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(FileExistsError, match=r"sae already exists.*overwrit"):
+    with pytest.raises(FileExistsError, match=r"sae already exists and is not empty. Choose another folder, or empty"):
         with staged_folder(tmp_path / "sae"):
+            pass
+    with pytest.raises(FileExistsError, match=r"not empty. Pass --overwrite-output-dir to replace it, or choose another"):
+        with staged_folder(tmp_path / "sae", how_to_overwrite="--overwrite-output-dir to replace it"):
             pass
     with staged_folder(tmp_path / "new" / "nested") as staging:  # parents are created
         (staging / "a").write_text("a")
@@ -128,6 +131,8 @@ def test_the_index_round_trips_in_natural_order(tmp_path):
         ("layers\\1", "backslash"),
         ("layers//1", "empty"),
         ("./layers.1", r"empty or '\.' part"),
+        (".git", "hidden"),
+        ("layers.1/.cache", "hidden"),
         ("", "non-empty string"),
         (3, "non-empty string"),
     ],

@@ -14,14 +14,13 @@ import functools
 import importlib.metadata
 import importlib.util
 import os
-import shutil
 import sysconfig
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import HfsaeError
+from ..folder import OutputDirError, staged_folder
 
 __all__ = [
     "BUILTIN_MODEL",
@@ -112,20 +111,14 @@ def _convert(gguf_path: Path, destination: Path) -> None:
         folder, gguf_file=file, quantization_config=GgufConfig(dequantize=True), dtype="float32"
     )
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a temporary folder beside the destination and rename it into place: a crash
-    # mid-save must not leave a folder that looks complete.
-    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+    # Staged and renamed into place: a crash mid-save must not leave a folder that looks complete.
     try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(destination)
-        except OSError:
-            if not (destination / "config.json").is_file():  # not a concurrent, finished conversion
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        with staged_folder(destination) as staging:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+    except OutputDirError:
+        if not (destination / "config.json").is_file():  # not a concurrent, finished conversion
+            raise
 
 
 def builtin_model_folder(*, quiet: bool = True) -> Path:

@@ -20,7 +20,9 @@ from ..errors import HfsaeError
 
 __all__ = [
     "MODEL_DTYPES",
+    "DeviceError",
     "LanguageModelError",
+    "check_device",
     "cpu_default_dtype",
     "load_builtin_model",
     "load_language_model",
@@ -43,6 +45,40 @@ def cpu_default_dtype() -> torch.dtype:
 
 class LanguageModelError(HfsaeError, FileNotFoundError):
     """The language model (or the asked revision of it) cannot be loaded."""
+
+
+class DeviceError(HfsaeError, ValueError):
+    """The device (or device_map) asked for is not a device, or not one this machine has."""
+
+
+# device_map values that name a placement strategy of Accelerate rather than one device.
+PLACEMENTS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device(value: str | int | torch.device, *, option: str = "device") -> None:
+    """DeviceError unless `value` names a device this machine has ('cpu', 'cuda', 'cuda:1', 0, ...)."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError) as err:
+        raise DeviceError(f"{option}={value!r} is not a device; give 'cpu', 'cuda', 'cuda:0', 'mps', ...") from err
+    backend = getattr(torch, device.type, None)
+    if device.type == "cpu" or device.type == "meta":
+        return
+    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+        raise DeviceError(
+            f"{option}={value!r} asks for a {device.type} device, but torch here has none "
+            f"(torch {torch.__version__}); use 'cpu', or install a torch build for that device."
+        )
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if device.index is not None and device.index >= count:
+        raise DeviceError(f"{option}={value!r}: this machine has {count} {device.type} device(s), 0–{count - 1}.")
+
+
+def _check_device_map(device_map: str | dict) -> None:
+    values = device_map.values() if isinstance(device_map, dict) else [device_map]
+    for value in values:
+        if not (isinstance(value, str) and value in (*PLACEMENTS, "disk")):
+            check_device(value, option="device_map")
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device | None) -> torch.dtype:
@@ -83,6 +119,10 @@ def load_language_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if device_map is None:
+        check_device(device)
+    else:
+        _check_device_map(device_map)
     torch_dtype = resolve_dtype(dtype, device if device_map is None else "cuda")
     if is_builtin(name):
         if revision is not None:

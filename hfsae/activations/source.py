@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from hfsae.activations.cache import ActivationCache
+from hfsae.activations.cache import ActivationCache, model_fingerprint, tokenizer_fingerprint
 from hfsae.activations.hook_points import HookPoint, capture, resolve
 from hfsae.activations.positions import FIRST_POSITION_USED, positions_used
 from hfsae.activations.text import TextPosition, TextSource, token_contexts
@@ -38,19 +38,6 @@ __all__ = ["SPREAD", "ActivationSource", "TextSource"]
 
 # A block's rows leave the buffer over this many stages (see the module docstring).
 SPREAD = 4
-
-
-def _model_fingerprint(model: nn.Module) -> dict:
-    """What identifies a model's weights for the activation cache, without hashing all of them."""
-    config = getattr(model, "config", None)
-    first = next(model.parameters())
-    return {
-        "name": getattr(model, "name_or_path", type(model).__name__),
-        "config": config.to_json_string(use_diff=False) if config is not None else None,
-        # Sums of a few tensors catch a fine-tuned model saved under the same name.
-        "weights": [float(p.detach().double().sum()) for p in list(model.parameters())[:4]],
-        "dtype": str(first.dtype),
-    }
 
 
 def _n_rows(rows: dict[str, torch.Tensor]) -> int:
@@ -195,8 +182,8 @@ class ActivationSource:
 
     def _description(self) -> dict:
         return {
-            "model": _model_fingerprint(self.model),
-            "tokenizer": [getattr(self.tokenizer, "name_or_path", None), len(self.tokenizer)],
+            "model": model_fingerprint(self.model, self.hook_points),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
             "hook_points": [point.name for point in self.hook_points],
             "context_size": self.context_size,
             "first_position_used": FIRST_POSITION_USED,

@@ -30,6 +30,7 @@ __all__ = [
     "TextColumnError",
     "TextPosition",
     "TextSource",
+    "TextValueError",
     "token_contexts",
 ]
 
@@ -45,6 +46,36 @@ class DatasetUnavailableError(HfsaeError, FileNotFoundError):
 
 class TextColumnError(HfsaeError, LookupError):
     """The dataset has no column with the requested name."""
+
+
+class TextValueError(HfsaeError, ValueError):
+    """A document is not text: a number, a list or another non-string value where text was expected."""
+
+
+# Bytes read from the start of a local text file to tell a binary file from text.
+SNIFF_BYTES = 8192
+
+
+def _checked_text(value, where: str):
+    """`value` when it is a string or empty (None, ''); TextValueError otherwise."""
+    if value is None or isinstance(value, str):
+        return value
+    raise TextValueError(
+        f"{where} holds {type(value).__name__} values (such as {str(value)[:60]!r}), not text; name a column "
+        "of strings (text_column=, --text-column)."
+    )
+
+
+def _refuse_binary(files: list[str]) -> None:
+    """A text-format file (json, jsonl, txt, csv) that holds NUL bytes is binary, not text: say so by name."""
+    for file in files:
+        if Path(file).suffix.lower() != ".parquet":
+            with open(file, "rb") as handle:
+                if b"\0" in handle.read(SNIFF_BYTES):
+                    raise DatasetUnavailableError(
+                        f"{file} holds NUL bytes, so it is not a {Path(file).suffix} text file; give UTF-8 text "
+                        f"files ({'/'.join(FILE_BUILDERS)})."
+                    )
 
 
 def _hub_offline() -> bool:
@@ -154,6 +185,7 @@ class TextSource:
                     f"{self.dataset!r} mixes file types {sorted(str(b) for b in builders)}; give files "
                     f"of one type ({'/'.join(FILE_BUILDERS)})."
                 )
+            _refuse_binary(files)
             try:
                 return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=self.streaming)
             except StopIteration:  # `datasets` finds no first row to infer the columns from
@@ -189,6 +221,7 @@ class TextSource:
         index = start
         for batch in loaded.iter(batch_size=DOCUMENT_BATCH):
             for text in batch["text"]:
+                text = _checked_text(text, f"Column {self.text_column!r} of dataset {self.dataset!r}")
                 if text and self.in_split(text):
                     yield index, text
                 index += 1
@@ -235,7 +268,9 @@ def token_contexts(
     elif isinstance(text, str):
         raise TypeError("token_contexts takes a TextSource or an iterable of documents, not one string; wrap it in a list.")
     else:
-        documents = ((index, doc) for index, doc in enumerate(text) if index >= start.document and doc)
+        documents = (
+            (index, doc) for index, doc in enumerate(text) if index >= start.document and _checked_text(doc, f"Document {index}")
+        )
     while True:
         batch = [doc for _, doc in zip(range(DOCUMENT_BATCH), documents)]
         if not batch:

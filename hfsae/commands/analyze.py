@@ -36,6 +36,10 @@ class AnalyzeArgs:
         default=None,
         metadata={"help": "Where to write (default: <SAE folder>/analysis)."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the analysis already in --output-dir (a folder holding anything else is never replaced)."},
+    )
     push_to_hub: str | None = field(
         default=None,
         metadata={"help": "Also push the dataset, its settings and its card to this Hub dataset repo, 'org/name'."},
@@ -67,6 +71,7 @@ def run_analyze(args: AnalyzeArgs):
         n_top_examples=args.n_top_examples,
         n_random_examples=args.n_random_examples,
         output_dir=args.output_dir,
+        overwrite=args.overwrite_output_dir,
         quiet=args.quiet,
     )
     where = Path(args.output_dir) if args.output_dir else default_output_dir(sae)

@@ -244,6 +244,22 @@ class SweepRun:
     compute: float | None  # training FLOPs, estimated as 6 · tokens · n_latents · d_in when not recorded
 
 
+def _number(values: dict, name: str, path: Path, *, whole: bool = False, required: bool = True):
+    """values[name] as a finite positive number (an int when `whole`); None when absent and not `required`."""
+    value = values.get(name)
+    if value is None and not required:
+        return None
+    kind = "a whole number" if whole else "a number"
+    ok = isinstance(value, int) if whole else isinstance(value, (int, float)) and math.isfinite(value)
+    if isinstance(value, bool) or not ok or value <= 0:
+        found = "nothing" if value is None else repr(value)
+        raise ScalingFitError(
+            f"{path} should hold {name!r} as {kind} above 0; it holds {found}. Re-create the file by training "
+            "that SAE again, or remove its folder from the sweep."
+        )
+    return value
+
+
 def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
     """Every SAE folder under sweep_dir with both config.json and training_metrics.json, sorted by (k, n)."""
     sweep_dir = Path(sweep_dir)
@@ -257,16 +273,13 @@ def read_sweep(sweep_dir: str | Path) -> list[SweepRun]:
         if not metrics_path.is_file():
             continue
         config, metrics = read_json(config_path), read_json(metrics_path)
-        if "fvu" not in metrics:
-            raise ScalingFitError(f"{metrics_path} has no 'fvu'; keys are {sorted(metrics)}.")
-        tokens = metrics.get("tokens")
-        n, k, d = int(config["n_latents"]), int(config["k"]), int(config["d_in"])
+        n, k, d = (_number(config, name, config_path, whole=True) for name in ("n_latents", "k", "d_in"))
+        fvu = _number(metrics, "fvu", metrics_path)
+        tokens = _number(metrics, "tokens", metrics_path, whole=True, required=False)
         # The dense encoder matmul dominates a TopK SAE's step (docs/method.md §6): 2 FLOPs per
         # multiply-add, forward plus two backward products, hence 6 · tokens · n · d.
-        compute = metrics.get("flops") or (6.0 * tokens * n * d if tokens else None)
-        runs.append(
-            SweepRun(config_path.parent, config.get("hook_point"), n, k, d, float(metrics["fvu"]), tokens, compute)
-        )
+        compute = _number(metrics, "flops", metrics_path, required=False) or (6.0 * tokens * n * d if tokens else None)
+        runs.append(SweepRun(config_path.parent, config.get("hook_point"), n, k, d, fvu, tokens, compute))
     if not runs:
         raise ScalingFitError(
             f"no SAE folder with config.json and training_metrics.json under {str(sweep_dir)!r}; "

@@ -25,6 +25,7 @@ from ..folder import (
     CARD_FILE,
     CONFIG_FILE,
     INDEX_FILE,
+    check_finite,
     check_folder_name,
     index_entry,
     publishable_files,
@@ -90,13 +91,14 @@ def push_folder(
     multi = (folder / INDEX_FILE).is_file()
     if not multi and not (folder / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no saved SAE (no {CONFIG_FILE} or {INDEX_FILE}); save one first.")
+    # Everything that can be wrong locally is checked before the first request: a refused push creates nothing.
+    prefix = f"{check_folder_name(path_in_repo.strip('/'))}/" if path_in_repo.strip("/") else ""
+    entries = read_index(folder / INDEX_FILE)["saes"] if multi else []
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision and revision != "main":
         api.create_branch(repo_id, branch=revision, exist_ok=True)
-    prefix = f"{check_folder_name(path_in_repo.strip('/'))}/" if path_in_repo.strip("/") else ""
     if multi:
-        entries = read_index(folder / INDEX_FILE)["saes"]
         for entry in entries:
             if (folder / entry["folder"] / CONFIG_FILE).is_file():
                 write_card(folder / entry["folder"], repo_id=repo_id, subfolder=entry["folder"])
@@ -130,6 +132,7 @@ def push_saved_folder(save_directory: str | os.PathLike, *, repo_id: str | None 
 
 def save_for_push(sae: Any, folder: Path) -> None:
     """Config and weights only: transformers' own save_pretrained, not HubMixin's, whose card push_folder would redo."""
+    check_finite(dict(sae.state_dict()), what="The SAE to push")
     PreTrainedModel.save_pretrained(sae, folder)
 
 
@@ -156,16 +159,18 @@ def push_to_hub(
     Options as `push_folder`: revision, create_pr, commit_message, commit_description, private, token, tags.
     """
     folder = folder or subfolder
+    if folder:
+        check_folder_name(folder)  # before the repo is created: a refused name leaves nothing behind
     with tempfile.TemporaryDirectory(prefix="hfsae-push-") as staging:
         staging = Path(staging)
         if not folder:
             save_for_push(sae, staging)
             return push_folder(staging, repo_id, **options)
+        save_for_push(sae, staging / folder)
         api = HfApi(token=options.get("token"))
         repo_id = api.create_repo(repo_id, private=options.get("private"), exist_ok=True).repo_id
         old = existing_entries(api, repo_id, options.get("revision"))
-        entries = merge_entries(old, [index_entry(folder, sae.config)])  # checks the folder name
-        save_for_push(sae, staging / folder)
+        entries = merge_entries(old, [index_entry(folder, sae.config)])
         write_index(staging, entries)
         return push_folder(staging, repo_id, **options)
 
@@ -176,11 +181,11 @@ def push_many(saes: dict[str, Any], repo_id: str, **options: Any) -> CommitInfo:
         raise ValueError("push_many needs at least one SAE; got an empty mapping.")
     with tempfile.TemporaryDirectory(prefix="hfsae-push-") as staging:
         staging = Path(staging)
+        for name, sae in saes.items():  # names and weights are checked before the repo is created
+            save_for_push(sae, staging / check_folder_name(name))
         api = HfApi(token=options.get("token"))
         repo_id = api.create_repo(repo_id, private=options.get("private"), exist_ok=True).repo_id
         old = existing_entries(api, repo_id, options.get("revision"))
         entries = merge_entries(old, [index_entry(name, sae.config) for name, sae in saes.items()])
-        for name, sae in saes.items():
-            save_for_push(sae, staging / name)
         write_index(staging, entries)
         return push_folder(staging, repo_id, **options)

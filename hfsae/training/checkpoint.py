@@ -2,10 +2,10 @@
 
 A checkpoint is a folder `output_dir/checkpoints/step-00000100/` holding `state.safetensors` (every
 tensor, by flat name), `trainer_state.json` (everything else) and, written last, `manifest.json`
-(the run it belongs to and the sha256 of each file). It is written under a temporary name and
-renamed into place, so a crash mid-write leaves either no checkpoint or a complete one; one without
-a manifest, or whose files do not hash to it, is never loaded. No pickles: tensors go to
-safetensors, the rest to JSON.
+(the run it belongs to and the sha256 of each file). It is staged and renamed into place
+(hfsae.folder.staged_folder), so a crash mid-write leaves either no checkpoint or a complete one; one
+without a manifest, whose files do not hash to it, or holding NaN or infinite values is never loaded.
+No pickles: tensors go to safetensors, the rest to JSON.
 """
 
 from __future__ import annotations
@@ -19,14 +19,21 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import HfsaeError
-from ..folder import file_sha256, read_json, write_json_atomic
+from ..folder import (
+    CHECKPOINTS_DIR,
+    NonFiniteWeightsError,
+    check_finite,
+    file_sha256,
+    read_json,
+    remove_stale_staging,
+    staged_folder,
+    write_json_atomic,
+)
 
-CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 TENSORS_FILE = "state.safetensors"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 2
-_TEMPORARY_PREFIX = ".tmp-"
 
 
 class CheckpointError(HfsaeError, ValueError):
@@ -39,10 +46,8 @@ def checkpoint_name(step: int) -> str:
 
 
 def remove_orphans(output_dir: str | Path) -> None:
-    """Delete temporary checkpoint folders left by a process killed mid-write."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    for orphan in root.glob(f"{_TEMPORARY_PREFIX}*") if root.is_dir() else []:
-        shutil.rmtree(orphan, ignore_errors=True)
+    """Delete the staging folders of checkpoints whose writer was killed mid-write."""
+    remove_stale_staging(Path(output_dir) / CHECKPOINTS_DIR)
 
 
 def save_checkpoint(
@@ -54,31 +59,24 @@ def save_checkpoint(
     run_id: str,
     keep: int | None = 2,
 ) -> Path:
-    """Write a checkpoint atomically; keep only the newest `keep` of run `run_id` (None: all). Returns it."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / checkpoint_name(step)
-    temporary = root / f"{_TEMPORARY_PREFIX}{checkpoint_name(step)}-{os.getpid()}"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir()
-    try:
-        contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
-        save_file(contiguous, temporary / TENSORS_FILE)
-        with open(temporary / TENSORS_FILE, "rb+") as handle:
+    """Write a checkpoint atomically; keep only the newest `keep` of run `run_id` (None: all). Returns it.
+
+    Tensors holding NaN or infinite values are refused (NonFiniteWeightsError): resuming from them could
+    only diverge again, and they would push the last good checkpoint out.
+    """
+    contiguous = {name: tensor.detach().contiguous().cpu() for name, tensor in tensors.items()}
+    check_finite(contiguous, what=f"The checkpoint of step {step}")
+    final = Path(output_dir) / CHECKPOINTS_DIR / checkpoint_name(step)
+    with staged_folder(final, overwrite=True, replaces=(TENSORS_FILE, STATE_FILE, MANIFEST)) as staging:
+        save_file(contiguous, staging / TENSORS_FILE)
+        with open(staging / TENSORS_FILE, "rb+") as handle:
             os.fsync(handle.fileno())
-        write_json_atomic(temporary / STATE_FILE, state)
+        write_json_atomic(staging / STATE_FILE, state)
         # The manifest goes last: its presence certifies that the files before it are complete.
-        files = {name: file_sha256(temporary / name) for name in (TENSORS_FILE, STATE_FILE)}
-        write_json_atomic(temporary / MANIFEST, {"format": FORMAT_VERSION, "step": step, "run_id": run_id, "sha256": files})
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(temporary, final)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+        files = {name: file_sha256(staging / name) for name in (TENSORS_FILE, STATE_FILE)}
+        write_json_atomic(staging / MANIFEST, {"format": FORMAT_VERSION, "step": step, "run_id": run_id, "sha256": files})
     if keep is not None:
-        ours = [folder for folder in checkpoints(output_dir) if _manifest(folder).get("run_id") == run_id]
-        for old in ours[:-keep]:
+        for old in checkpoints_of_run(output_dir, run_id)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -127,6 +125,11 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return found
 
 
+def checkpoints_of_run(output_dir: str | Path, run_id: str) -> list[Path]:
+    """The checkpoints of run `run_id` under output_dir/checkpoints, oldest first (not hashed)."""
+    return [folder for folder in checkpoints(output_dir) if _manifest(folder).get("run_id") == run_id]
+
+
 def resolve_checkpoint(output_dir: str | Path, name: str) -> Path:
     """The folder for resume_from_checkpoint: 'last' (newest one in output_dir that verifies) or a path."""
     if name == "last":
@@ -154,7 +157,12 @@ def read_checkpoint_state(folder: str | Path) -> dict[str, Any]:
 
 
 def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and JSON state of a checkpoint that verifies; raises CheckpointError otherwise."""
+    """The tensors and JSON state of a checkpoint that verifies and holds only finite values; CheckpointError otherwise."""
     folder = Path(folder)
     verify_checkpoint(folder)
-    return load_file(folder / TENSORS_FILE), read_json(folder / STATE_FILE)
+    tensors = load_file(folder / TENSORS_FILE)
+    try:
+        check_finite(tensors, what=str(folder / TENSORS_FILE))
+    except NonFiniteWeightsError as err:
+        raise CheckpointError(f"{err} Resume from an earlier checkpoint, or start without resuming.") from err
+    return tensors, read_json(folder / STATE_FILE)

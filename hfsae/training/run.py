@@ -2,7 +2,8 @@
 
     results = train(TrainConfig())          # the built-in default: SmolLM2-135M, one middle layer
 
-Output (`output_dir`, refused when it is not empty unless overwrite_output_dir or resuming): a
+Output (`output_dir`, refused when it is not empty unless overwrite_output_dir or resuming, and even then
+when it holds files training does not write: hfsae.folder.check_output_folder): a
 single SAE goes directly into output_dir; several go into subfolders named like
 `layers.10.resid_post/n8192_k32`, listed in `index.json` (hfsae.folder.write_index, what
 `hfsae.load_many` and `hookpoint=` read). Each folder is staged and swapped in whole: `config.json`
@@ -18,15 +19,17 @@ import time
 from pathlib import Path
 
 from ..folder import (
+    CHECKPOINTS_DIR,
     TRAINING_CONFIG_FILE,
     TRAINING_METRICS_FILE,
+    check_output_folder,
     index_entry,
     staged_folder,
     write_index,
     write_json_atomic,
     write_text_atomic,
 )
-from .checkpoint import CHECKPOINTS_DIR, read_checkpoint_state, resolve_checkpoint
+from .checkpoint import read_checkpoint_state, resolve_checkpoint
 from .config import TrainConfig
 from .data import EpochBatches, StreamBatches
 from .trainer import Trainer, TrainResult, make_accelerator
@@ -43,11 +46,11 @@ def check_output_dir(config: TrainConfig) -> Path | None:
         saved = TrainConfig.from_json_string(read_checkpoint_state(folder)["train_config"])
         config.check_resumable(saved, where=str(folder))
         return folder
-    if output_dir.is_file() or (output_dir.is_dir() and any(output_dir.iterdir()) and not config.overwrite_output_dir):
-        raise FileExistsError(
-            f"Output directory {output_dir} already exists and is not empty. Pass --overwrite-output-dir to replace "
-            "it, --resume-from-checkpoint last to continue the run saved in it, or choose another --output-dir."
-        )
+    check_output_folder(
+        output_dir,
+        overwrite=config.overwrite_output_dir,
+        how_to_overwrite="--overwrite-output-dir to replace it, --resume-from-checkpoint last to continue the run saved in it",
+    )
     return None
 
 

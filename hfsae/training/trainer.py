@@ -46,7 +46,7 @@ from ..distributed.grid import ProcessGrid, init_process_grid
 from ..distributed.sharded import ShardedTopKSAE
 from ..distributed.stats import any_rank
 from ..modeling import TopKSAE, fired_latents, fvu
-from .checkpoint import load_checkpoint, remove_orphans, save_checkpoint
+from .checkpoint import checkpoints_of_run, load_checkpoint, remove_orphans, save_checkpoint
 from .config import TrainConfig
 from .data import StreamBatches, split_batch
 from .dead import DeadLatents
@@ -59,10 +59,21 @@ EVAL_CHUNK = 4096
 # Collectives give up after this instead of hanging when another process died (long enough for a
 # slow checkpoint write on rank 0).
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
+# A held-out FVU above this stops the run before anything is saved. The data's mean alone scores FVU 1 and
+# an SAE starts near it (b_pre is the geometric median, decoder rows have unit norm), so 100 (reconstructions
+# ten times farther from the data than its spread) is not undertraining: the weights diverged to finite
+# values that the NaN check cannot see.
+MAX_HELDOUT_FVU = 100.0
 
 
 class TrainingDivergedError(HfsaeError, ValueError):
-    """A loss became NaN or infinite: the options (learning rate, loss weights, batch) diverge."""
+    """A loss or weight became NaN or infinite, or the held-out FVU is absurd: the options (learning rate,
+    loss weights, batch) diverge."""
+
+
+def _all_finite(sae: torch.nn.Module) -> torch.Tensor:
+    """Whether every weight of `sae` is finite, as a 0-d bool tensor on its device (no host sync)."""
+    return torch.stack([parameter.detach().isfinite().all() for parameter in sae.parameters()]).all()
 
 
 def sae_name(hook_point: str, n_latents: int, k: int) -> str:
@@ -324,8 +335,9 @@ class Trainer:
         run.ema.update_(sae)
 
     def check_finite(self) -> None:
-        """Raise TrainingDivergedError if any run's loss was NaN or infinite (one host sync, every rank)."""
-        flags = torch.stack([run.diverged for run in self.runs]).to(torch.int32)
+        """Raise TrainingDivergedError if any run's loss was NaN or infinite, or its weights are (one host sync,
+        every rank)."""
+        flags = torch.stack([run.diverged | ~_all_finite(run.sae) for run in self.runs]).to(torch.int32)
         if dist.is_initialized() and dist.get_world_size() > 1:
             total = flags.sum().reshape(1)
             dist.all_reduce(total, op=dist.ReduceOp.MAX)
@@ -334,13 +346,31 @@ class Trainer:
         elif not bool(flags.any()):
             return
         bad = [run.name for run, flag in zip(self.runs, flags.tolist()) if flag] or ["an SAE on another process"]
-        config = self.config
-        kept = "the last checkpoint is kept" if config.save_steps else "nothing was saved (set save_steps to keep checkpoints)"
         raise TrainingDivergedError(
-            f"Training diverged: the loss of {', '.join(bad)} became NaN or infinite by step {self.step} "
+            f"Training diverged: the loss or weights of {', '.join(bad)} became NaN or infinite by step {self.step} "
+            f"{self._what_to_do()}"
+        )
+
+    def _what_to_do(self) -> str:
+        """The end of a divergence message: the options that diverged, what was kept, what to change."""
+        config = self.config
+        saved = checkpoints_of_run(config.output_dir, self.run_id) if config.save_steps else []
+        if saved:
+            kept = f"the last checkpoint, {saved[-1]}, is kept"
+        else:
+            kept = "no checkpoint was saved" + ("" if config.save_steps else " (set save_steps to keep checkpoints)")
+        return (
             f"(learning_rate={config.learning_rate}, aux_k_coef={config.aux_k_coef}, batch_size={config.batch_size}); "
             f"{kept}. Lower the learning rate or the loss weights, or use larger batches."
         )
+
+    def _check_heldout_fvu(self, name: str, fvu_value: float) -> None:
+        if not fvu_value <= MAX_HELDOUT_FVU:  # also NaN
+            raise TrainingDivergedError(
+                f"Training diverged: {name} reconstructs the held-out activations with FVU {fvu_value:.3g} after "
+                f"{self.step} steps, above {MAX_HELDOUT_FVU:g} (the data's mean alone scores 1), so no SAE was saved "
+                f"{self._what_to_do()}"
+            )
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -467,6 +497,7 @@ class Trainer:
             x = heldout[run.hook_point]
             (fvu_raw, unfired_raw), (fvu_ema, unfired_ema) = self._evaluate(raw, x), self._evaluate(ema, x)
             kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
+            self._check_heldout_fvu(run.name, min(fvu_raw, fvu_ema))
             tokens = self.step * self.config.batch_size
             metrics = {
                 "fvu": min(fvu_raw, fvu_ema),

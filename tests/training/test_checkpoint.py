@@ -1,7 +1,12 @@
 """Atomic checkpoints: round trip, checksums, rotation within a run (hfsae/training/checkpoint.py)."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
+
+from hfsae.folder import NonFiniteWeightsError
 
 from hfsae.training import checkpoint
 from hfsae.training.checkpoint import (
@@ -47,12 +52,13 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint_as_the_last(tmp_path, 
     with pytest.raises(KeyboardInterrupt):
         save(tmp_path, 2)
     assert resolve_checkpoint(tmp_path, "last").name == "step-00000001"
-    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]  # no staging folder left
 
 
 def test_orphaned_temporary_folders_are_removed(tmp_path):
     save(tmp_path, 1)
-    orphan = tmp_path / "checkpoints" / ".tmp-step-00000002-4242"  # a process killed mid-write
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = tmp_path / "checkpoints" / f".step-00000002.staging-{int(finished.stdout)}-abcd1234"  # killed mid-write
     orphan.mkdir()
     (orphan / checkpoint.TENSORS_FILE).write_bytes(b"half")
     remove_orphans(tmp_path)
@@ -86,3 +92,18 @@ def test_last_skips_a_corrupt_newest_checkpoint(tmp_path):
 def test_resuming_from_last_without_checkpoints_says_what_to_do(tmp_path):
     with pytest.raises(CheckpointError, match="save_steps"):
         resolve_checkpoint(tmp_path, "last")
+
+
+def test_non_finite_tensors_are_never_saved_and_the_last_good_checkpoint_stays(tmp_path):
+    save(tmp_path, 1)
+    with pytest.raises(NonFiniteWeightsError, match=r"checkpoint of step 2 holds NaN or infinite values in x\b"):
+        save(tmp_path, 2, {"x": torch.tensor([1.0, float("nan")])})
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-00000001"]
+
+
+def test_a_checkpoint_holding_nan_is_refused_on_load(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoint, "check_finite", lambda tensors, what: None)  # a checkpoint of an older hfsae
+    folder = save(tmp_path, 1, {"a/weights.W_dec": torch.tensor([float("inf")])})
+    monkeypatch.undo()
+    with pytest.raises(CheckpointError, match=r"NaN or infinite values in a/weights.W_dec.*Resume from an earlier"):
+        load_checkpoint(folder)

@@ -150,3 +150,38 @@ def test_a_one_row_micro_batch_is_refused_before_training(tmp_path):
     config = tiny_config(tmp_path, batch_size=4, gradient_accumulation_steps=4, harvest_tokens=1024)
     with pytest.raises(ValueError, match="1 row per micro-batch"):
         Trainer(config)
+
+
+def test_a_run_that_diverges_to_finite_nonsense_stops_before_saving_anything(tmp_path):
+    from hfsae.training.trainer import MAX_HELDOUT_FVU, TrainingDivergedError
+
+    config = tiny_config(tmp_path, train_tokens=128 * 6, learning_rate=100.0)  # FVU ~1e8, every value finite
+    with pytest.raises(TrainingDivergedError, match=rf"held-out activations with FVU \d.*e\+\d+ after 6 steps, above "
+                       rf"{MAX_HELDOUT_FVU:g}.*no checkpoint was saved \(set save_steps"):  # fmt: skip
+        Trainer(config).fit(batches(config), heldout())
+
+
+def test_the_divergence_message_names_the_checkpoint_that_is_kept_only_when_there_is_one(tmp_path):
+    from hfsae.training.trainer import TrainingDivergedError
+
+    config = tiny_config(tmp_path, save_steps=4, train_tokens=128 * 4)
+    trainer = Trainer(config)
+    trainer.fit(batches(config), heldout())
+    with torch.no_grad():
+        trainer.runs[0].sae.W_dec[3, 1] = float("nan")  # weights can go bad on a step whose loss was finite
+    with pytest.raises(TrainingDivergedError, match=r"weights of h/n64_k4 became NaN.*the last checkpoint, .*step-00000004, is kept"):
+        trainer.check_finite()
+    fresh = Trainer(tiny_config(tmp_path / "other", save_steps=100))
+    fresh.init_runs_(data())
+    with torch.no_grad():
+        fresh.runs[0].sae.b_pre[0] = float("inf")
+    with pytest.raises(TrainingDivergedError, match=r"no checkpoint was saved\. Lower the learning rate"):
+        fresh.check_finite()
+
+
+def test_a_healthy_run_ends_far_below_the_divergence_threshold(tmp_path):
+    from hfsae.training.trainer import MAX_HELDOUT_FVU
+
+    config = tiny_config(tmp_path, train_tokens=128 * 2)
+    results = Trainer(config).fit(batches(config), heldout())
+    assert results[0].metrics["fvu"] < MAX_HELDOUT_FVU / 20
