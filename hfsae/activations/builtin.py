@@ -13,13 +13,13 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import importlib.util
-import os
 import sysconfig
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import HfsaeError
+from ..user_cache import user_cache_dir
 from ..folder import OutputDirError, staged_folder
 
 __all__ = [
@@ -50,9 +50,8 @@ def is_builtin(name: str | None) -> bool:
 
 
 def builtin_cache_dir() -> Path:
-    """Where hfsae keeps converted models: $HFSAE_CACHE, else ~/.cache/hfsae."""
-    root = os.environ.get("HFSAE_CACHE")
-    return Path(root).expanduser() if root else Path.home() / ".cache" / "hfsae"
+    """Where hfsae keeps converted models: the user cache folder ($HFSAE_CACHE, else ~/.cache/hfsae)."""
+    return user_cache_dir()
 
 
 def builtin_model_path() -> Path:
