@@ -52,7 +52,7 @@ COMMANDS: dict[str, Command] = {
     "train": Command(TrainConfig, run_train, "Train TopK SAEs on a language model's activations."),
     "eval": Command(EvalArgs, run_eval, "Measure an SAE with the paper's metrics; write eval_results.json.", ("model",)),
     "convert": Command(
-        ConvertArgs, run_convert, "Convert SAEs from OpenAI, SAELens or sparsify (or to SAELens).", ("src", "dst")
+        ConvertArgs, run_convert, "Convert local SAEs of any format hfsae reads to hfsae (or to SAELens).", ("src", "dst")
     ),
     "list": Command(ListArgs, run_list, "List SAEs known by name (--base-model to filter); --remote adds Hub models tagged hfsae."),
     "push": Command(PushArgs, run_push, "Push a saved SAE folder to the Hub with its model card.", ("folder", "repo_id")),

@@ -29,8 +29,9 @@ from .activations.text import TextSource, token_contexts
 from .errors import HfsaeError
 from .evaluation.metrics import fvu_of
 
-# Another site "fits clearly better" when its FVU is below this fraction of the declared site's.
-CLEARLY_BETTER = 0.8
+# Another site "fits clearly better" when its FVU is below this fraction of the declared site's: a margin above
+# the sampling noise of FVU over a few thousand tokens, small enough to catch an off-by-one layer.
+CLEARLY_BETTER = 0.9
 POST_NORMS = ("post_feedforward_layernorm",)
 
 
