@@ -214,7 +214,8 @@ SELECTIONS = {"topk": _select_topk, "batchtopk": _select_batchtopk}
 """architecture name → (sae, normalised x, k or None, dead mask or None, training) → (TopKSelection, dead count).
 
 `training` is true in the forward of a model in training mode; encode always selects as at inference."""
-# The running mean of the smallest kept BatchTopK activation: the decay of its exponential average.
+# BatchTopK's threshold is a running mean of each batch's smallest kept activation: a plain mean over the
+# first 1 / (1 − THRESHOLD_DECAY) batches, an exponential average with this decay after them.
 THRESHOLD_DECAY = 0.999
 
 
@@ -245,8 +246,10 @@ class TopKSAE(HubMixin, PreTrainedModel):
         self.b_pre = nn.Parameter(torch.zeros(d_out))
         self.W_skip = nn.Parameter(torch.zeros(d_out, d)) if config.skip_connection else None
         if config.architecture == "batchtopk":
-            # Negative until training estimates it; saved with the weights.
+            # Negative until training estimates it; saved with the weights. The update count (training state,
+            # in checkpoints, not in the weights) makes the estimate a plain mean over the first batches.
             self.register_buffer(THRESHOLD_BUFFER, torch.tensor(-1.0))
+            self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.int64), persistent=False)
         self.ops_backend: str | None = None  # None: the fastest for the device; or "reference" / "cpu" / "triton"
         for weight in (self.W_enc, self.W_dec):  # AuxK sends these sparse rows (see _dead_rows)
             weight.register_post_accumulate_grad_hook(_densify_grad)
@@ -288,6 +291,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
             self.W_skip.zero_()
         if self.config.architecture == "batchtopk":
             self.threshold.fill_(-1.0)
+            self.threshold_updates.zero_()
 
     @torch.no_grad()
     def init_b_pre_(self, sample: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> None:
@@ -514,8 +518,10 @@ class TopKSAE(HubMixin, PreTrainedModel):
         if batch_k:
             positive = selection.values[selection.values > 0]
             if positive.numel():
-                smallest = positive.min().float()
-                self.threshold.copy_(smallest if self.threshold < 0 else self.threshold.lerp(smallest, 1 - THRESHOLD_DECAY))
+                # The mean of every batch's value so far, then an exponential average (weight 1 − THRESHOLD_DECAY).
+                weight = max(1 - THRESHOLD_DECAY, 1 / (int(self.threshold_updates) + 1))
+                self.threshold.lerp_(positive.min().to(self.threshold.dtype), weight)
+                self.threshold_updates += 1
         return selection, n_dead
 
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
