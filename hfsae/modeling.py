@@ -257,8 +257,9 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Called by post_init and by from_pretrained only for weights a checkpoint lacks.
-        if module is self:
+        # Called by post_init, and by from_pretrained when anything was not loaded: a non-persistent buffer (the
+        # BatchTopK threshold's update count) never is, so loaded parameters (flagged by transformers) are kept.
+        if module is self and not all(getattr(p, "_is_hf_initialized", False) for p in self.parameters()):
             self.init_tied_()
 
     @classmethod
@@ -289,9 +290,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
         self.b_pre.zero_()
         if self.W_skip is not None:
             self.W_skip.zero_()
-        if self.config.architecture == "batchtopk":
-            self.threshold.fill_(-1.0)
-            self.threshold_updates.zero_()
+        # Buffers (a BatchTopK threshold) start in __init__, where the ones a checkpoint lacks keep their value.
 
     @torch.no_grad()
     def init_b_pre_(self, sample: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> None:
