@@ -190,7 +190,7 @@ def topk_losses(
 
 def _select_topk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
     """TopK: the k largest pre-activations of each row (and AuxK's), sorted descending."""
-    return sae._select(x_norm, sae.config.k if k is None else k, aux_mask)
+    return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
 
 
 def _select_batchtopk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
@@ -199,15 +199,15 @@ def _select_batchtopk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mas
     or each row's top k when k is given or config.inference is 'topk'."""
     if training:
         rows = x_norm.shape[0]
-        return sae._select_above(x_norm, sae.config.k, aux_mask, batch_k=sae.config.k * rows)
+        return sae.select_above(x_norm, sae.config.k, aux_mask, batch_k=sae.config.k * rows)
     if k is not None or sae.config.inference_mode == "topk":
-        return sae._select(x_norm, sae.config.k if k is None else k, aux_mask)
+        return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
     if float(sae.threshold) < 0:
         raise ValueError(
             "This BatchTopK SAE has no threshold yet (it is estimated while training); train it, or set "
             "config.inference='topk' to keep each token's top k."
         )
-    return sae._select_above(x_norm, sae.config.k, aux_mask, threshold=sae.threshold)
+    return sae.select_above(x_norm, sae.config.k, aux_mask, threshold=sae.threshold)
 
 
 SELECTIONS = {"topk": _select_topk, "batchtopk": _select_batchtopk}
@@ -455,7 +455,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
             return code @ _dead_rows(self.W_dec, dead)
         return sparse_decode(positions, aux_values, _dead_rows(self.W_dec, dead), self.ops)
 
-    def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
+    def select_topk(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
         """The top-k (and AuxK) selection, and how many latents aux_mask marks (0 without one)."""
         with torch.no_grad():
             x_centred = x_norm - self.b_pre if self.config.subtracts_b_pre else x_norm
@@ -484,7 +484,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
             return selection, n_masked
 
     @torch.no_grad()
-    def _select_above(
+    def select_above(
         self,
         x_norm: torch.Tensor,
         k: int,
@@ -503,7 +503,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
         n, rows = self.config.n_latents, x_norm.shape[0]
         width = min(n, 4 * k)
         while True:
-            selection, n_dead = self._select(x_norm, width, aux_mask)
+            selection, n_dead = self.select_topk(x_norm, width, aux_mask)
             values = selection.values
             cut = values.reshape(-1).topk(min(batch_k, values.numel())).values[-1] if batch_k else threshold
             kept = (values >= cut if batch_k else values > cut) & (values > 0)  # ReLU zeroes the rest anyway
