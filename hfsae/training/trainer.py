@@ -253,11 +253,11 @@ class Trainer:
                 sae_config.architecture, sae_config.d_in, sae_config.output_size, sae_config.n_latents
             ):
                 raise ValueError(
-                    f"init_from={self.config.init_from!r} is a {pretrained.architecture} model with d_in={pretrained.d_in}, "
-                    f"d_out={pretrained.output_size}, n_latents={pretrained.n_latents}; this run trains a "
-                    f"{sae_config.architecture} model with d_in={sae_config.d_in}, d_out={sae_config.output_size}, "
-                    f"n_latents={sae_config.n_latents} at {sae_config.hook_point}. Pass the same --architecture, "
-                    f"--n-latents {pretrained.n_latents} and hook points of those widths, or start from another SAE."
+                    f"init_from={self.config.init_from!r} has d_in={pretrained.d_in}, n_latents={pretrained.n_latents}; "
+                    f"this run trains d_in={sae_config.d_in}, n_latents={sae_config.n_latents} at {sae_config.hook_point} "
+                    f"(architecture {pretrained.architecture} → {sae_config.architecture}, d_out {pretrained.output_size} → "
+                    f"{sae_config.output_size}). Pass the same --architecture, --n-latents {pretrained.n_latents} and hook "
+                    "points of those widths, or start from another SAE."
                 )
             sae.load_state_dict(self.init_from.state_dict())
             return sae
