@@ -37,6 +37,8 @@ class Architecture:
     """Whether the latent-sharded / data-parallel forward (hfsae.distributed) can train it."""
     multi_topk: bool
     """Whether the Multi-TopK term applies."""
+    threshold: bool
+    """Whether training estimates a threshold, stored in the weights as the THRESHOLD_BUFFER buffer."""
 
 
 ARCHITECTURES = {
@@ -46,6 +48,7 @@ ARCHITECTURES = {
         inference="topk",
         latent_shards=True,
         multi_topk=True,
+        threshold=False,
     ),
     "batchtopk": Architecture(
         name="batchtopk",
@@ -53,6 +56,7 @@ ARCHITECTURES = {
         inference="threshold",
         latent_shards=False,
         multi_topk=False,
+        threshold=True,
     ),
 }
 
@@ -140,9 +144,10 @@ class TopKSAEConfig(PretrainedConfig):
             )
         if self.inference is not None and self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)} or None; got {self.inference!r}.")
-        if self.inference_mode == "threshold" and self.architecture != "batchtopk":
+        if self.inference_mode == "threshold" and not ARCHITECTURES[self.architecture].threshold:
+            thresholded = ", ".join(name for name, variant in ARCHITECTURES.items() if variant.threshold)
             raise ValueError(
-                f"inference='threshold' needs a threshold estimated in training (architecture='batchtopk'); "
+                f"inference='threshold' needs a threshold estimated in training (architecture {thresholded}); "
                 f"architecture={self.architecture!r} selects with k. Use inference='topk' or None."
             )
         if self.multi_topk_coef and not ARCHITECTURES[self.architecture].multi_topk:

@@ -9,7 +9,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration import THRESHOLD_BUFFER, TopKSAEConfig
+from .configuration import ARCHITECTURES, THRESHOLD_BUFFER, TopKSAEConfig
 from .folder import WEIGHTS_FILE, SAEFolderError
 from .hub.mixin import HubMixin
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
@@ -245,7 +245,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
         self.W_dec = nn.Parameter(torch.empty(n, d_out))
         self.b_pre = nn.Parameter(torch.zeros(d_out))
         self.W_skip = nn.Parameter(torch.zeros(d_out, d)) if config.skip_connection else None
-        if config.architecture == "batchtopk":
+        if ARCHITECTURES[config.architecture].threshold:
             # Negative until training estimates it; saved with the weights. The update count (training state,
             # in checkpoints, not in the weights) makes the estimate a plain mean over the first batches.
             self.register_buffer(THRESHOLD_BUFFER, torch.tensor(-1.0))

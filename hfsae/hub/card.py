@@ -31,7 +31,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..errors import HfsaeError
-from ..configuration import TopKSAEConfig
+from ..configuration import ARCHITECTURES, TopKSAEConfig
 from ..folder import (
     ANALYSIS_DIR,
     CARD_FILE,
@@ -429,7 +429,7 @@ def render_card(
         tokens=training_metrics.get("tokens"),
         delta_ce=eval_results.get("delta_ce"),
         architecture_rows=[
-            (field, _format(getattr(config, field)))
+            (field, _format(getattr(config, field)) + (f" ({ARCHITECTURES[config.architecture].summary})" if field == "architecture" else ""))
             for field in ARCHITECTURE_FIELDS
             if getattr(config, field) is not None
         ],
