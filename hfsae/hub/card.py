@@ -412,6 +412,7 @@ def render_card(
         config, eval_results_for(config, eval_results, training_metrics), model_name=model_name, license=license
     )
     base_model = config.base_model
+    summary = ARCHITECTURES[config.architecture].summary
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path(MODEL_CARD_TEMPLATE)),
@@ -429,7 +430,7 @@ def render_card(
         tokens=training_metrics.get("tokens"),
         delta_ce=eval_results.get("delta_ce"),
         architecture_rows=[
-            (field, _format(getattr(config, field)) + (f" ({ARCHITECTURES[config.architecture].summary})" if field == "architecture" else ""))
+            (field, _format(getattr(config, field)) + (f" ({summary})" if field == "architecture" else ""))
             for field in ARCHITECTURE_FIELDS
             if getattr(config, field) is not None
         ],
