@@ -1,4 +1,4 @@
-"""One TopK SAE training step on CPU against its floor (encoder matmul + topk) and a naive dense step.
+"""One TopK SAE training step on CPU against its floor (encoder matmul + topk), a naive dense step and the variants.
 
 For each shape, in one run and interleaved (so machine noise hits all alike), times:
   (a) floor: the bare encoder matmul x @ W_encᵀ + b_enc and torch.topk(k);
@@ -10,6 +10,10 @@ For each shape, in one run and interleaved (so machine noise hits all alike), ti
   (e) no_dead: the same step without dead latents (AuxK off);
   (f) bf16: step (c) under CPU bf16 autocast (`--mixed-precision bf16`: the encoder matmul reads bf16,
       master weights, Adam and losses stay fp32), as a ratio to (c): what AMX-class CPUs gain;
+  (g) batchtopk: step (c) of a BatchTopK SAE with the same weights (batch-level selection, threshold
+      update), as a ratio to (c);
+  (h) transcoder: step (c) of a transcoder with a skip connection (d_out = d_in, a random target),
+      as a ratio to (c);
 and, apart, Adam's step alone over the SAE's parameters: fused, foreach and one tensor at a time.
 Ratios are of medians over `--repeats` interleaved rounds; `fastest` holds the same ratios from each
 run's fastest round (steadier when other processes share the machine). Prints a table and, as its last
@@ -76,9 +80,9 @@ def naive_step(model, optimizer, x, dead_mask):
     optimizer.step()
 
 
-def hfsae_step(sae, optimizer, x, dead_mask):
+def hfsae_step(sae, optimizer, x, dead_mask, target=None):
     optimizer.zero_grad(set_to_none=True)
-    sae(x, dead_mask=dead_mask).loss.backward()
+    sae(x, target=target, dead_mask=dead_mask).loss.backward()
     sae.project_decoder_grad_()
     optimizer.step()
     sae.normalize_decoder_()
@@ -148,9 +152,20 @@ def adam_seconds(sae: TopKSAE, repeats: int) -> dict:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
+def variant_of(sae: TopKSAE, **options) -> TopKSAE:
+    """A variant (TopKSAEConfig options) of `sae` holding the same weights (a W_skip of its own, zero)."""
+    variant = TopKSAE(TopKSAEConfig(d_in=sae.config.d_in, n_latents=sae.config.n_latents, k=K, **options))
+    variant.load_state_dict(sae.state_dict(), strict=False)
+    return variant
+
+
 def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
     torch.manual_seed(0)
     sae = TopKSAE(TopKSAEConfig(d_in=d_in, n_latents=n_latents, k=K))
+    batchtopk = variant_of(sae, architecture="batchtopk")
+    transcoder = variant_of(sae, target_hook_point="target", skip_connection=True)
+    target = torch.randn(BATCH, d_in)
+    batchtopk_optimizer, transcoder_optimizer = adam(batchtopk.parameters()), adam(transcoder.parameters())
     x = torch.randn(BATCH, d_in)
     dead_mask = torch.rand(n_latents) < DEAD_FRACTION
     no_dead = torch.zeros(n_latents, dtype=torch.bool)
@@ -167,6 +182,8 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         "rejected": forced(rejected, hfsae),
         "no_dead": lambda: hfsae_step(sae, sae_optimizer, x, no_dead),
         "bf16": autocast_bf16(hfsae),
+        "batchtopk": lambda: hfsae_step(batchtopk, batchtopk_optimizer, x, dead_mask),
+        "transcoder": lambda: hfsae_step(transcoder, transcoder_optimizer, x, dead_mask, target),
     }
     for fn in runs.values():  # warm-up: allocator, optimizer state
         fn()
@@ -190,6 +207,8 @@ def bench_shape(d_in: int, n_latents: int, repeats: int) -> dict:
         "no_dead_over_floor": round(median["no_dead"] / floor, 3),
         "dense_over_step": round(median["naive"] / median["hfsae"], 3),
         "bf16_autocast_over_step": round(median["bf16"] / median["hfsae"], 3),
+        "batchtopk_over_step": round(median["batchtopk"] / median["hfsae"], 3),
+        "transcoder_over_step": round(median["transcoder"] / median["hfsae"], 3),
         "adam_s": {name: round(value, 4) for name, value in adam_s.items()},
         "adam_fused_share_of_step": round(adam_s["fused"] / median["hfsae"], 3),
         # The same ratios from each run's fastest repeat: steadier than the medians on a busy machine.
@@ -220,14 +239,16 @@ def main() -> None:
     print(f"{cpu_name()}, {torch.get_num_threads()} torch threads, {args.clock} clock, torch {torch.__version__}")
     results = []
     print(f"{'d_in':>6} {'n_latents':>10} {'floor s':>8} {'hfsae s':>8} {'auxk path':>9} {'step/floor':>10} "
-          f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10} {'bf16/fp32':>9}")
+          f"{'rejected/floor':>14} {'no dead/floor':>13} {'naive/hfsae':>11} {'adam share':>10} {'bf16/fp32':>9} "
+          f"{'batchtopk/topk':>14} {'transcoder/topk':>15}")
     for shape in args.shapes:
         d_in, n_latents = map(int, shape.split("x"))
         r = bench_shape(d_in, n_latents, args.repeats)
         results.append(r)
         print(f"{d_in:>6} {n_latents:>10} {r['floor_s']:>8} {r['hfsae_s']:>8} {r['auxk_path']:>9} {r['step_over_floor']:>10} "
               f"{r['rejected_over_floor']:>14} {r['no_dead_over_floor']:>13} {r['dense_over_step']:>11} "
-              f"{r['adam_fused_share_of_step']:>10} {r['bf16_autocast_over_step']:>9}")
+              f"{r['adam_fused_share_of_step']:>10} {r['bf16_autocast_over_step']:>9} "
+              f"{r['batchtopk_over_step']:>14} {r['transcoder_over_step']:>15}")
     print(json.dumps({"cpu": cpu_name(), "threads": torch.get_num_threads(), "clock": args.clock, "torch": torch.__version__, "results": results}))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from huggingface_hub.errors import StrictDataclassError
@@ -13,6 +14,51 @@ from transformers import PretrainedConfig
 from .folder import CONFIG_FILE, SAEFolderError
 
 NORMALIZATIONS = ("none", "layer_norm", "unit_norm", "dataset_scale")
+INFERENCE_MODES = ("topk", "threshold")
+# The buffer of a thresholded SAE (BatchTopK): the activation a latent must exceed at inference.
+THRESHOLD_BUFFER = "threshold"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What a variant of the TopK family is and which paths can run it (docs/adding-a-variant.md).
+
+    The one map of variants: `ARCHITECTURES[config.architecture]`. The model's selection for each
+    name is `hfsae.modeling.SELECTIONS` (a test keeps the two key sets equal); the trainer, the
+    evaluation and the card read the flags here.
+    """
+
+    name: str
+    summary: str
+    """One line for the card's architecture table."""
+    inference: str
+    """How latents are chosen at inference by default: 'topk' (k per token) or 'threshold' (the stored buffer)."""
+    latent_shards: bool
+    """Whether the latent-sharded / data-parallel forward (hfsae.distributed) can train it."""
+    multi_topk: bool
+    """Whether the Multi-TopK term applies."""
+    threshold: bool
+    """Whether training estimates a threshold, stored in the weights as the THRESHOLD_BUFFER buffer."""
+
+
+ARCHITECTURES = {
+    "topk": Architecture(
+        name="topk",
+        summary="TopK: the k largest pre-activations of each token",
+        inference="topk",
+        latent_shards=True,
+        multi_topk=True,
+        threshold=False,
+    ),
+    "batchtopk": Architecture(
+        name="batchtopk",
+        summary="BatchTopK: the k·B largest pre-activations of a batch while training, a threshold at inference",
+        inference="threshold",
+        latent_shards=False,
+        multi_topk=False,
+        threshold=True,
+    ),
+}
 
 
 @strict(accept_kwargs=True)
@@ -25,8 +71,12 @@ class TopKSAEConfig(PretrainedConfig):
 
     model_type = "topk_sae"
 
+    architecture: str = "topk"
+    """Variant of the TopK family: topk | batchtopk (hfsae.configuration.ARCHITECTURES)."""
     d_in: int = 768
-    """Width of the activations the SAE reads and reconstructs."""
+    """Width of the activations the SAE reads (and reconstructs, unless d_out is set)."""
+    d_out: int | None = None
+    """Width of what it reconstructs when that differs from its input (a transcoder's target); None: d_in."""
     n_latents: int = 16384
     """Number of latents (the dictionary size)."""
     k: int = 32
@@ -49,6 +99,16 @@ class TopKSAEConfig(PretrainedConfig):
     """The language model whose activations the SAE reads (Hub id or path)."""
     hook_point: str | None = None
     """Where in the base model the activations come from, e.g. 'layers.8.resid_post'."""
+    target_hook_point: str | None = None
+    """A transcoder's target: the activation it predicts from hook_point's (same forward pass), e.g.
+    'layers.8.mlp_out' from 'model.layers.8.mlp:input'; None for an SAE (it reconstructs its input)."""
+    encoder_subtracts_decoder_bias: bool | None = None
+    """Encode x − b_pre (True) or x (False); None: True for an SAE, False for a transcoder (sparsify's convention)."""
+    skip_connection: bool = False
+    """Add a linear skip term W_skip x (W_skip [d_out, d_in], zero at init) to the output (sparsify's skip_connection)."""
+    inference: str | None = None
+    """How latents are chosen at inference: topk | threshold; None: the architecture's default
+    (threshold for batchtopk, using the 'threshold' buffer estimated during training)."""
     context_size: int | None = None
     """Tokens per training context."""
     dataset: str | None = None
@@ -78,7 +138,29 @@ class TopKSAEConfig(PretrainedConfig):
 
     def validate_architecture(self):
         """Checks across fields, run on construction and on from_pretrained."""
-        for name in ("d_in", "n_latents", "k", "multi_topk_factor", "k_aux", "context_size"):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"architecture must be one of {', '.join(ARCHITECTURES)}; got architecture={self.architecture!r}."
+            )
+        if self.inference is not None and self.inference not in INFERENCE_MODES:
+            raise ValueError(f"inference must be one of {', '.join(INFERENCE_MODES)} or None; got {self.inference!r}.")
+        if self.inference_mode == "threshold" and not ARCHITECTURES[self.architecture].threshold:
+            thresholded = ", ".join(name for name, variant in ARCHITECTURES.items() if variant.threshold)
+            raise ValueError(
+                f"inference='threshold' needs a threshold estimated in training (architecture {thresholded}); "
+                f"architecture={self.architecture!r} selects with k. Use inference='topk' or None."
+            )
+        if self.multi_topk_coef and not ARCHITECTURES[self.architecture].multi_topk:
+            raise ValueError(
+                f"multi_topk_coef={self.multi_topk_coef}: Multi-TopK does not apply to architecture="
+                f"{self.architecture!r}; set multi_topk_coef=0."
+            )
+        if self.is_transcoder and self.normalize != "none":
+            raise ValueError(
+                f"normalize={self.normalize!r}: a transcoder (target_hook_point={self.target_hook_point!r}) reads and "
+                "predicts two different activations, which one normalisation cannot serve; use normalize='none'."
+            )
+        for name in ("d_in", "d_out", "n_latents", "k", "multi_topk_factor", "k_aux", "context_size"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"{name} must be an integer; got {name}={value!r}.")
@@ -86,9 +168,9 @@ class TopKSAEConfig(PretrainedConfig):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number; got {name}={value!r}.")
-        for name in ("d_in", "n_latents", "k", "multi_topk_factor"):
+        for name in ("d_in", "d_out", "n_latents", "k", "multi_topk_factor"):
             value = getattr(self, name)
-            if value < 1:
+            if value is not None and value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {name}={value}.")
         if not self.k < self.n_latents:
             raise ValueError(f"k must be in 1..{self.n_latents - 1} (below n_latents); got k={self.k}.")
@@ -98,11 +180,38 @@ class TopKSAEConfig(PretrainedConfig):
             raise ValueError(f"normalize must be one of {', '.join(NORMALIZATIONS)}; got normalize={self.normalize!r}.")
         if self.normalize == "dataset_scale" and self.dataset_scale is not None and not self.dataset_scale > 0:
             raise ValueError(f"dataset_scale must be positive; got dataset_scale={self.dataset_scale}.")
+        if self.subtracts_b_pre and self.output_size != self.d_in:
+            raise ValueError(
+                f"encoder_subtracts_decoder_bias needs d_out == d_in (b_pre is subtracted from the input); got "
+                f"d_in={self.d_in}, d_out={self.d_out}. Set encoder_subtracts_decoder_bias=False."
+            )
         if self.aux_k_coef < 0 or self.multi_topk_coef < 0:
             raise ValueError(
                 f"loss weights must be non-negative; got aux_k_coef={self.aux_k_coef}, "
                 f"multi_topk_coef={self.multi_topk_coef}."
             )
+
+    @property
+    def is_transcoder(self) -> bool:
+        """Whether it predicts another activation (target_hook_point or a d_out of its own) rather than its input."""
+        return self.target_hook_point is not None or (self.d_out is not None and self.d_out != self.d_in)
+
+    @property
+    def output_size(self) -> int:
+        """Width of the reconstruction: d_out, or d_in for an SAE."""
+        return self.d_out if self.d_out is not None else self.d_in
+
+    @property
+    def subtracts_b_pre(self) -> bool:
+        """Whether encoding reads x − b_pre (encoder_subtracts_decoder_bias, or its convention when None)."""
+        if self.encoder_subtracts_decoder_bias is not None:
+            return self.encoder_subtracts_decoder_bias
+        return not self.is_transcoder
+
+    @property
+    def inference_mode(self) -> str:
+        """'topk' or 'threshold': `inference`, or the architecture's default."""
+        return self.inference or ARCHITECTURES[self.architecture].inference
 
     @property
     def k_aux_effective(self) -> int:

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from .configuration import TopKSAEConfig
+from .configuration import ARCHITECTURES, THRESHOLD_BUFFER, TopKSAEConfig
 from .folder import WEIGHTS_FILE, SAEFolderError, check_finite, saved_tensor_shapes
 from .pretrained import HubMixin
 from .ops import TopKSelection, backend_for, selected_preactivations, sparse_decode, subspace_code
@@ -74,6 +74,18 @@ def check_input(config: TopKSAEConfig, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def check_target(config: TopKSAEConfig, y: torch.Tensor) -> torch.Tensor:
+    """A transcoder's target y [..., d_out] as given, or an error naming what is wrong with it."""
+    if y.dim() == 0 or y.shape[-1] != config.output_size:
+        raise ValueError(
+            f"This transcoder predicts activations of width d_out={config.output_size} at "
+            f"{config.target_hook_point}; got a target of shape {tuple(y.shape)}. Check target_hook_point."
+        )
+    if not torch.isfinite(y).all():
+        raise ValueError("The target holds NaN or infinite values; the loss would be garbage.")
+    return y
+
+
 def normalize(
     config: TopKSAEConfig, x: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
@@ -134,19 +146,85 @@ class SparseCode:
 class TopKSAEOutput(ModelOutput):
     """What `TopKSAE.forward` returns. Losses are measured on the normalised input (what is trained)."""
 
-    x_hat: torch.Tensor | None = None  # [..., d_in], in the input's own scale
+    x_hat: torch.Tensor | None = None  # [..., d_out], in the input's own scale (a transcoder: the target's)
     code: SparseCode | None = None
-    fvu: torch.Tensor | None = None  # scalar: normalised MSE with the batch's variance
+    fvu: torch.Tensor | None = None  # scalar: normalised MSE with the batch's variance (None: no target given)
     loss: torch.Tensor | None = None  # fvu + multi_topk_coef · multi_topk_loss + aux_k_coef · aux_loss
     aux_loss: torch.Tensor | None = None  # AuxK: dead latents reconstructing the residual; 0 without dead latents
     multi_topk_loss: torch.Tensor | None = None  # FVU with multi_topk_factor · k latents, when enabled
 
 
+def topk_losses(
+    config: TopKSAEConfig,
+    target: torch.Tensor,
+    x_hat: torch.Tensor,
+    *,
+    x_hat_multi: torch.Tensor | None = None,
+    residual_hat: torch.Tensor | None = None,
+    aux: bool = False,
+    measure=fvu,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The training loss of every variant (docs/method.md §2): (loss, fvu, multi_topk_loss, aux_loss).
+
+    The one definition, called by `TopKSAE.forward` and the latent-sharded forward: target and the
+    reconstructions [tokens, d_out] are normalised; `residual_hat` is the dead latents' reconstruction of
+    target − x_hat (None when no latent is dead: AuxK is then 0); `aux` says whether AuxK runs this step;
+    `measure` is the FVU (the sharded forward passes one over the global batch).
+    """
+    main = measure(x_hat, target)
+    loss, multi_topk_loss, aux_loss = main, None, None
+    if x_hat_multi is not None:
+        multi_topk_loss = measure(x_hat_multi, target)
+        loss = loss + config.multi_topk_coef * multi_topk_loss
+    if aux:
+        aux_loss = target.new_zeros(())
+        if residual_hat is not None:
+            # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
+            aux_loss = torch.nan_to_num(measure(residual_hat, (target - x_hat).detach()), nan=0.0)
+        loss = loss + config.aux_k_coef * aux_loss
+    return loss, main, multi_topk_loss, aux_loss
+
+
+# ---- the selection of each architecture (configuration.ARCHITECTURES holds what each one is) -------------
+
+
+def _select_topk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
+    """TopK: the k largest pre-activations of each row (and AuxK's), sorted descending."""
+    return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
+
+
+def _select_batchtopk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
+    """BatchTopK (Bussmann et al. 2024): training keeps the k·rows largest pre-activations of the whole batch
+    and folds the smallest kept one into the threshold buffer; inference keeps those above the threshold,
+    or each row's top k when k is given or config.inference is 'topk'."""
+    if training:
+        rows = x_norm.shape[0]
+        return sae.select_above(x_norm, sae.config.k, aux_mask, batch_k=sae.config.k * rows)
+    if k is not None or sae.config.inference_mode == "topk":
+        return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
+    if float(sae.threshold) < 0:
+        raise ValueError(
+            "This BatchTopK SAE has no threshold yet (it is estimated while training); train it, or set "
+            "config.inference='topk' to keep each token's top k."
+        )
+    return sae.select_above(x_norm, sae.config.k, aux_mask, threshold=sae.threshold)
+
+
+SELECTIONS = {"topk": _select_topk, "batchtopk": _select_batchtopk}
+"""architecture name → (sae, normalised x, k or None, dead mask or None, training) → (TopKSelection, dead count).
+
+`training` is true in the forward of a model in training mode; encode always selects as at inference."""
+# BatchTopK's threshold is a running mean of each batch's smallest kept activation: a plain mean over the
+# first 1 / (1 − THRESHOLD_DECAY) batches, an exponential average with this decay after them.
+THRESHOLD_DECAY = 0.999
+
+
 class TopKSAE(HubMixin, PreTrainedModel):
     """z = ReLU(TopK(W_enc (x − b_pre) + b_enc)), x_hat = W_decᵀ z + b_pre, with sparse kernels.
 
-    `W_dec` is stored as [n_latents, d_in]: each row is one latent's decoder vector (the paper's
-    columns), so that decoding gathers contiguous rows.
+    `W_dec` is stored as [n_latents, d_out]: each row is one latent's decoder vector (the paper's
+    columns), so that decoding gathers contiguous rows. The variants (config.architecture, a transcoder's
+    target_hook_point / d_out / skip_connection) are described in docs/adding-a-variant.md.
 
     Example:
         >>> sae = TopKSAE(TopKSAEConfig(d_in=64, n_latents=512, k=8))
@@ -161,11 +239,17 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
     def __init__(self, config: TopKSAEConfig):
         super().__init__(config)
-        n, d = config.n_latents, config.d_in
+        n, d, d_out = config.n_latents, config.d_in, config.output_size
         self.W_enc = nn.Parameter(torch.empty(n, d))
         self.b_enc = nn.Parameter(torch.zeros(n)) if config.latent_bias else None
-        self.W_dec = nn.Parameter(torch.empty(n, d))
-        self.b_pre = nn.Parameter(torch.zeros(d))
+        self.W_dec = nn.Parameter(torch.empty(n, d_out))
+        self.b_pre = nn.Parameter(torch.zeros(d_out))
+        self.W_skip = nn.Parameter(torch.zeros(d_out, d)) if config.skip_connection else None
+        if ARCHITECTURES[config.architecture].threshold:
+            # Negative until training estimates it; saved with the weights. The update count (training state,
+            # in checkpoints, not in the weights) makes the estimate a plain mean over the first batches.
+            self.register_buffer(THRESHOLD_BUFFER, torch.tensor(-1.0))
+            self.register_buffer("threshold_updates", torch.tensor(0, dtype=torch.int64), persistent=False)
         self.ops_backend: str | None = None  # None: the fastest for the device; or "reference" / "cpu" / "triton"
         for weight in (self.W_enc, self.W_dec):  # AuxK sends these sparse rows (see _dead_rows)
             weight.register_post_accumulate_grad_hook(_densify_grad)
@@ -173,8 +257,9 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        # Called by post_init and by from_pretrained only for weights a checkpoint lacks.
-        if module is self:
+        # Called by post_init, and by from_pretrained when anything was not loaded: a non-persistent buffer (the
+        # BatchTopK threshold's update count) never is, so loaded parameters (flagged by transformers) are kept.
+        if module is self and not all(getattr(p, "_is_hf_initialized", False) for p in self.parameters()):
             self.init_tied_()
 
     @classmethod
@@ -189,19 +274,34 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
     @torch.no_grad()
     def init_tied_(self, generator: torch.Generator | None = None) -> None:
-        """Random unit-norm decoder rows, W_enc = W_dec (tied at init only), b_enc = 0, b_pre = 0."""
+        """Random unit-norm decoder rows, W_enc = W_dec (tied at init only), b_enc = 0, b_pre = 0, W_skip = 0.
+
+        A transcoder whose widths differ draws W_enc's unit rows separately (there is nothing to tie).
+        """
         W_dec = torch.randn(self.W_dec.shape, generator=generator, dtype=torch.float32)
         W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_dec.copy_(W_dec)
+        if self.W_enc.shape != W_dec.shape:
+            W_dec = torch.randn(self.W_enc.shape, generator=generator, dtype=torch.float32)
+            W_dec /= W_dec.norm(dim=1, keepdim=True)
         self.W_enc.copy_(W_dec)
         if self.b_enc is not None:
             self.b_enc.zero_()
         self.b_pre.zero_()
+        if self.W_skip is not None:
+            self.W_skip.zero_()
+        # Buffers (a BatchTopK threshold) start in __init__, where the ones a checkpoint lacks keep their value.
 
     @torch.no_grad()
     def init_b_pre_(self, sample: torch.Tensor, *, iterations: int = 100, tolerance: float = 1e-6) -> None:
-        """Set b_pre to the geometric median of a sample of activations [tokens, d_in] (Weiszfeld)."""
-        x, _, _ = normalize(self.config, check_input(self.config, sample).reshape(-1, self.config.d_in).float())
+        """Set b_pre to the geometric median of a sample of what it reconstructs [tokens, d_out] (Weiszfeld).
+
+        For an SAE that is its input; for a transcoder, pass a sample of the target.
+        """
+        if self.config.is_transcoder:
+            x = check_target(self.config, sample).reshape(-1, self.config.output_size).float()
+        else:
+            x, _, _ = normalize(self.config, check_input(self.config, sample).reshape(-1, self.config.d_in).float())
         self.b_pre.copy_(geometric_median(x, iterations=iterations, tolerance=tolerance))
 
     @torch.no_grad()
@@ -229,47 +329,77 @@ class TopKSAE(HubMixin, PreTrainedModel):
         return backend_for(self.W_enc.device, self.ops_backend)
 
     def encode(self, x: torch.Tensor, *, k: int | None = None) -> SparseCode:
-        """x: [..., d_in] → the k largest latents of each row (k defaults to config.k)."""
-        k = check_k(self.config, k)
+        """x: [..., d_in] → the active latents of each row: its k largest (k defaults to config.k), or for a
+        thresholded SAE (BatchTopK) those above the threshold, as many as the row has (padded with zeros)."""
+        if k is not None:
+            k = check_k(self.config, k)
         leading = x.shape[:-1]
         x = check_input(self.config, x).reshape(-1, self.config.d_in).to(self.W_enc.dtype)
         x_norm, mean, scale = normalize(self.config, x)
-        selection, _ = self._select(x_norm, k)
+        selection, _ = SELECTIONS[self.config.architecture](self, x_norm, k, None, False)
         values = torch.relu(self._preactivations(x_norm, selection.indices, selection.values))
+        width = selection.indices.shape[1]
         return SparseCode(
-            indices=selection.indices.reshape(*leading, k),
-            values=values.reshape(*leading, k),
+            indices=selection.indices.reshape(*leading, width),
+            values=values.reshape(*leading, width),
             input_mean=None if mean is None else mean.reshape(*leading, 1),
             input_scale=None if scale is None else scale.reshape(*leading, 1),
         )
 
-    def decode(self, code: SparseCode) -> torch.Tensor:
-        """A code [..., k] → x_hat [..., d_in], undoing the input normalisation recorded in the code."""
+    def decode(self, code: SparseCode, *, x: torch.Tensor | None = None) -> torch.Tensor:
+        """A code [..., k] → x_hat [..., d_out], undoing the input normalisation recorded in the code.
+
+        With a skip connection the output also needs the input x [..., d_in] the code came from.
+        """
         leading, k = code.indices.shape[:-1], code.indices.shape[-1]
         indices = code.indices.reshape(-1, k)
         if indices.numel() and not 0 <= int(indices.min()) <= int(indices.max()) < self.config.n_latents:
             raise ValueError(f"Code indices must lie in [0, {self.config.n_latents}); got a code outside that range.")
         y = sparse_decode(indices, code.values.reshape(-1, k).to(self.W_dec.dtype), self.W_dec, self.ops) + self.b_pre
+        if self.W_skip is not None:
+            if x is None:
+                raise ValueError("This transcoder has a skip connection: pass decode(code, x=input) to add W_skip x.")
+            y = y + check_input(self.config, x).reshape(-1, self.config.d_in).to(self.W_skip.dtype) @ self.W_skip.T
         mean = None if code.input_mean is None else code.input_mean.reshape(-1, 1)
         scale = None if code.input_scale is None else code.input_scale.reshape(-1, 1)
-        return denormalize(self.config, y, mean, scale).reshape(*leading, self.config.d_in)
+        return denormalize(self.config, y, mean, scale).reshape(*leading, self.config.output_size)
 
     def forward(
-        self, x: torch.Tensor, *, dead_mask: torch.Tensor | None = None, k: int | None = None
+        self,
+        x: torch.Tensor,
+        *,
+        target: torch.Tensor | None = None,
+        dead_mask: torch.Tensor | None = None,
+        k: int | None = None,
     ) -> TopKSAEOutput:
-        """Encode, decode and measure x [..., d_in]; with `dead_mask` [n_latents] bool, also the AuxK loss."""
+        """Encode, decode and measure x [..., d_in]; with `dead_mask` [n_latents] bool, also the AuxK loss.
+
+        An SAE measures its reconstruction of x; a transcoder that of `target` [..., d_out] (the activation
+        at its target_hook_point from the same forward pass), and returns no losses without one. In
+        training mode a BatchTopK SAE selects over the whole batch and updates its threshold.
+        """
         config = self.config
-        k = check_k(config, k)
+        if k is not None:
+            k = check_k(config, k)
         leading = x.shape[:-1]
         x = check_input(config, x).reshape(-1, config.d_in).to(self.W_enc.dtype)
         x_norm, mean, scale = normalize(config, x)
+        y_norm = x_norm
+        if config.is_transcoder:
+            y_norm = None if target is None else check_target(config, target).reshape(-1, config.output_size).to(x.dtype)
+            if y_norm is not None and y_norm.shape[0] != x.shape[0]:
+                raise ValueError(f"target has {y_norm.shape[0]} rows where x has {x.shape[0]}; pass the same tokens.")
 
-        k_multi = min(config.multi_topk_factor * k, config.n_latents) if config.multi_topk_coef > 0 else k
-        aux_mask = dead_mask if config.aux_k_coef > 0 else None
+        k_main = config.k if k is None else k
+        k_multi = min(config.multi_topk_factor * k_main, config.n_latents) if config.multi_topk_coef > 0 else k_main
+        aux_mask = dead_mask if config.aux_k_coef > 0 and y_norm is not None else None
         if aux_mask is not None and aux_mask.shape != (config.n_latents,):
             raise ValueError(f"dead_mask must have shape ({config.n_latents},); got {tuple(aux_mask.shape)}.")
         # One host sync counts the dead latents (n_dead), reused to choose the AuxK path.
-        selection, n_dead = self._select(x_norm, max(k, k_multi), aux_mask=aux_mask)
+        select = SELECTIONS[config.architecture]
+        selection, n_dead = select(self, x_norm, k if k_multi == k_main else k_multi, aux_mask, self.training)
+        n_main = selection.indices.shape[1]
+        k_main = k_main if k_multi > k_main else n_main  # BatchTopK and thresholds keep a width of their own
         k_aux = 0 if aux_mask is None else selection.aux_indices.shape[1]
         aux_dense = k_aux > 0 and "dense" == auxk_path(
             x_norm, n_dead, k_aux, self.ops, fallback="dense" if n_dead <= AUX_DENSE_MAX_RATIO * k_aux else "sparse"
@@ -277,7 +407,6 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
         # With sparse AuxK, one differentiable gather takes every selected pre-activation (main and
         # AuxK): the encoder gradient is then one sparse scatter instead of one per loss.
-        n_main = selection.indices.shape[1]
         indices, preacts = selection.indices, selection.values
         if aux_mask is not None and not aux_dense:
             indices = torch.cat([indices, selection.aux_indices], dim=1)
@@ -285,48 +414,51 @@ class TopKSAE(HubMixin, PreTrainedModel):
         values = torch.relu(self._preactivations(x_norm, indices, preacts))
 
         # TopK values come sorted descending, so the first k of the top-(factor·k) are the top-k.
-        x_hat_norm = sparse_decode(indices[:, :k], values[:, :k], self.W_dec, self.ops) + self.b_pre
-        main_fvu = fvu(x_hat_norm, x_norm)
-        loss = main_fvu
-        multi_topk_loss = aux_loss = None
-        if k_multi > k:
-            x_hat_multi = sparse_decode(indices[:, :k_multi], values[:, :k_multi], self.W_dec, self.ops) + self.b_pre
-            multi_topk_loss = fvu(x_hat_multi, x_norm)
-            loss = loss + config.multi_topk_coef * multi_topk_loss
-        if aux_mask is not None and selection.aux_indices.shape[1] == 0:
-            aux_loss = x_norm.new_zeros(())  # no dead latents this step
-        elif aux_mask is not None:
-            residual = (x_norm - x_hat_norm).detach()
-            dead = aux_mask.nonzero().squeeze(1)
-            position_in_dead = torch.empty(aux_mask.shape[0], dtype=torch.int64, device=dead.device)
-            position_in_dead[dead] = torch.arange(dead.numel(), device=dead.device)
-            positions = position_in_dead[selection.aux_indices]  # AuxK's code over the dead latents only
-            if aux_dense:
-                b_sub = None if self.b_enc is None else self.b_enc[dead]
-                W_sub = _dead_rows(self.W_enc, dead)
-                code = subspace_code(x_norm, W_sub, b_sub, positions, selection.aux_values, b_pre=self.b_pre)
-                residual_hat = code @ _dead_rows(self.W_dec, dead)
-            else:
-                residual_hat = sparse_decode(positions, values[:, n_main:], _dead_rows(self.W_dec, dead), self.ops)
-            # A batch whose residual has no variance gives 0/0: the paper sets the term to 0.
-            aux_loss = torch.nan_to_num(fvu(residual_hat, residual), nan=0.0)
-            loss = loss + config.aux_k_coef * aux_loss
+        x_hat_norm = self._output(sparse_decode(indices[:, :k_main], values[:, :k_main], self.W_dec, self.ops), x_norm)
+        x_hat_multi = residual_hat = None
+        if k_multi > k_main:
+            x_hat_multi = self._output(sparse_decode(indices[:, :k_multi], values[:, :k_multi], self.W_dec, self.ops), x_norm)
+        if k_aux > 0:
+            residual_hat = self._aux_reconstruction(x_norm, aux_mask, selection, values[:, n_main:], aux_dense)
+        loss = main_fvu = multi_topk_loss = aux_loss = None
+        if y_norm is not None:
+            loss, main_fvu, multi_topk_loss, aux_loss = topk_losses(
+                config, y_norm, x_hat_norm, x_hat_multi=x_hat_multi, residual_hat=residual_hat, aux=aux_mask is not None
+            )
 
         code = SparseCode(
-            indices=indices[:, :k].reshape(*leading, k),
-            values=values[:, :k].reshape(*leading, k),
+            indices=indices[:, :k_main].reshape(*leading, k_main),
+            values=values[:, :k_main].reshape(*leading, k_main),
             input_mean=None if mean is None else mean.reshape(*leading, 1),
             input_scale=None if scale is None else scale.reshape(*leading, 1),
         )
-        x_hat = denormalize(config, x_hat_norm, mean, scale).reshape(*leading, config.d_in)
+        x_hat = denormalize(config, x_hat_norm, mean, scale).reshape(*leading, config.output_size)
         return TopKSAEOutput(
             x_hat=x_hat, code=code, fvu=main_fvu, loss=loss, aux_loss=aux_loss, multi_topk_loss=multi_topk_loss
         )
 
-    def _select(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
+    def _output(self, decoded: torch.Tensor, x_norm: torch.Tensor) -> torch.Tensor:
+        """The normalised reconstruction from the decoded latents [tokens, d_out]: + b_pre (+ W_skip x)."""
+        y = decoded + self.b_pre
+        return y if self.W_skip is None else y + x_norm @ self.W_skip.T
+
+    def _aux_reconstruction(self, x_norm, aux_mask, selection: TopKSelection, aux_values, dense: bool) -> torch.Tensor:
+        """AuxK's reconstruction of the residual from the dead latents' selection (dense or sparse products)."""
+        dead = aux_mask.nonzero().squeeze(1)
+        position_in_dead = torch.empty(aux_mask.shape[0], dtype=torch.int64, device=dead.device)
+        position_in_dead[dead] = torch.arange(dead.numel(), device=dead.device)
+        positions = position_in_dead[selection.aux_indices]  # AuxK's code over the dead latents only
+        if dense:
+            b_sub = None if self.b_enc is None else self.b_enc[dead]
+            b_pre = self.b_pre if self.config.subtracts_b_pre else None
+            code = subspace_code(x_norm, _dead_rows(self.W_enc, dead), b_sub, positions, selection.aux_values, b_pre=b_pre)
+            return code @ _dead_rows(self.W_dec, dead)
+        return sparse_decode(positions, aux_values, _dead_rows(self.W_dec, dead), self.ops)
+
+    def select_topk(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
         """The top-k (and AuxK) selection, and how many latents aux_mask marks (0 without one)."""
         with torch.no_grad():
-            x_centred = x_norm - self.b_pre
+            x_centred = x_norm - self.b_pre if self.config.subtracts_b_pre else x_norm
             k_aux = n_masked = 0
             if aux_mask is not None:
                 n_masked = int(aux_mask.sum())
@@ -351,8 +483,49 @@ class TopKSAE(HubMixin, PreTrainedModel):
                 )
             return selection, n_masked
 
+    @torch.no_grad()
+    def select_above(
+        self,
+        x_norm: torch.Tensor,
+        k: int,
+        aux_mask: torch.Tensor | None,
+        *,
+        threshold: torch.Tensor | None = None,
+        batch_k: int | None = None,
+    ) -> tuple[TopKSelection, int]:
+        """Each row's pre-activations above `threshold`, or among the batch_k largest of the whole batch.
+
+        Exact with the per-row sparse ops: each row sends its top `width` candidates, and the width doubles
+        until no row has all of its candidates kept (a row that has may hold more). The selection is as wide
+        as the row with the most; the rest of each row is zeros (distinct indices, as the kernels need).
+        With batch_k, the smallest kept positive value updates the threshold buffer (its running mean).
+        """
+        n, rows = self.config.n_latents, x_norm.shape[0]
+        width = min(n, 4 * k)
+        while True:
+            selection, n_dead = self.select_topk(x_norm, width, aux_mask)
+            values = selection.values
+            cut = values.reshape(-1).topk(min(batch_k, values.numel())).values[-1] if batch_k else threshold
+            kept = (values >= cut if batch_k else values > cut) & (values > 0)  # ReLU zeroes the rest anyway
+            if width == n or not bool(kept[:, -1].any()):
+                break
+            width = min(n, 2 * width)
+        count = max(1, int(kept.sum(1).max()))
+        kept = kept[:, :count]
+        selection.indices = selection.indices[:, :count]
+        selection.values = torch.where(kept, values[:, :count], 0.0)
+        if batch_k:
+            positive = selection.values[selection.values > 0]
+            if positive.numel():
+                # The mean of every batch's value so far, then an exponential average (weight 1 − THRESHOLD_DECAY).
+                weight = max(1 - THRESHOLD_DECAY, 1 / (int(self.threshold_updates) + 1))
+                self.threshold.lerp_(positive.min().to(self.threshold.dtype), weight)
+                self.threshold_updates += 1
+        return selection, n_dead
+
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=self.b_pre)
+        b_pre = self.b_pre if self.config.subtracts_b_pre else None
+        return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=b_pre)
 
 
 

@@ -22,6 +22,10 @@ class EvalArgs(EvalConfig):
         default=None,
         metadata={"help": "Where eval_results.json goes; default: the SAE's folder when it is local, else ./eval-NAME."},
     )
+    inference: str | None = field(
+        default=None,
+        metadata={"help": "Selection at inference: topk | threshold; None: the SAE's own (a BatchTopK SAE's threshold)."},
+    )
     card: bool = field(default=True, metadata={"help": "Rewrite the folder's README.md model card with the new metrics."})
     quiet: bool = field(default=False, metadata={"help": "No progress bars."})
 
@@ -41,6 +45,9 @@ def run_eval(args: EvalArgs) -> EvalResults:
     from hfsae.hub.loading import load
 
     sae = load(args.model)
+    if args.inference is not None:
+        sae.config.inference = args.inference
+        sae.config.validate_architecture()  # e.g. a threshold asked of a TopK SAE
     config = EvalConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig)})
     results = evaluate(sae, config=config, quiet=args.quiet)
     local = Path(args.model)

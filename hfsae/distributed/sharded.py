@@ -38,9 +38,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..errors import HfsaeError
-from ..configuration import TopKSAEConfig
+from ..configuration import ARCHITECTURES, TopKSAEConfig
 from ..folder import SHARDED_WEIGHTS_INDEX, WEIGHTS_FILE, staged_folder
-from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize
+from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize, topk_losses
 from ..ops import backend_for, selected_preactivations, sparse_decode
 from .grid import ProcessGrid, all_gather, all_reduce_, barrier, shard_ranges
 from .stats import global_normalized_mse
@@ -48,6 +48,24 @@ from .stats import global_normalized_mse
 
 class CheckpointError(HfsaeError, FileNotFoundError):
     """A folder lacks the files of an hfsae model or training state."""
+
+
+class UnsupportedVariantError(HfsaeError, ValueError):
+    """The latent-sharded / data-parallel forward cannot run this variant."""
+
+
+def check_shardable(config: TopKSAEConfig) -> None:
+    """An UnsupportedVariantError naming the variant unless ShardedTopKSAE computes it exactly."""
+    if not ARCHITECTURES[config.architecture].latent_shards:
+        raise UnsupportedVariantError(
+            f"architecture={config.architecture!r} trains on one process only: its selection is not built for "
+            "--latent-shards or data-parallel processes. Train it with one process, or use architecture='topk'."
+        )
+    if config.is_transcoder or config.skip_connection:
+        raise UnsupportedVariantError(
+            f"A transcoder (target_hook_point={config.target_hook_point!r}) trains on one process only: the "
+            "sharded forward reconstructs its input. Train it with one process."
+        )
 
 
 def _weight_files(folder: str) -> dict[str, str]:
@@ -160,6 +178,7 @@ class ShardedTopKSAE(nn.Module):
 
     def __init__(self, config: TopKSAEConfig, grid: ProcessGrid):
         super().__init__()
+        check_shardable(config)
         self.config = config
         self.grid = grid
         self.start, self.stop = grid.shard_range(config.n_latents)
@@ -168,6 +187,7 @@ class ShardedTopKSAE(nn.Module):
         self.b_enc = nn.Parameter(torch.zeros(n_local)) if config.latent_bias else None
         self.W_dec = nn.Parameter(torch.empty(n_local, d))
         self.b_pre = nn.Parameter(torch.zeros(d))
+        self.W_skip = None  # check_shardable refuses skip connections
         self.ops_backend: str | None = None  # as TopKSAE.ops_backend
 
     # ---- building from and back to an ordinary TopKSAE ------------------------------------------------
@@ -343,18 +363,15 @@ class ShardedTopKSAE(nn.Module):
         decoded = _SumOverShards.apply(torch.cat(partials, dim=1), self.grid.latent_group).split(config.d_in, dim=1)
 
         x_hat_norm = decoded[0] + self.b_pre
-        fvu = self._fvu(x_hat_norm, x_norm)
-        loss = fvu
-        multi_topk_loss = aux_loss = None
-        if k_multi > k:
-            multi_topk_loss = self._fvu(decoded[1] + self.b_pre, x_norm)
-            loss = loss + config.multi_topk_coef * multi_topk_loss
-        if aux_mask is not None:
-            aux_loss = x_norm.new_zeros(())
-            if has_aux:
-                # 0/0 when the residual has no variance: the paper sets the term to 0.
-                aux_loss = torch.nan_to_num(self._fvu(decoded[-1], (x_norm - x_hat_norm).detach()), nan=0.0)
-            loss = loss + config.aux_k_coef * aux_loss
+        loss, fvu, multi_topk_loss, aux_loss = topk_losses(
+            config,
+            x_norm,
+            x_hat_norm,
+            x_hat_multi=decoded[1] + self.b_pre if k_multi > k else None,
+            residual_hat=decoded[-1] if has_aux else None,
+            aux=aux_mask is not None,
+            measure=self._fvu,
+        )
 
         code = SparseCode(
             indices=indices[:, :k].reshape(*leading, k),

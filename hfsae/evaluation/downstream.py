@@ -14,6 +14,7 @@ there are left out of every mean (they are the same in all three passes).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,34 @@ def replaced_after_first(replacement: Callable[[torch.Tensor], torch.Tensor]) ->
 
 def reconstruct(sae) -> Callable[[torch.Tensor], torch.Tensor]:
     """The splice function x [batch, seq, d_in] → the SAE's reconstruction at the positions that count."""
-    return replaced_after_first(lambda x: sae.decode(sae.encode(x)))
+    return replaced_after_first(lambda x: sae.decode(sae.encode(x), x=x))
+
+
+@contextmanager
+def spliced(model, sae, hook_point: str):
+    """While active, `model` runs with the SAE's output in place of its activation.
+
+    An SAE replaces the activation at hook_point with its reconstruction. A transcoder reads hook_point and
+    replaces the activation at its target_hook_point (e.g. the MLP's output) with its prediction, from the
+    same forward pass: its input is recorded on the way.
+    """
+    target = sae.config.target_hook_point
+    if target is None:
+        with splice(model, hook_point, reconstruct(sae)):
+            yield
+        return
+    read: list[torch.Tensor] = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        read.append(x)
+        return x
+
+    def predict(y: torch.Tensor) -> torch.Tensor:
+        x = read.pop()[:, FIRST_POSITION_USED:]
+        return torch.cat([y[:, :FIRST_POSITION_USED], sae.decode(sae.encode(x), x=x).to(y.dtype)], dim=1)
+
+    with splice(model, hook_point, record), splice(model, target, predict):
+        yield
 
 
 def next_token_ce(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -76,6 +104,8 @@ def downstream_loss(
 ) -> DownstreamLoss:
     """Clean, spliced and zero-ablated CE of `model` on input_ids [contexts, seq] with `sae` at hook_point.
 
+    A transcoder's output replaces its target activation (`spliced`); zero ablation zeroes that target.
+
     Example:
         >>> loss = downstream_loss(sae, model, input_ids)     # hook point from sae.config
         >>> loss.delta_ce, loss.ce_loss_recovered
@@ -92,15 +122,15 @@ def downstream_loss(
     sums = {"clean": 0.0, "spliced": 0.0, "zero": 0.0, "kl": 0.0}
     for ids in tqdm(input_ids.split(batch_size), desc="downstream loss", disable=quiet):
         clean = model(input_ids=ids, use_cache=False).logits
-        with splice(model, hook_point, reconstruct(sae)):
-            spliced = model(input_ids=ids, use_cache=False).logits
-        with splice(model, hook_point, replaced_after_first(torch.zeros_like)):
+        with spliced(model, sae, hook_point):
+            spliced_logits = model(input_ids=ids, use_cache=False).logits
+        with splice(model, sae.config.target_hook_point or hook_point, replaced_after_first(torch.zeros_like)):
             zero = model(input_ids=ids, use_cache=False).logits
         # Predictions from the positions that count: the last position predicts nothing.
         sums["clean"] += next_token_ce(clean, ids)[:, FIRST_POSITION_USED:].sum().item()
-        sums["spliced"] += next_token_ce(spliced, ids)[:, FIRST_POSITION_USED:].sum().item()
+        sums["spliced"] += next_token_ce(spliced_logits, ids)[:, FIRST_POSITION_USED:].sum().item()
         sums["zero"] += next_token_ce(zero, ids)[:, FIRST_POSITION_USED:].sum().item()
-        sums["kl"] += kl_per_token(clean, spliced)[:, FIRST_POSITION_USED:-1].sum().item()
+        sums["kl"] += kl_per_token(clean, spliced_logits)[:, FIRST_POSITION_USED:-1].sum().item()
     n_predicted = input_ids.shape[0] * (input_ids.shape[1] - 1 - FIRST_POSITION_USED)
     ce_clean, ce_spliced, ce_zero = (sums[name] / n_predicted for name in ("clean", "spliced", "zero"))
     # Undefined when deleting the activation changes nothing (e.g. a hook point the output ignores).

@@ -33,7 +33,7 @@ from hfsae.folder import EVAL_RESULTS_FILE, N2G_FILE, write_json_atomic
 
 from .ablation import ablation_sparsity
 from .downstream import downstream_loss
-from .metrics import reconstruction_metrics
+from .metrics import omitted_metrics, reconstruction_metrics
 from .n2g import n2g_evaluate
 from .probes import ProbeResult, ProbeTask, builtin_probe_tasks, evaluate_probes, task_from_dataset
 
@@ -126,6 +126,8 @@ class EvalResults:
     cosine: float
     progressive: dict[int, float]
     n_tokens: int
+    omitted: dict[str, str] = field(default_factory=dict)
+    """{metric: why it does not apply to this variant}: those metrics are left out, never estimated."""
     ce_clean: float | None = None
     ce_spliced: float | None = None
     delta_ce: float | None = None
@@ -140,6 +142,8 @@ class EvalResults:
     probe_loss_baseline: float | None = None
     probes: list[ProbeResult] = field(default_factory=list)
     hook_point: str | None = None
+    target_hook_point: str | None = None
+    architecture: str | None = None
     base_model: str | None = None
     dataset: str | None = None
     context_size: int | None = None
@@ -200,15 +204,20 @@ def _contexts(config: EvalConfig, dataset: str, tokenizer, context_size: int, te
 
 
 @torch.no_grad()
-def _activations(model, input_ids: torch.Tensor, hook_point: str, batch_size: int, quiet: bool) -> torch.Tensor:
-    """Activations at hook_point of the positions that count, on the model's device: [contexts · (seq − 1), d].
+def _activations(model, input_ids: torch.Tensor, hook_points: list[str], batch_size: int, quiet: bool) -> list[torch.Tensor]:
+    """Activations at each hook point of the positions that count, on the model's device: [contexts · (seq − 1), d].
 
     Held whole (n_tokens × d_in floats: 19 MB for the built-in default) so that FVU is one call of
-    `hfsae.modeling.fvu` over every row, exactly as the trainer measures it.
+    `hfsae.modeling.fvu` over every row, exactly as the trainer measures it. Several hook points (a
+    transcoder's input and target) come from the same forward passes.
     """
     device = next(model.parameters()).device
-    batches = tqdm(input_ids.split(batch_size), desc="activations", disable=quiet)
-    return torch.cat([positions_used(capture(model, ids.to(device), [hook_point])[hook_point]).float() for ids in batches])
+    parts: list[list[torch.Tensor]] = [[] for _ in hook_points]
+    for ids in tqdm(input_ids.split(batch_size), desc="activations", disable=quiet):
+        captured = capture(model, ids.to(device), hook_points)
+        for part, name in zip(parts, hook_points):
+            part.append(positions_used(captured[name]).float())
+    return [torch.cat(part) for part in parts]
 
 
 def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[ProbeTask]:
@@ -279,8 +288,10 @@ def evaluate(
     if texts is not None:
         dataset = f"{len(texts)} texts given to evaluate()"
 
-    x = _activations(model, input_ids, hook_point, config.batch_size, quiet)
-    metrics, code = reconstruction_metrics(sae, x)
+    target = sae.config.target_hook_point
+    x, *y = _activations(model, input_ids, [hook_point] + ([target] if target else []), config.batch_size, quiet)
+    metrics, code = reconstruction_metrics(sae, x, *y)
+    omitted = omitted_metrics(sae.config)
     results = EvalResults(
         fvu=metrics.fvu,
         explained_variance=metrics.explained_variance,
@@ -289,7 +300,10 @@ def evaluate(
         cosine=metrics.cosine,
         progressive=metrics.progressive,
         n_tokens=metrics.n_tokens,
+        omitted=omitted,
         hook_point=hook_point,
+        target_hook_point=target,
+        architecture=sae.config.architecture,
         base_model=sae.config.base_model,
         dataset=dataset,
         context_size=context_size,
@@ -303,7 +317,7 @@ def evaluate(
         for name in ("ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_loss_recovered"):
             setattr(results, name, getattr(loss, name))
         results.n_downstream_tokens = loss.n_tokens
-    if "ablation" not in config.skip:
+    if "ablation" not in config.skip and "ablation_sparsity" not in omitted:
         horizon = min(config.ablation_horizon, context_size - FIRST_POSITION_USED)
         results.ablation_sparsity = ablation_sparsity(
             sae,
@@ -324,8 +338,8 @@ def evaluate(
             # The code of the positions that count, per context: [contexts, seq − FIRST_POSITION_USED, k].
             dataclasses.replace(
                 code,
-                indices=code.indices.reshape(input_ids.shape[0], -1, sae.config.k).cpu(),
-                values=code.values.reshape(input_ids.shape[0], -1, sae.config.k).cpu(),
+                indices=code.indices.reshape(input_ids.shape[0], -1, code.indices.shape[-1]).cpu(),
+                values=code.values.reshape(input_ids.shape[0], -1, code.values.shape[-1]).cpu(),
             ),
             hook_point=hook_point,
             pad_token_id=pad_token_id or 0,

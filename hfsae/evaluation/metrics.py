@@ -41,10 +41,14 @@ def progressive_ks(k: int, n_latents: int) -> list[int]:
 
 @torch.no_grad()
 def reconstruct(sae, x: torch.Tensor, *, k: int | None = None) -> tuple[SparseCode, torch.Tensor]:
-    """(code, x_hat) of x [tokens, d_in] keeping k latents (default config.k), CHUNK_ROWS rows at a time."""
-    codes = [sae.encode(chunk, k=k) for chunk in x.split(CHUNK_ROWS)]
-    x_hat = torch.cat([sae.decode(code) for code in codes])
-    code = SparseCode(torch.cat([c.indices for c in codes]), torch.cat([c.values for c in codes]))
+    """(code, x_hat) of x [tokens, d_in] keeping k latents (default: the SAE's inference selection), CHUNK_ROWS
+    rows at a time. A thresholded SAE's chunks differ in width: the code is padded with zero values (index 0)."""
+    chunks = x.split(CHUNK_ROWS)
+    codes = [sae.encode(chunk, k=k) for chunk in chunks]
+    x_hat = torch.cat([sae.decode(code, x=chunk) for code, chunk in zip(codes, chunks)])
+    width = max(c.indices.shape[-1] for c in codes)
+    pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[-1]))  # noqa: E731
+    code = SparseCode(torch.cat([pad(c.indices) for c in codes]), torch.cat([pad(c.values) for c in codes]))
     return code, x_hat
 
 
@@ -53,11 +57,30 @@ def fvu_of(x_hat: torch.Tensor, x: torch.Tensor) -> float:
     return fvu(x_hat.double(), x.double()).item()
 
 
-def progressive_fvu(sae, x: torch.Tensor, ks: list[int] | None = None) -> dict[int, float]:
-    """FVU of `sae` on x [tokens, d_in] when it keeps k' latents at inference, for each k' (docs/method.md §4)."""
+def progressive_fvu(sae, x: torch.Tensor, ks: list[int] | None = None, *, y: torch.Tensor | None = None) -> dict[int, float]:
+    """FVU of `sae` on x [tokens, d_in] when it keeps k' latents at inference, for each k' (docs/method.md §4).
+
+    y: what it reconstructs, when not x (a transcoder's target)."""
     if ks is None:
         ks = progressive_ks(sae.config.k, sae.config.n_latents)
-    return {k_prime: fvu_of(reconstruct(sae, x, k=k_prime)[1], x) for k_prime in ks}
+    y = x if y is None else y
+    return {k_prime: fvu_of(reconstruct(sae, x, k=k_prime)[1], y) for k_prime in ks}
+
+
+def omitted_metrics(config) -> dict[str, str]:
+    """{metric: why it does not apply} for the variant a TopKSAEConfig describes: left out, never estimated."""
+    omitted = {}
+    if config.inference_mode == "threshold":
+        omitted["progressive"] = (
+            "progressive recovery varies the k of per-token TopK; this SAE selects with a threshold at inference "
+            "(evaluate it with inference='topk' to measure it)"
+        )
+    if config.is_transcoder:
+        omitted["ablation_sparsity"] = (
+            "ablation sparsity splices the code back at the hook point it reads; a transcoder writes to another "
+            "(not built for transcoders)"
+        )
+    return omitted
 
 
 @dataclass
@@ -75,8 +98,11 @@ class ReconstructionMetrics:
     n_tokens: int
 
 
-def reconstruction_metrics(sae, x: torch.Tensor) -> tuple[ReconstructionMetrics, SparseCode]:
-    """The metrics of `sae` on x [tokens, d_in], and its code (indices, values [tokens, k]).
+def reconstruction_metrics(sae, x: torch.Tensor, y: torch.Tensor | None = None) -> tuple[ReconstructionMetrics, SparseCode]:
+    """The metrics of `sae` on x [tokens, d_in], and its code (indices, values [tokens, width]).
+
+    y [tokens, d_out] is what it reconstructs when that is not x (a transcoder's target). L0 is measured
+    (a BatchTopK SAE's varies per token); progressive recovery is {} where `omitted_metrics` says so.
 
     Example:
         >>> metrics, code = reconstruction_metrics(sae, x)
@@ -84,15 +110,18 @@ def reconstruction_metrics(sae, x: torch.Tensor) -> tuple[ReconstructionMetrics,
     """
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"Reconstruction metrics need activations [tokens ≥ 2, d_in]; got shape {tuple(x.shape)}.")
+    y = x if y is None else y
+    if y.shape[0] != x.shape[0]:
+        raise ValueError(f"The target has {y.shape[0]} rows where the input has {x.shape[0]}; pass the same tokens.")
     code, x_hat = reconstruct(sae, x)
-    error = fvu_of(x_hat, x)
+    error = fvu_of(x_hat, y)
     metrics = ReconstructionMetrics(
         fvu=error,
         explained_variance=1.0 - error,
         l0=l0(code.values).item(),
         dead_fraction=dead_fraction(code.indices, code.values, sae.config.n_latents),
-        cosine=cosine(x, x_hat).item(),
-        progressive=progressive_fvu(sae, x),
+        cosine=cosine(y, x_hat).item(),
+        progressive={} if "progressive" in omitted_metrics(sae.config) else progressive_fvu(sae, x, y=y),
         n_tokens=x.shape[0],
     )
     return metrics, code

@@ -31,7 +31,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..errors import HfsaeError
-from ..configuration import TopKSAEConfig
+from ..configuration import ARCHITECTURES, TopKSAEConfig
 from ..folder import (
     ANALYSIS_DIR,
     CARD_FILE,
@@ -80,6 +80,7 @@ TRAINING_METRICS = {
     "fvu": "held-out FVU",
     "fvu_raw": "held-out FVU, raw weights",
     "fvu_ema": "held-out FVU, EMA weights",
+    "l0": "held-out L0 (measured active latents per token)",
     "weights": "weights saved",
     "dead_fraction": "dead fraction",
     "tokens": "training tokens",
@@ -98,8 +99,9 @@ LOCAL_TRAINING_OPTIONS = (
 
 # TopKSAEConfig fields shown in the architecture table, in this order.
 ARCHITECTURE_FIELDS = (
-    "d_in", "n_latents", "k", "k_aux", "normalize", "dataset_scale", "latent_bias",
-    "aux_k_coef", "multi_topk_coef", "multi_topk_factor", "base_model", "hook_point", "context_size", "dataset",
+    "architecture", "d_in", "d_out", "n_latents", "k", "k_aux", "normalize", "dataset_scale", "latent_bias",
+    "aux_k_coef", "multi_topk_coef", "multi_topk_factor", "skip_connection", "inference", "base_model",
+    "hook_point", "target_hook_point", "context_size", "dataset",
 )  # fmt: skip
 
 
@@ -305,7 +307,8 @@ def card_data_for(
 ) -> ModelCardData:
     """The card's YAML metadata."""
     dataset_id = _hub_id(config.dataset)
-    tags = ["sparse-autoencoder", "topk", "hfsae"] + ([config.hook_point] if config.hook_point else [])
+    kind = ["transcoder"] if config.is_transcoder else []
+    tags = ["sparse-autoencoder", config.architecture, *kind, "hfsae"] + ([config.hook_point] if config.hook_point else [])
     base_model = _base_model_id(config)
     return ModelCardData(
         library_name="hfsae",
@@ -353,6 +356,11 @@ def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, 
             (f"FVU at k'={k_prime}", _format(fvu), "progressive recovery")
             for k_prime, fvu in _progressive(eval_results).items()
         ]
+        # Metrics that do not apply to this variant: named with the reason, never given a number.
+        rows += [
+            (EVAL_METRICS.get(key, ("Progressive recovery",))[0], "omitted", reason)
+            for key, reason in (eval_results.get("omitted") or {}).items()
+        ]
         return rows
     where = {"fvu": "on held-out text at the end of training", "dead_fraction": "over the last training tokens"}
     return [
@@ -398,6 +406,7 @@ def render_card(
         config, eval_results_for(config, eval_results, training_metrics), model_name=model_name, license=license
     )
     base_model = config.base_model
+    summary = ARCHITECTURES[config.architecture].summary
     return ModelCard.from_template(
         card_data,
         template_path=str(template_path(MODEL_CARD_TEMPLATE)),
@@ -415,7 +424,7 @@ def render_card(
         tokens=training_metrics.get("tokens"),
         delta_ce=eval_results.get("delta_ce"),
         architecture_rows=[
-            (field, _format(getattr(config, field)))
+            (field, _format(getattr(config, field)) + (f" ({summary})" if field == "architecture" else ""))
             for field in ARCHITECTURE_FIELDS
             if getattr(config, field) is not None
         ],

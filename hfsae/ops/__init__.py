@@ -109,7 +109,7 @@ class _SubspaceCode(torch.autograd.Function):
         code = torch.zeros(x.shape[0], W_sub.shape[0], dtype=preacts.dtype, device=preacts.device)
         code.scatter_(1, positions, preacts.relu())
         ctx.save_for_backward(x, b_pre, W_sub, code)  # code is kept anyway: the decoder product saves it
-        ctx.has_bias = b_sub is not None
+        ctx.has_bias, ctx.has_b_pre = b_sub is not None, b_pre is not None
         return code
 
     @staticmethod
@@ -119,9 +119,9 @@ class _SubspaceCode(torch.autograd.Function):
         # the code is the mask: one pass, faster than gather/scatter through positions or `where`.
         grad_pre = torch.ops.aten.threshold_backward(grad_code, code, 0.0)  # [batch, n_sub]
         grad_x = grad_pre @ W_sub if ctx.needs_input_grad[0] else None
-        grad_W_sub = grad_pre.T @ (x - b_pre) if ctx.needs_input_grad[2] else None
+        grad_W_sub = grad_pre.T @ (x - b_pre if ctx.has_b_pre else x) if ctx.needs_input_grad[2] else None
         per_latent = grad_pre.sum(0)
-        grad_b_pre = -(per_latent @ W_sub) if ctx.needs_input_grad[1] else None
+        grad_b_pre = -(per_latent @ W_sub) if ctx.has_b_pre and ctx.needs_input_grad[1] else None
         grad_b_sub = per_latent if ctx.has_bias and ctx.needs_input_grad[3] else None
         return grad_x, grad_b_pre, grad_W_sub, grad_b_sub, None, None
 
@@ -152,11 +152,12 @@ def subspace_code(
     positions: torch.Tensor,
     preacts: torch.Tensor,
     *,
-    b_pre: torch.Tensor,
+    b_pre: torch.Tensor | None,
 ) -> torch.Tensor:
     """Dense code [batch, n_sub] over latents W_sub [n_sub, d]: ReLU(preacts) at `positions` [batch, k], 0 elsewhere.
 
-    `preacts` must equal ((x − b_pre) @ W_sub.T + b_sub) at those positions (they come from encode_topk).
+    `preacts` must equal ((x − b_pre) @ W_sub.T + b_sub) at those positions (they come from encode_topk);
+    b_pre None encodes x itself (a transcoder's convention).
     """
     return _SubspaceCode.apply(x, b_pre, W_sub, b_sub, positions, preacts)
 

@@ -21,7 +21,10 @@ from ..configuration import TopKSAEConfig
 
 # TopKSAEConfig fields a user chooses for a training run; the others are sizes the sweep sets
 # (n_latents, k), measurements the trainer fills (d_in, dataset_scale) or provenance.
-SAE_OPTION_FIELDS = ("normalize", "aux_k_coef", "k_aux", "multi_topk_coef", "multi_topk_factor", "latent_bias")
+SAE_OPTION_FIELDS = (
+    "architecture", "normalize", "aux_k_coef", "k_aux", "multi_topk_coef", "multi_topk_factor", "latent_bias",
+    "encoder_subtracts_decoder_bias", "skip_connection",
+)  # fmt: skip
 
 # Options that may differ between a run and its resumption: they change neither the data order nor a
 # single optimiser step (train_tokens only moves the end, except as check_resumable says; eval_tokens
@@ -101,6 +104,9 @@ class TrainConfig:
     # have massive-activation outliers, and harvesting stops a third of the way in (docs/performance.md).
     hook_points: list[str] = field(default_factory=lambda: ["layers.10.resid_post"])
     """Where to read activations, e.g. layers.10.resid_post (one SAE set per hook point)."""
+    target_hook_points: list[str] = field(default_factory=list)
+    """Train transcoders: the i-th hook point's SAEs predict the activation at the i-th of these (same forward
+    pass), e.g. --hook-points model.layers.10.mlp:input --target-hook-points layers.10.mlp_out. Empty: SAEs."""
     dataset: str = "builtin"
     """Text: 'builtin' (Python's own documentation and sources), a Hub dataset name or local files."""
     text_column: str = "text"
@@ -131,13 +137,16 @@ class TrainConfig:
     n_latents: list[int] = field(default_factory=lambda: [4096])
     """Dictionary sizes (TopKSAEConfig.n_latents); one SAE per (hook point, n_latents, k)."""
     k: list[int] = field(default_factory=lambda: [32])
-    """Latents kept per token (TopKSAEConfig.k); one SAE per (hook point, n_latents, k)."""
+    """Latents kept per token (TopKSAEConfig.k; BatchTopK: on average); one SAE per (hook point, n_latents, k)."""
+    architecture: str = sae_option("architecture")
     normalize: str = sae_option("normalize")
     aux_k_coef: float = sae_option("aux_k_coef")
     k_aux: int | None = sae_option("k_aux")
     multi_topk_coef: float = sae_option("multi_topk_coef")
     multi_topk_factor: int = sae_option("multi_topk_factor")
     latent_bias: bool = sae_option("latent_bias")
+    encoder_subtracts_decoder_bias: bool | None = sae_option("encoder_subtracts_decoder_bias")
+    skip_connection: bool = sae_option("skip_connection")
     tied_init: bool = True
     """Initialise the encoder as the decoder's transpose (docs/method.md §1); false draws it separately."""
     init_from: str | None = None
@@ -223,6 +232,7 @@ class TrainConfig:
             "save_steps": self.save_steps is None or self.save_steps >= 1,
             "logging_steps": self.logging_steps >= 1,
             "hook_points": len(self.hook_points) >= 1 and len(set(self.hook_points)) == len(self.hook_points),
+            "target_hook_points": len(self.target_hook_points) in (0, len(self.hook_points)),
             "n_latents": len(self.n_latents) >= 1 and all(n >= 2 for n in self.n_latents),
             "k": len(self.k) >= 1 and all(k >= 1 for k in self.k),
             "mixed_precision": self.mixed_precision in (None, "no", "bf16", "fp16"),
@@ -242,12 +252,22 @@ class TrainConfig:
                 f"{self.gradient_accumulation_steps} (each micro-batch has the same number of tokens)."
             )
         for n_latents, k in itertools.product(self.n_latents, self.k):
-            self.sae_config(d_in=1, hook_point=self.hook_points[0], n_latents=n_latents, k=k)  # raises ValueError
+            self.sae_config(d_in=1, hook_point=self.hook_points[0], n_latents=n_latents, k=k, d_out=1)  # raises ValueError
 
     @property
     def steps(self) -> int:
         """Optimiser steps: train_tokens // batch_size."""
         return self.train_tokens // self.batch_size
+
+    def target_of(self, hook_point: str) -> str | None:
+        """The target hook point of hook_point's transcoders, or None when this run trains SAEs."""
+        if not self.target_hook_points:
+            return None
+        return self.target_hook_points[self.hook_points.index(hook_point)]
+
+    def harvested_hook_points(self) -> list[str]:
+        """Every hook point whose activations the run reads: the inputs, then the transcoders' targets."""
+        return list(dict.fromkeys(self.hook_points + self.target_hook_points))
 
     def sae_names(self) -> list[tuple[str, int, int]]:
         """Every (hook_point, n_latents, k) this run trains, in a fixed order."""
@@ -273,10 +293,13 @@ class TrainConfig:
             )
 
     def sae_config(self, *, d_in: int, hook_point: str, n_latents: int, k: int, **measured) -> TopKSAEConfig:
-        """The TopKSAEConfig of one SAE of the sweep; `measured` sets dataset_scale or overrides provenance."""
+        """The TopKSAEConfig of one SAE of the sweep; `measured` sets d_out, dataset_scale or overrides provenance."""
         fields = {name: getattr(self, name) for name in SAE_OPTION_FIELDS}
         fields.update(base_model=self.model, context_size=self.context_size, dataset=self.dataset)
+        fields.update(target_hook_point=self.target_of(hook_point))
         fields.update(measured)
+        if fields["target_hook_point"] is None:
+            fields.pop("d_out", None)  # an SAE reconstructs its input
         return TopKSAEConfig(d_in=d_in, n_latents=n_latents, k=k, hook_point=hook_point, **fields)
 
     def learning_rate_for(self, n_latents: int) -> float:
@@ -327,6 +350,7 @@ _VALID = {
     "save_steps": "use a positive number of steps or None.",
     "logging_steps": "use a positive number of steps.",
     "hook_points": "name one or more distinct hook points, e.g. layers.10.resid_post.",
+    "target_hook_points": "name one target per hook point (transcoders), or none (SAEs).",
     "n_latents": "give one or more sizes of at least 2.",
     "k": "give one or more positive values.",
     "mixed_precision": "choose 'no', 'bf16', 'fp16' or None.",

@@ -62,7 +62,7 @@ def _text_source(model, tokenizer, config: TrainConfig, *, split: str, n_tokens:
     return ActivationSource(
         model,
         tokenizer,
-        config.hook_points,
+        config.harvested_hook_points(),
         text=text,
         context_size=config.context_size,
         contexts_per_forward=max(1, config.device_batch_tokens // config.context_size),

@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 from ..errors import HfsaeError
 from ..configuration import TopKSAEConfig
 from ..distributed.grid import ProcessGrid, init_process_grid
-from ..distributed.sharded import ShardedTopKSAE
+from ..distributed.sharded import ShardedTopKSAE, check_shardable
 from ..distributed.stats import any_rank
 from ..modeling import TopKSAE, fired_latents, fvu
 from .checkpoint import checkpoints_of_run, load_checkpoint, remove_orphans, save_checkpoint
@@ -166,6 +166,14 @@ def peak_memory() -> dict[str, int]:
     return peaks
 
 
+@torch.no_grad()
+def _copy_buffers_(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Copy every buffer (a BatchTopK threshold and its update count) from source into target, by name."""
+    buffers = dict(source.named_buffers())
+    for name, buffer in target.named_buffers():
+        buffer.copy_(buffers[name])
+
+
 class Trainer:
     """Trains every SAE of a TrainConfig on a stream of activation batches (see `data.py`).
 
@@ -206,6 +214,9 @@ class Trainer:
                 "process: the FVU divides by the batch's variance, which needs at least 2 rows. Raise batch_size."
             )
         names = config.sae_names()
+        if self.grid.data_size * self.grid.latent_size > 1:
+            # Refused by name before any activation is read, never trained as plain TopK.
+            check_shardable(config.sae_config(d_in=1, d_out=1, hook_point=names[0][0], n_latents=names[0][1], k=names[0][2]))
         if config.distribute_saes:
             rank = self.accelerator.process_index
             if len(names) < world:
@@ -231,31 +242,39 @@ class Trainer:
             hook_point, n_latents, k = self._sizes[name]
             x = sample[hook_point][:INIT_SAMPLE_TOKENS].float().cpu()
             measured = {"base_model": self.base_model}
+            target = config.target_of(hook_point)
+            if target is not None:
+                y = sample[target][:INIT_SAMPLE_TOKENS].float().cpu()
+                measured["d_out"] = y.shape[1]
             if self.init_from is not None and self.init_from.config.dataset_scale is not None:
                 measured["dataset_scale"] = self.init_from.config.dataset_scale
             elif config.normalize == "dataset_scale":
                 # One constant for the layer so that E‖x‖² = d_in (docs/method.md §1).
                 measured["dataset_scale"] = float((x.shape[1] / x.pow(2).sum(dim=1).mean()).sqrt())
             sae_config = config.sae_config(d_in=x.shape[1], hook_point=hook_point, n_latents=n_latents, k=k, **measured)
-            sae = self._initialised_sae(sae_config, name, x)
+            sae = self._initialised_sae(sae_config, name, x if target is None else y)
             self.runs.append(self._prepare_run(name, hook_point, sae))
 
     def _initialised_sae(self, sae_config: TopKSAEConfig, name: str, sample: torch.Tensor) -> TopKSAE:
+        """A new SAE of sae_config, from init_from or tied random weights; b_pre from `sample` of what it reconstructs."""
         sae = TopKSAE(sae_config)
         if self.init_from is not None:
             pretrained = self.init_from.config
-            if (pretrained.d_in, pretrained.n_latents) != (sae_config.d_in, sae_config.n_latents):
+            if (pretrained.architecture, pretrained.d_in, pretrained.output_size, pretrained.n_latents) != (
+                sae_config.architecture, sae_config.d_in, sae_config.output_size, sae_config.n_latents
+            ):
                 raise ValueError(
                     f"init_from={self.config.init_from!r} has d_in={pretrained.d_in}, n_latents={pretrained.n_latents}; "
-                    f"this run trains d_in={sae_config.d_in}, n_latents={sae_config.n_latents} at "
-                    f"{sae_config.hook_point}. Pass --n-latents {pretrained.n_latents} and a hook point of width "
-                    f"{pretrained.d_in}, or start from another SAE."
+                    f"this run trains d_in={sae_config.d_in}, n_latents={sae_config.n_latents} at {sae_config.hook_point} "
+                    f"(architecture {pretrained.architecture} → {sae_config.architecture}, d_out {pretrained.output_size} → "
+                    f"{sae_config.output_size}). Pass the same --architecture, --n-latents {pretrained.n_latents} and hook "
+                    "points of those widths, or start from another SAE."
                 )
             sae.load_state_dict(self.init_from.state_dict())
             return sae
         generator = torch.Generator().manual_seed(_seed_for(self.config.seed, name))
         sae.init_tied_(generator=generator)
-        if not self.config.tied_init:
+        if not self.config.tied_init and sae.W_enc.shape == sae.W_dec.shape:  # else init_tied_ drew them apart
             with torch.no_grad():
                 W_enc = torch.randn(sae.W_enc.shape, generator=generator)
                 sae.W_enc.copy_(W_enc / W_enc.norm(dim=1, keepdim=True))
@@ -302,15 +321,18 @@ class Trainer:
         for micro in range(micro_batches):
             x_by_hook = split_batch(batch, micro_batches, micro)
             for run in self.runs:
-                self._forward_backward(run, x_by_hook[run.hook_point].to(self.device))
+                target = run.sae.config.target_hook_point
+                y = None if target is None else x_by_hook[target].to(self.device)
+                self._forward_backward(run, x_by_hook[run.hook_point].to(self.device), y)
         for run in self.runs:
             self._update_weights(run)
         self.step += 1
 
-    def _forward_backward(self, run: SAERun, x: torch.Tensor) -> None:
+    def _forward_backward(self, run: SAERun, x: torch.Tensor, target: torch.Tensor | None) -> None:
         micro_batches = self.config.gradient_accumulation_steps
         with self.accelerator.autocast():
-            output = run.sae(x, dead_mask=run.dead.dead_mask)
+            transcoding = {} if target is None else {"target": target}  # the sharded forward takes no target
+            output = run.sae(x, dead_mask=run.dead.dead_mask, **transcoding)
         (output.loss / micro_batches).backward()
         run.fvu_sum += output.fvu.detach() / micro_batches
         run.diverged |= ~torch.isfinite(output.loss.detach())
@@ -463,25 +485,33 @@ class Trainer:
     # ---- evaluation and the model to keep -----------------------------------------------------------
 
     @torch.no_grad()
-    def _evaluate(self, sae: TopKSAE, x: torch.Tensor) -> tuple[float, float]:
-        """(FVU, fraction of latents that never fire) on held-out activations x [tokens, d_in].
+    def _evaluate(self, sae: TopKSAE, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
+        """(FVU, fraction of latents that never fire, L0) on held-out activations x [tokens, d_in].
 
-        FVU is measured in the activation's own scale: x_hat is what would be spliced back.
+        y is what the model reconstructs (x for an SAE, a transcoder's target). FVU is measured in the
+        activation's own scale: x_hat is what would be spliced back. L0 is measured (BatchTopK's varies),
+        with the selection of inference (eval mode: a BatchTopK threshold).
         """
+        sae.eval()
         x_hats, fired = [], torch.zeros(sae.config.n_latents, dtype=torch.bool, device=self.device)
+        active = 0
         for chunk in x.split(EVAL_CHUNK):
             output = sae(chunk.to(self.device))
             x_hats.append(output.x_hat.float().cpu())
             fired |= fired_latents(output.code.indices, output.code.values, sae.config.n_latents)
-        return fvu(torch.cat(x_hats).double(), x.double()).item(), 1.0 - fired.float().mean().item()
+            active += int((output.code.values > 0).sum())
+        error = fvu(torch.cat(x_hats).double(), y.double()).item()
+        return error, 1.0 - fired.float().mean().item(), active / x.shape[0]
 
     def _full_models(self, run: SAERun) -> tuple[TopKSAE, TopKSAE]:
         """(raw, EMA) weights as ordinary TopKSAEs (collective when sharded)."""
         averaged = run.ema.averaged()
         raw = TopKSAE(run.sae.config).to(self.device)
         ema = TopKSAE(run.sae.config).to(self.device)
-        raw.load_state_dict({name: run.full(name, p.detach()) for name, p in run.sae.named_parameters()})
-        ema.load_state_dict({name: run.full(name, averaged[name]) for name in averaged})
+        raw.load_state_dict({name: run.full(name, p.detach()) for name, p in run.sae.named_parameters()}, strict=False)
+        ema.load_state_dict({name: run.full(name, averaged[name]) for name in averaged}, strict=False)
+        for model in (raw, ema):  # a BatchTopK threshold: estimated on the raw weights' codes
+            _copy_buffers_(run.sae, model)
         return raw, ema
 
     def _finish(self, heldout: dict[str, torch.Tensor], elapsed: float) -> list[TrainResult]:
@@ -495,7 +525,8 @@ class Trainer:
             if not (self.config.distribute_saes or self.accelerator.is_main_process):
                 continue
             x = heldout[run.hook_point]
-            (fvu_raw, unfired_raw), (fvu_ema, unfired_ema) = self._evaluate(raw, x), self._evaluate(ema, x)
+            y = x if raw.config.target_hook_point is None else heldout[raw.config.target_hook_point]
+            (fvu_raw, unfired_raw, l0_raw), (fvu_ema, unfired_ema, l0_ema) = self._evaluate(raw, x, y), self._evaluate(ema, x, y)
             kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
             self._check_heldout_fvu(run.name, min(fvu_raw, fvu_ema))
             tokens = self.step * self.config.batch_size
@@ -507,6 +538,7 @@ class Trainer:
                 "dead_fraction": run.dead.dead_fraction(),
                 "dead_tokens": self.config.dead_tokens,
                 "heldout_unfired_fraction": unfired_ema if weights == "ema" else unfired_raw,
+                "l0": l0_ema if weights == "ema" else l0_raw,
                 "tokens": tokens,
                 "steps": self.step,
                 "heldout_tokens": x.shape[0],
@@ -552,6 +584,8 @@ class Trainer:
                 for key in ("exp_avg", "exp_avg_sq"):
                     tensors[f"{prefix}adam.{name}.{key}"] = run.full(name, adam[key])
                 tensors[f"{prefix}adam.{name}.step"] = adam["step"]
+            for name, buffer in run.sae.named_buffers():  # a BatchTopK threshold
+                tensors[f"{prefix}buffers.{name}"] = buffer.detach()
             tensors[f"{prefix}ema_updates"] = torch.tensor(run.ema.updates)
             tensors[f"{prefix}dead.tokens_since_fired"] = run.dead.tokens_since_fired
             state["saes"][run.name] = {"config": run.sae.config.to_dict()}
@@ -589,7 +623,10 @@ class Trainer:
         for name in self.names:
             prefix = f"{name}/"
             sae = TopKSAE(TopKSAEConfig.from_dict(state["saes"][name]["config"]))
-            sae.load_state_dict({n: tensors[f"{prefix}weights.{n}"] for n, _ in sae.named_parameters()})
+            sae.load_state_dict({n: tensors[f"{prefix}weights.{n}"] for n, _ in sae.named_parameters()}, strict=False)
+            with torch.no_grad():
+                for n, buffer in sae.named_buffers():
+                    buffer.copy_(tensors[f"{prefix}buffers.{n}"])
             run = self._prepare_run(name, self._sizes[name][0], sae)
             for index, shadow in enumerate(run.ema.shadow):
                 shadow.copy_(run.part(run.ema.names[index], tensors[f"{prefix}ema.{run.ema.names[index]}"]))

@@ -102,3 +102,18 @@ def test_four_processes_shard_latents_on_a_two_by_two_grid_and_distribute_four_s
     folders = [entry["folder"] for entry in json.loads((tmp_path / "sweep-one/index.json").read_text())["saes"]]
     for folder in folders:
         assert_same_model(tmp_path / "sweep-one" / folder, tmp_path / "sweep-four" / folder)
+
+
+@pytest.mark.parametrize(
+    "variant, name",
+    [
+        (["--architecture", "batchtopk"], "architecture='batchtopk'"),
+        (["--hook-points", "model.layers.1.mlp:input", "--target-hook-points", "layers.1.mlp_out"], "transcoder"),
+    ],
+)
+def test_a_variant_the_sharded_forward_cannot_run_is_refused_by_name_not_trained_as_topk(tmp_path, inputs, variant, name):
+    model_folder, text_file = inputs
+    result = processes(2, train_arguments(model_folder, text_file, tmp_path / "out", "--latent-shards", "2", *variant))
+    assert result.returncode != 0
+    assert name in result.stderr and "one process" in result.stderr, result.stderr[-2000:]
+    assert not (tmp_path / "out/model.safetensors").exists()

@@ -57,12 +57,12 @@ def test_spliced_ce_equals_a_forward_with_the_reconstruction_in_place_of_the_act
 
 def test_a_perfect_reconstruction_recovers_all_of_the_loss(tiny_llama, tokens):
     class Identity:
-        config = type("Config", (), {"hook_point": "layers.1.resid_pre"})
+        config = type("Config", (), {"hook_point": "layers.1.resid_pre", "target_hook_point": None})
 
         def encode(self, x):
             return x
 
-        def decode(self, code):
+        def decode(self, code, *, x=None):
             return code
 
     loss = downstream_loss(Identity(), tiny_llama, tokens)
