@@ -325,3 +325,18 @@ def test_gpu_run_refuses_without_cuda_in_one_line():
     assert finished.returncode != 0
     lines = (finished.stdout + finished.stderr).strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0], lines
+
+
+def test_gpu_summary_judges_the_finished_gpu_runs_by_the_reports_rule(reproduce, tmp_path):
+    plan = reproduce.Plan(tmp_path)
+    for seed, (with_fixes, without) in enumerate([(0.01, 0.5), (0.02, 0.6), (0.03, 0.7)]):
+        for variant, dead in (("auxk_tied", with_fixes), ("none", without)):
+            folder = plan.gpu_run(variant, seed)
+            folder.mkdir(parents=True)
+            metrics = {"tokens": reproduce.GPU_TOKENS, "dead_tokens": 10_000_000, "dead_fraction": dead,
+                       "heldout_unfired_fraction": dead, "fvu": 0.2}  # fmt: skip
+            (folder / "training_metrics.json").write_text(json.dumps(metrics))
+    summary = reproduce.gpu_summary(tmp_path)
+    assert summary["verdict"] == "agree" and summary["dead_without"]["mean"] == pytest.approx(0.6)
+    (plan.gpu_run("none", 2) / "training_metrics.json").unlink()  # a cut-short run: two seeds of one arm
+    assert reproduce.gpu_summary(tmp_path)["verdict"] == "inconclusive"

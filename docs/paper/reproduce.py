@@ -712,7 +712,8 @@ def plot_downstream(results: dict, plt) -> object:
 
 
 def plot_quality(results: dict, plt) -> object:
-    series = results["findings"]["quality"]["series"]
+    quality = results["findings"]["quality"]
+    series, samples = quality["series"], quality["samples"]
     sizes = sorted({row["n_latents"] for row in series})
     figure, axes = plt.subplots(1, len(QUALITY_METRICS), figsize=(3.6 * len(QUALITY_METRICS), 3.6))
     for axis, (key, (label, direction)) in zip(axes, QUALITY_METRICS.items()):
@@ -720,6 +721,8 @@ def plot_quality(results: dict, plt) -> object:
         size_ticks(axis, sizes)
         axis.set(xlabel="n_latents", title=f"{label}\n({'higher' if direction == 'up' else 'lower'} is better)")
         axis.grid(True, alpha=0.3)
+    figure.suptitle(f"k {quality['k']} scaling runs, seed 0; N2G on {samples['n2g_latents']} latents, ablation at "
+                    f"{samples['ablation_positions']} positions, probes on {samples['probe_contexts']} contexts", fontsize=10)  # fmt: skip
     return figure
 
 
