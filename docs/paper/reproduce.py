@@ -2,7 +2,7 @@
 
     python docs/paper/reproduce.py                  # train, evaluate, fit, report (about 2 hours on 2 CPU cores)
     python docs/paper/reproduce.py --report-only    # rebuild results.json, the plots and the README tables from the runs
-    python docs/paper/reproduce.py --rejudge        # recompute verdicts, plots and tables from results.json alone
+    python docs/paper/reproduce.py --rejudge        # verdicts, plots and tables from results.json (+ new seed runs)
     python docs/paper/reproduce.py --plan gpu       # print the GPU plan's commands (--plan cpu: the CPU plan's)
     bash docs/paper/gpu_run.sh                      # run the GPU plan on one CUDA GPU
 
@@ -333,6 +333,27 @@ def measure_quality(plan: Plan) -> dict:
     return {"k": K, "samples": {"tokens": EVAL_TOKENS, **EVAL_SAMPLES}, "series": series, "evaluated": evaluated}
 
 
+def merge_seed_runs(results: dict, plan: Plan) -> dict:
+    """Add to stored results the seed runs (seeds 1 and 2, the seed study) found under the work dir: the runs a
+    session without the first pass's folders can still add."""
+    dead, prog = results["findings"]["dead_latents"], results["findings"]["progressive"]
+    known = {(row["n_latents"], row["variant"], row["seed"]) for row in dead["rows"]}
+    largest = max(DEAD_N)
+    extra = {(largest, v, s): plan.dead_run(largest, v, s) for s in SEEDS[1:] for v in ("auxk_tied", "none")}
+    dead["rows"] += [row for row in rows_of(extra) if (row["n_latents"], row["variant"], row["seed"]) not in known]
+    study = {(SEED_STUDY_N, v, s): plan.seed_study_run(v, s) for s in SEEDS for v in ("auxk_tied", "none")}
+    dead["seed_study"] = rows_of(study) or dead.get("seed_study", [])
+    for variant, runs in prog["runs"].items():
+        for seed in SEEDS[1:]:
+            path = plan.progressive_run(variant, seed) / "eval_results.json"
+            if path.is_file() and seed not in {run["seed"] for run in runs}:
+                curve = read(path)["progressive"]
+                runs.append({"seed": seed, "fvu": [curve[str(k)] for k in prog["k_prime"]]})
+    done = [command for command, (_, marker) in zip(plan.commands(), plan.steps) if marker is not None and marker.is_file()]
+    results["commands_run"] += [command for command in done if command not in results["commands_run"]]
+    return results
+
+
 def collect(plan: Plan) -> dict:
     """results.json's measurements from the run folders (the verdicts come from `judge`)."""
     done = [command for command, (_, marker) in zip(plan.commands(), plan.steps) if marker is None or marker.is_file()]
@@ -392,6 +413,7 @@ def judge_dead(dead: dict) -> dict:
     arm = arms(at, dead["largest_n"], "dead_fraction")
     with_fixes, without = arm["auxk_tied"], arm["none"]
     tokens, window = min(row["tokens"] for row in at), min(row["dead_tokens"] for row in at)
+    study_fvu = arms(dead.get("seed_study", []), SEED_STUDY_N, "fvu")
     conditions = {
         "seeds": min(with_fixes["seeds"], without["seeds"]) >= MIN_SEEDS,
         "paper_window": window >= PAPER_DEAD_WINDOW,
@@ -415,8 +437,9 @@ def judge_dead(dead: dict) -> dict:
         "tokens": tokens, "dead_tokens": window,
         "dead_with": with_fixes, "dead_without": without,
         "decisive_conditions": conditions, "decisive": all(conditions.values()),
-        "seed_study_fvu": arms(dead.get("seed_study", []), SEED_STUDY_N, "fvu"),
-        "seed_study_dead": arms(dead.get("seed_study", []), SEED_STUDY_N, "dead_fraction"),
+        "seed_study_fvu": study_fvu, "seed_study_dead": arms(dead.get("seed_study", []), SEED_STUDY_N, "dead_fraction"),
+        # held-out FVU of the fixes against neither: '<' when lower by more than the spreads
+        "seed_study_fvu_comparison": compare(study_fvu["auxk_tied"], study_fvu["none"]) if len(study_fvu) == 2 else None,
         "verdict": verdict,
     }  # fmt: skip
 
@@ -952,7 +975,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="paper-runs", help="Folder for the runs and the activation cache (default: paper-runs).")
     parser.add_argument("--report-only", action="store_true", help="Only rebuild results.json, the plots and the tables from the runs.")
-    parser.add_argument("--rejudge", action="store_true", help="Recompute verdicts, plots and tables from results.json's numbers.")
+    parser.add_argument("--rejudge", action="store_true", help="Recompute verdicts, plots and tables from results.json's "
+                        "numbers, adding the seed runs found under --work-dir.")  # fmt: skip
     parser.add_argument("--plan", choices=("cpu", "gpu"), help="Print that plan's commands and exit.")
     parser.add_argument("--run-gpu", action="store_true", help="Run the GPU plan within its deadline and print its verdict.")
     parser.add_argument("--pack-gpu", action="store_true", help=f"Write {GPU_PACK}, what gpu_run.sh needs beside the checkout.")
@@ -971,9 +995,10 @@ def main() -> None:
         (work / "gpu_summary.json").write_text(json.dumps(summary_, indent=1, ensure_ascii=False) + "\n")
         print(json.dumps(summary_, indent=1, ensure_ascii=False))
         return
-    if args.rejudge:  # the stored numbers, with the plans as the script now writes them
-        results = read(RESULTS)
-        results["commands"], results["gpu_commands"] = Plan(work).build().commands(), Plan(work).build_gpu().commands()
+    if args.rejudge:  # the stored numbers and any new seed runs, with the plans as the script now writes them
+        plan = Plan(work).build()
+        results = merge_seed_runs(read(RESULTS), plan)
+        results["commands"], results["gpu_commands"] = plan.commands(), Plan(work).build_gpu().commands()
     else:
         plan = Plan(work).build()
         if not args.report_only:
