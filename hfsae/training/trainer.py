@@ -27,6 +27,7 @@ so a run may resume on another number of processes.
 
 from __future__ import annotations
 
+import math
 import resource
 import sys
 import time
@@ -62,7 +63,8 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 # A held-out FVU above this stops the run before anything is saved. The data's mean alone scores FVU 1 and
 # an SAE starts near it (b_pre is the geometric median, decoder rows have unit norm), so 100 (reconstructions
 # ten times farther from the data than its spread) is not undertraining: the weights diverged to finite
-# values that the NaN check cannot see.
+# values that the NaN check cannot see. A transcoder has no such starting point (its untrained output bears no
+# relation to its target's spread), so only the NaN/inf checks guard it.
 MAX_HELDOUT_FVU = 100.0
 
 
@@ -386,8 +388,8 @@ class Trainer:
             f"{kept}. Lower the learning rate or the loss weights, or use larger batches."
         )
 
-    def _check_heldout_fvu(self, name: str, fvu_value: float) -> None:
-        if not fvu_value <= MAX_HELDOUT_FVU:  # also NaN
+    def _check_heldout_fvu(self, name: str, fvu_value: float, *, transcoder: bool) -> None:
+        if not math.isfinite(fvu_value) or (not transcoder and fvu_value > MAX_HELDOUT_FVU):
             raise TrainingDivergedError(
                 f"Training diverged: {name} reconstructs the held-out activations with FVU {fvu_value:.3g} after "
                 f"{self.step} steps, above {MAX_HELDOUT_FVU:g} (the data's mean alone scores 1), so no SAE was saved "
@@ -528,7 +530,7 @@ class Trainer:
             y = x if raw.config.target_hook_point is None else heldout[raw.config.target_hook_point]
             (fvu_raw, unfired_raw, l0_raw), (fvu_ema, unfired_ema, l0_ema) = self._evaluate(raw, x, y), self._evaluate(ema, x, y)
             kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
-            self._check_heldout_fvu(run.name, min(fvu_raw, fvu_ema))
+            self._check_heldout_fvu(run.name, min(fvu_raw, fvu_ema), transcoder=raw.config.is_transcoder)
             tokens = self.step * self.config.batch_size
             metrics = {
                 "fvu": min(fvu_raw, fvu_ema),

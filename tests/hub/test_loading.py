@@ -131,7 +131,7 @@ def test_convert_refuses_to_overwrite_and_unknown_formats(tmp_path):
     make_sae(7).save_pretrained(tmp_path / "ours")
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "file").write_text("x")
-    with pytest.raises(FileExistsError, match="already exists and is not an empty folder"):
+    with pytest.raises(FileExistsError, match="already exists and is not empty"):
         convert(tmp_path / "ours", tmp_path / "taken", source_format="hfsae", target_format="saelens")
     with pytest.raises(UnknownFormatError, match="Unknown source format 'safetensors'; choose one of: hfsae, saelens"):
         convert(tmp_path / "ours", tmp_path / "new", source_format="safetensors")
