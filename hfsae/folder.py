@@ -261,8 +261,10 @@ def check_output_folder(
     if not path.is_dir() or not any(path.iterdir()):
         return path
     if not overwrite:
-        what_to_do = f"Pass {how_to_overwrite}, or choose another folder" if how_to_overwrite else "Choose another folder, or empty it first"
-        raise OutputDirError(f"{destination} already exists and is not empty. {what_to_do}.")
+        if how_to_overwrite:
+            raise OutputDirError(f"{destination} already exists and is not empty. Pass {how_to_overwrite}, or choose "
+                                 "another folder.")  # fmt: skip
+        raise OutputDirError(f"{destination} already exists and is not empty. Choose another folder, or empty it first.")
     if path.resolve() in Path.cwd().resolve().parents:
         raise OutputDirError(
             f"{destination} holds the current directory ({Path.cwd()}); replacing it would delete the folder you "
@@ -371,7 +373,9 @@ def staged_folder(
     retired = retired_parent / destination.name
     foreign = foreign_files(retired, replaces)
     if foreign:
-        kept = parent / f"{destination.name}.previous-{os.getpid()}"
+        keeper = Path(tempfile.mkdtemp(prefix=f"{destination.name}.previous-", dir=parent))  # a visible, unique name
+        keeper.chmod(0o755)
+        kept = keeper / destination.name
         os.replace(retired, kept)
         warnings.warn(f"{destination} was replaced, but files this command does not write appeared in it while it "
                       f"ran ({_listing(foreign)}); the previous folder is kept at {kept}.", stacklevel=3)  # fmt: skip

@@ -84,7 +84,7 @@ def test_a_file_that_appears_during_the_write_is_kept_with_the_old_folder(tmp_pa
         with staged_folder(tmp_path / "out", overwrite=True, replaces=SAE_OUTPUT, checked_before=bool(early)) as staging:
             (tmp_path / "out" / "notes.txt").write_text("written meanwhile")
             (staging / "config.json").write_text("new")
-    kept = [path for path in tmp_path.iterdir() if path.name.startswith("out.previous-")]
+    kept = [path / "out" for path in tmp_path.iterdir() if path.name.startswith("out.previous-")]
     assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "written meanwhile"
     assert names(tmp_path / "out") == ["config.json"]
 
