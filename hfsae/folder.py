@@ -193,6 +193,8 @@ SAE_OUTPUT = (
     f"**/{INDEX_FILE}",
     f"**/{CHECKPOINTS_DIR}/**",
 )
+# What a writer that declares nothing may replace when told to overwrite: anything in the folder.
+ANYTHING = ("**",)
 # A write_bytes_atomic temporary left by a killed process: every writer may replace its own.
 _TEMPORARY_FILES = ("**/.*.tmp",)
 # Staging and retired folders beside a destination: `.NAME.staging-PID-xxxx`, `.NAME.old-PID-xxxx`.
@@ -217,14 +219,9 @@ def _files(folder: Path) -> Iterator[str]:
             yield relative.as_posix() + "/"
 
 
-def foreign_files(folder: str | os.PathLike, replaces: Iterable[str] | None) -> list[str]:
-    """The files of `folder` that a writer of `replaces` (glob patterns, see SAE_OUTPUT) did not write.
-
-    `replaces=None` stands for a writer of anything but SAEs: only an SAE's own files are foreign to it.
-    """
+def foreign_files(folder: str | os.PathLike, replaces: Iterable[str]) -> list[str]:
+    """The files of `folder` that a writer of `replaces` (glob patterns, see SAE_OUTPUT) did not write."""
     folder = Path(folder)
-    if replaces is None:
-        return sorted(name for name in (CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE) if (folder / name).exists())
     pieces = [pattern.split("/") for pattern in (*replaces, *_TEMPORARY_FILES)]
     return sorted(
         relative for relative in _files(folder)
@@ -249,7 +246,7 @@ def check_output_folder(
     destination: str | os.PathLike,
     *,
     overwrite: bool,
-    replaces: Iterable[str] | None = SAE_OUTPUT,
+    replaces: Iterable[str] = ANYTHING,
     how_to_overwrite: str | None = None,
 ) -> Path:
     """The absolute path of `destination` if it may be written; OutputDirError otherwise, before any work.
@@ -265,8 +262,10 @@ def check_output_folder(
     if not path.is_dir() or not any(path.iterdir()):
         return path
     if not overwrite:
-        what_to_do = f"Pass {how_to_overwrite}, or choose another folder" if how_to_overwrite else "Choose another folder, or empty it first"
-        raise OutputDirError(f"{destination} already exists and is not empty. {what_to_do}.")
+        if how_to_overwrite:
+            raise OutputDirError(f"{destination} already exists and is not empty. Pass {how_to_overwrite}, or choose "
+                                 "another folder.")  # fmt: skip
+        raise OutputDirError(f"{destination} already exists and is not empty. Choose another folder, or empty it first.")
     if path.resolve() in Path.cwd().resolve().parents:
         raise OutputDirError(
             f"{destination} holds the current directory ({Path.cwd()}); replacing it would delete the folder you "
@@ -311,7 +310,7 @@ def _swap(staging: Path, destination: Path, retired_parent: Path) -> None:
     """Move `destination` into `retired_parent` and `staging` into its place. The current directory's folder
     keeps its identity (its contents move, not the folder) so that the shell sitting in it still sees it."""
     retired = retired_parent / destination.name
-    if destination.resolve() != Path.cwd().resolve():
+    if not _is_cwd(destination):
         os.replace(destination, retired)
         os.replace(staging, destination)
         return
@@ -323,13 +322,18 @@ def _swap(staging: Path, destination: Path, retired_parent: Path) -> None:
     staging.rmdir()
 
 
+def _is_cwd(path: Path) -> bool:
+    return path.is_dir() and path.resolve() == Path.cwd().resolve()
+
+
 @contextmanager
 def staged_folder(
     destination: str | os.PathLike,
     *,
     overwrite: bool = False,
-    replaces: Iterable[str] | None = SAE_OUTPUT,
+    replaces: Iterable[str] = ANYTHING,
     how_to_overwrite: str | None = None,
+    checked_before: bool = False,
 ) -> Iterator[Path]:
     """Yield an empty folder beside `destination`; on success it becomes `destination` in one swap.
 
@@ -337,9 +341,12 @@ def staged_folder(
     never leaves a folder that loads but holds half an SAE. What may be replaced is `check_output_folder`'s
     rule (`overwrite`, `replaces`), checked before the block runs; a file that appeared in the
     destination meanwhile is not deleted: the old folder is then kept beside it, and named in a warning.
-    Staging folders of killed processes are cleaned up first (`remove_stale_staging`).
+    `checked_before`: the caller checked the folder before a long job (training), so files that appeared
+    since are kept that way rather than failing the job at its end. Staging folders of killed processes
+    are cleaned up first (`remove_stale_staging`).
     """
-    destination = check_output_folder(destination, overwrite=overwrite, replaces=replaces, how_to_overwrite=how_to_overwrite)
+    destination = check_output_folder(destination, overwrite=overwrite, replaces=ANYTHING if checked_before else replaces,
+                                      how_to_overwrite=how_to_overwrite)  # fmt: skip
     parent = destination.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(parent)
@@ -350,7 +357,7 @@ def staged_folder(
     staging.chmod(0o755)  # mkdtemp makes it private; SAE folders are meant to be shared
     try:
         yield staging
-        if not overwrite or not destination.exists():
+        if not (destination.exists() and (overwrite or _is_cwd(destination))):
             try:
                 os.replace(staging, destination)  # atomic; refused by the OS if the folder filled up meanwhile
             except OSError as err:
@@ -367,7 +374,9 @@ def staged_folder(
     retired = retired_parent / destination.name
     foreign = foreign_files(retired, replaces)
     if foreign:
-        kept = parent / f"{destination.name}.previous-{os.getpid()}"
+        keeper = Path(tempfile.mkdtemp(prefix=f"{destination.name}.previous-", dir=parent))  # a visible, unique name
+        keeper.chmod(0o755)
+        kept = keeper / destination.name
         os.replace(retired, kept)
         warnings.warn(f"{destination} was replaced, but files this command does not write appeared in it while it "
                       f"ran ({_listing(foreign)}); the previous folder is kept at {kept}.", stacklevel=3)  # fmt: skip

@@ -448,7 +448,8 @@ def export_space(
     if analysis is not None:
         _hub_id(analysis, "analysis", repo_type="dataset")
     name = display_name(sae)
-    with staged_folder(output_dir, overwrite=overwrite) as folder:
+    exported = (APP_FILE, REQUIREMENTS_FILE, "README.md", "*.whl", f"{VENDOR_DIR}/**", "**/__pycache__/**")
+    with staged_folder(output_dir, overwrite=overwrite, replaces=exported, how_to_overwrite="--overwrite-output-dir") as folder:
         wheel = build_wheel(folder)
         (folder / APP_FILE).write_text(
             APP_SOURCE.format(name=name, sae=sae, analysis=analysis, wheel=wheel.name, vendor=VENDOR_DIR)

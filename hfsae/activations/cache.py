@@ -124,6 +124,8 @@ def _schema_problem(manifest: dict) -> str | None:
             return f"a shard entry must name a file shard_NNNNN.safetensors inside the cache; got {entry!r}"
         if not _is_count(entry.get("rows")) or not re.fullmatch(r"[0-9a-f]{64}", str(entry.get("sha256"))):
             return f"shard {entry['file']} needs a positive 'rows' and a 'sha256' of 64 hex digits"
+    if len({entry["file"] for entry in shards}) != len(shards):
+        return "a shard file is listed twice"
     if sum(entry["rows"] for entry in shards) != manifest["n_rows"]:
         return f"its shards hold {sum(entry['rows'] for entry in shards)} rows, not the {manifest['n_rows']} of 'n_rows'"
     return None

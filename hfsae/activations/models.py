@@ -61,10 +61,10 @@ def check_device(value: str | int | torch.device, *, option: str = "device") -> 
         device = torch.device(value)
     except (RuntimeError, TypeError) as err:
         raise DeviceError(f"{option}={value!r} is not a device; give 'cpu', 'cuda', 'cuda:0', 'mps', ...") from err
-    backend = getattr(torch, device.type, None)
-    if device.type == "cpu" or device.type == "meta":
-        return
-    if backend is None or not hasattr(backend, "is_available") or not backend.is_available():
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if device.type in ("cpu", "meta") or not hasattr(backend, "is_available"):
+        return  # a device type torch knows no module for (a plugin's): its own loader reports on it
+    if not backend.is_available():
         raise DeviceError(
             f"{option}={value!r} asks for a {device.type} device, but torch here has none "
             f"(torch {torch.__version__}); use 'cpu', or install a torch build for that device."

@@ -92,7 +92,9 @@ def _manifest(folder: Path) -> dict:
         manifest = read_json(path)
     except ValueError as err:
         raise CheckpointError(f"{path} is unreadable ({err}); the checkpoint is corrupt.") from err
-    if manifest.get("format") != FORMAT_VERSION or not isinstance(manifest.get("sha256"), dict):
+    hashed = manifest.get("sha256")
+    # Exactly our two files: a manifest naming '../elsewhere' must not make verification read outside the folder.
+    if manifest.get("format") != FORMAT_VERSION or not isinstance(hashed, dict) or set(hashed) != {TENSORS_FILE, STATE_FILE}:
         raise CheckpointError(f"{path} is not a format-{FORMAT_VERSION} checkpoint manifest; the checkpoint is corrupt.")
     return manifest
 

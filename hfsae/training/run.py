@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..folder import (
     CHECKPOINTS_DIR,
+    SAE_OUTPUT,
     TRAINING_CONFIG_FILE,
     TRAINING_METRICS_FILE,
     check_output_folder,
@@ -42,6 +43,7 @@ def check_output_dir(config: TrainConfig) -> Path | None:
     """
     output_dir = Path(config.output_dir)
     if config.resume_from_checkpoint:
+        check_output_folder(output_dir, overwrite=True, replaces=SAE_OUTPUT)  # the run's end replaces it
         folder = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
         saved = TrainConfig.from_json_string(read_checkpoint_state(folder)["train_config"])
         config.check_resumable(saved, where=str(folder))
@@ -49,6 +51,7 @@ def check_output_dir(config: TrainConfig) -> Path | None:
     check_output_folder(
         output_dir,
         overwrite=config.overwrite_output_dir,
+        replaces=SAE_OUTPUT,
         how_to_overwrite="--overwrite-output-dir to replace it, --resume-from-checkpoint last to continue the run saved in it",
     )
     return None
@@ -165,7 +168,7 @@ def _write_model_folder(result: TrainResult, config: TrainConfig, folder: Path) 
     """Stage one SAE's files, card last (it renders the training metrics), and swap the folder in."""
     from ..hub.card import write_card
 
-    with staged_folder(folder, overwrite=True) as staging:
+    with staged_folder(folder, overwrite=True, replaces=SAE_OUTPUT, checked_before=True) as staging:
         result.sae.save_pretrained(staging)
         write_text_atomic(staging / TRAINING_CONFIG_FILE, config.to_json_string())
         write_json_atomic(staging / TRAINING_METRICS_FILE, result.metrics)

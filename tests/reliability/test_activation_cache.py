@@ -108,6 +108,7 @@ def test_the_fingerprint_of_a_model_saved_and_loaded_again_is_the_same(model, ti
         (lambda m: m["shards"][0].update(rows=-1), "needs a positive 'rows'"),
         (lambda m: m["shards"][0].update(sha256="x"), "a 'sha256' of 64 hex digits"),
         (lambda m: m.update(widths={HOOK_POINT: 0}), "'widths' must map each hook point to a positive width"),
+        (lambda m: m.update(shards=m["shards"] * 2, n_rows=2 * m["n_rows"]), "a shard file is listed twice"),
     ],
 )
 def test_a_malformed_manifest_is_a_corrupt_cache_error_naming_the_problem(built, tmp_path, change, message):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from hfsae.folder import OutputDirError, check_output_folder, remove_stale_staging, staged_folder
+from hfsae.folder import SAE_OUTPUT, OutputDirError, check_output_folder, remove_stale_staging, staged_folder
 
 
 def sae_files(folder, marker="old"):
@@ -26,7 +26,7 @@ def test_overwriting_refuses_a_folder_with_files_the_writer_does_not_write(tmp_p
     (tmp_path / "out" / ".git").mkdir()
     (tmp_path / "out" / ".git" / "HEAD").write_text("ref")
     with pytest.raises(OutputDirError, match=r"out holds files this command does not write \(\.git/HEAD, notes\.txt\)"):
-        with staged_folder(tmp_path / "out", overwrite=True):
+        with staged_folder(tmp_path / "out", overwrite=True, replaces=SAE_OUTPUT):
             pytest.fail("the block must not run")
     assert names(tmp_path / "out") == [".git", "config.json", "model.safetensors", "notes.txt"]
     assert names(tmp_path) == ["out"]
@@ -36,8 +36,6 @@ def test_a_writer_of_other_files_never_replaces_an_sae_folder(tmp_path):
     sae_files(tmp_path / "sae")
     with pytest.raises(OutputDirError, match=r"sae holds files this command does not write \(config\.json, model"):
         check_output_folder(tmp_path / "sae", overwrite=True, replaces=("latents.parquet", "analysis.json"))
-    with pytest.raises(OutputDirError, match=r"\(config\.json, model\.safetensors\)"):
-        check_output_folder(tmp_path / "sae", overwrite=True, replaces=None)
 
 
 def test_a_previous_multi_sae_run_with_checkpoints_may_be_overwritten(tmp_path):
@@ -48,7 +46,7 @@ def test_a_previous_multi_sae_run_with_checkpoints_may_be_overwritten(tmp_path):
     (out / "checkpoints" / "step-00000002").mkdir()
     (out / "checkpoints" / "step-00000002" / "state.safetensors").write_text("x")
     (out / ".README.md.abc.tmp").write_text("half")
-    assert check_output_folder(out, overwrite=True) == out
+    assert check_output_folder(out, overwrite=True, replaces=SAE_OUTPUT) == out
 
 
 def test_a_file_given_as_output_folder_is_refused(tmp_path):
@@ -77,15 +75,27 @@ def test_a_folder_holding_the_current_directory_is_never_replaced(tmp_path, monk
         check_output_folder("..", overwrite=True)
 
 
-def test_a_file_that_appears_during_the_write_is_kept_with_the_old_folder(tmp_path):
+@pytest.mark.parametrize("early", ["", "notes-before.txt"])
+def test_a_file_that_appears_during_the_write_is_kept_with_the_old_folder(tmp_path, early):
     sae_files(tmp_path / "out")
-    with pytest.warns(UserWarning, match=r"appeared in it while it ran \(notes\.txt\); the previous folder is kept"):
-        with staged_folder(tmp_path / "out", overwrite=True) as staging:
+    if early:  # a long job checked the folder at its start; this file appeared during the job, before the save
+        (tmp_path / "out" / early).write_text("written meanwhile")
+    with pytest.warns(UserWarning, match=r"appeared in it while it ran \((notes-before\.txt, )?notes\.txt\); the previous"):
+        with staged_folder(tmp_path / "out", overwrite=True, replaces=SAE_OUTPUT, checked_before=bool(early)) as staging:
             (tmp_path / "out" / "notes.txt").write_text("written meanwhile")
             (staging / "config.json").write_text("new")
-    kept = [path for path in tmp_path.iterdir() if path.name.startswith("out.previous-")]
+    kept = [path / "out" for path in tmp_path.iterdir() if path.name.startswith("out.previous-")]
     assert len(kept) == 1 and (kept[0] / "notes.txt").read_text() == "written meanwhile"
     assert names(tmp_path / "out") == ["config.json"]
+
+
+def test_a_new_folder_staged_into_the_empty_current_directory_keeps_the_directory(tmp_path, monkeypatch):
+    (tmp_path / "cache").mkdir()
+    monkeypatch.chdir(tmp_path / "cache")
+    with staged_folder(".") as staging:
+        (staging / "manifest.json").write_text("{}")
+    assert os.path.samefile(os.getcwd(), tmp_path / "cache") and names(tmp_path / "cache") == ["manifest.json"]
+    assert names(tmp_path) == ["cache"]
 
 
 def _killed_inside_staged_folder(destination, *, overwrite, between_swaps=False):

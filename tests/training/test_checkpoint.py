@@ -107,3 +107,15 @@ def test_a_checkpoint_holding_nan_is_refused_on_load(tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.raises(CheckpointError, match=r"NaN or infinite values in a/weights.W_dec.*Resume from an earlier"):
         load_checkpoint(folder)
+
+
+def test_a_manifest_naming_files_outside_the_checkpoint_is_refused(tmp_path):
+    import json
+
+    folder = save(tmp_path, 1)
+    (tmp_path / "outside.txt").write_text("not part of the checkpoint")
+    manifest = json.loads((folder / checkpoint.MANIFEST).read_text())
+    manifest["sha256"]["../../outside.txt"] = "0" * 64
+    (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="is not a format-2 checkpoint manifest"):
+        load_checkpoint(folder)
