@@ -31,6 +31,7 @@ from .commands.eval import EvalArgs, run_eval
 from .commands.scaling import ScalingArgs, run_scaling
 from .commands.hub import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .commands.space import SpaceArgs, run_space
+from .commands.steer import SteerArgs, run_steer
 from .commands.train import run_sweep, run_train
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig
@@ -66,6 +67,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "space": Command(
         SpaceArgs, run_space, "Explore an SAE in the browser, or export it as a Hugging Face Space (--export, --push-to-hub).", ("sae",)
+    ),
+    "steer": Command(
+        SteerArgs, run_steer, "Generate with an SAE latent steered; --sweep measures activation, KL and ΔCE per strength.",
+        ("sae",),
     ),
     "env": Command(EnvArgs, run_env, "Print the versions of hfsae, Python and its libraries, for bug reports."),
 }
