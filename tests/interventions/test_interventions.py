@@ -239,14 +239,13 @@ def test_steering_sweep_measures_activation_kl_and_delta_ce_against_hand_compute
     assert plot_sweep(sweep, tmp_path / "sweep.png").stat().st_size > 0
 
 
-def test_interventions_work_on_every_tiny_family(tiny_lm, ids):
-    from tests.conftest import TINY_FAMILIES
-
-    for family in TINY_FAMILIES:
-        model = copy.deepcopy(tiny_lm(family))
-        sae = make_sae(hook_point="layers.1.resid_pre")
-        with torch.no_grad():
-            before = model(ids).logits
-            with hfsae.steer(model, sae, {0: 5.0}):
-                assert not torch.equal(model(ids).logits, before)
-            assert torch.equal(model(ids).logits, before)
+@pytest.mark.parametrize("family", ["gpt2", "llama", "gpt_neox", "qwen2", "gemma"])
+@pytest.mark.parametrize("hook_point", ["layers.1.resid_pre", "layers.1.mlp_out"])
+def test_interventions_work_on_every_tiny_family(tiny_lm, ids, family, hook_point):
+    model = copy.deepcopy(tiny_lm(family))
+    sae = make_sae(hook_point=hook_point)
+    with torch.no_grad():
+        before = model(ids).logits
+        with hfsae.steer(model, sae, {0: 5.0}):
+            assert not torch.equal(model(ids).logits, before)
+        assert torch.equal(model(ids).logits, before)
