@@ -6,14 +6,15 @@ turned away instead of piling up. The app makes no outbound calls: analytics are
 default theme's fonts are served locally.
 
 `export_space(folder, sae, analysis=...)` writes a Space that deploys on its own: hfsae's wheel built
-from this checkout (hfsae is not on PyPI), `app.py` which unpacks that wheel when it starts (a Space
-installs requirements.txt before the rest of its files are there, so the wheel cannot be a
-requirement), `requirements.txt` with the wheel's own requirements, and a `README.md` whose header
+from this checkout (hfsae is not on PyPI), `app.py` (a copy of hfsae/space_app.py, which reads what to
+serve from the settings file beside it) which unpacks that wheel when it starts (a Space installs
+requirements.txt before the rest of its files are there, so the wheel cannot be a requirement), `requirements.txt` with the wheel's own requirements, and a `README.md` whose header
 declares the Gradio SDK and links the SAE and its analysis dataset; `push_space` uploads it as a
 Space repo.
 """
 
 import functools
+import json
 import os
 import shutil
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .explorer import MAX_NEW_TOKENS, TOP_LATENTS_PER_TOKEN, Explorer, ExplorerError, display_name
+from .space_app import SETTINGS_FILE, VENDOR_DIR
 
 # At most this many requests wait in line (more are refused with "queue full"); each event runs one
 # request at a time. The model is shared and serialised anyway (Explorer.model_lock).
@@ -308,66 +310,7 @@ WHEEL_SOURCES = ("pyproject.toml", "README.md", "hfsae", "model_cards")
 OPTIONAL_WHEEL_SOURCES = ("LICENSE", "MANIFEST.in", "setup.py", "setup.cfg")
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
 
-APP_SOURCE = '''"""The hfsae explorer for {name} (written by `hfsae space --export`).
-
-Space variables:
-HFSAE_SAE        the SAE: a registry name or Hub repo id (default: {sae})
-HFSAE_ANALYSIS   its analysis: a Hub dataset repo (default: {analysis})
-"""
-
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-WHEEL = Path(__file__).resolve().parent / {wheel!r}
-
-
-def use_vendored_hfsae() -> Path:
-    """Put hfsae from the wheel beside this file first on sys.path; return where it was unpacked.
-
-    hfsae is not on PyPI, and a Space installs requirements.txt before this folder is copied in, so
-    the wheel cannot be a requirement there: pip unpacks it here instead (no index, no
-    dependencies: requirements.txt installed those), once per wheel.
-    """
-    digest = hashlib.sha256(WHEEL.read_bytes()).hexdigest()[:16]
-    try:
-        target = WHEEL.parent / {vendor!r} / digest
-        target.parent.mkdir(exist_ok=True)
-    except OSError:  # a read-only folder: a private temporary one, unpacked at every start
-        target = Path(tempfile.mkdtemp(prefix="hfsae-")) / digest
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix=f".{{digest}}-", dir=target.parent))
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(staging)]
-        subprocess.run([*pip, str(WHEEL)], check=True)
-        try:
-            staging.rename(target)
-        except OSError:  # another process unpacked the same wheel first: use that one
-            if not target.is_dir():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    sys.path.insert(0, str(target))
-    return target
-
-
-use_vendored_hfsae()
-import hfsae  # noqa: E402
-from hfsae.space import build_app  # noqa: E402
-
-print(f"hfsae from {{Path(hfsae.__file__).parent}}", flush=True)
-demo = build_app(os.environ.get("HFSAE_SAE", {sae!r}), os.environ.get("HFSAE_ANALYSIS", {analysis!r}) or None)
-
-if __name__ == "__main__":
-    demo.launch()
-'''
 
 
 def _hub_id(name: str, what: str, *, repo_type: str = "model") -> str:
@@ -448,7 +391,8 @@ def export_space(
 ) -> Path:
     """Write a Space for the explorer of `sae` (a registry name or Hub repo id) into output_dir.
 
-    The folder holds app.py, hfsae's wheel (which app.py unpacks when it starts), requirements.txt
+    The folder holds app.py (hfsae/space_app.py) and its settings file, hfsae's wheel (which app.py
+    unpacks when it starts), requirements.txt
     with the wheel's own requirements, and README.md from the model_cards/space.md template (sdk,
     sdk_version, python_version, app_file, models and datasets links).
 
@@ -467,9 +411,9 @@ def export_space(
     name = display_name(sae)
     with staged_folder(output_dir, overwrite=overwrite) as folder:
         wheel = build_wheel(folder)
-        (folder / APP_FILE).write_text(
-            APP_SOURCE.format(name=name, sae=sae, analysis=analysis, wheel=wheel.name, vendor=VENDOR_DIR)
-        )
+        shutil.copy2(Path(__file__).with_name("space_app.py"), folder / APP_FILE)
+        settings = {"sae": sae, "analysis": analysis, "wheel": wheel.name}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         (folder / REQUIREMENTS_FILE).write_text(
             "# hfsae's own requirements (its [space] extra included), read from the wheel beside this file:\n"
             "# hfsae is not on PyPI, so app.py unpacks that wheel when it starts.\n"
