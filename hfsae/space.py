@@ -6,11 +6,11 @@ turned away instead of piling up. The app makes no outbound calls: analytics are
 default theme's fonts are served locally.
 
 `export_space(folder, sae, analysis=...)` writes a Space that deploys on its own: hfsae's wheel built
-from this checkout (hfsae is not on PyPI), `app.py` (a copy of hfsae/space_app.py, which reads what to
-serve from the settings file beside it) which unpacks that wheel when it starts (a Space installs
-requirements.txt before the rest of its files are there, so the wheel cannot be a requirement), `requirements.txt` with the wheel's own requirements, and a `README.md` whose header
-declares the Gradio SDK and links the SAE and its analysis dataset; `push_space` uploads it as a
-Space repo.
+from this checkout (hfsae is not on PyPI); `app.py`, a copy of hfsae/space_app.py, which reads what to
+serve from app.json beside it and unpacks that wheel when it starts (a Space installs requirements.txt
+before the rest of its files are there, so the wheel cannot be a requirement); `requirements.txt` with
+the wheel's own requirements; and a `README.md` whose header declares the Gradio SDK and links the SAE
+and its analysis dataset. `push_space` uploads it as a Space repo.
 """
 
 import functools
@@ -24,7 +24,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .explorer import MAX_NEW_TOKENS, TOP_LATENTS_PER_TOKEN, Explorer, ExplorerError, display_name
-from .space_app import SETTINGS_FILE, VENDOR_DIR
 
 # At most this many requests wait in line (more are refused with "queue full"); each event runs one
 # request at a time. The model is shared and serialised anyway (Explorer.model_lock).
@@ -302,7 +301,9 @@ def launch(
 # ---- the Space -----------------------------------------------------------------------------------------
 
 SPACE_CARD_TEMPLATE = "space.md"
-APP_FILE = "app.py"
+APP_FILE = "app.py"  # a copy of hfsae/space_app.py
+SETTINGS_FILE = "app.json"  # what app.py serves: it reads the JSON file of its own name
+VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
 REQUIREMENTS_FILE = "requirements.txt"
 # What building hfsae's wheel reads from its checkout (an allow-list: tests, docs, git history and
 # whatever else lies in the checkout stay behind); the optional ones are copied when present.
@@ -391,10 +392,10 @@ def export_space(
 ) -> Path:
     """Write a Space for the explorer of `sae` (a registry name or Hub repo id) into output_dir.
 
-    The folder holds app.py (hfsae/space_app.py) and its settings file, hfsae's wheel (which app.py
-    unpacks when it starts), requirements.txt
-    with the wheel's own requirements, and README.md from the model_cards/space.md template (sdk,
-    sdk_version, python_version, app_file, models and datasets links).
+    The folder holds app.py (hfsae/space_app.py) and its settings app.json, hfsae's wheel (which
+    app.py unpacks when it starts), requirements.txt with the wheel's own requirements, and README.md
+    from the model_cards/space.md template (sdk, sdk_version, python_version, app_file, models and
+    datasets links).
 
     Example:
         >>> export_space("my-space", "org/my-sae", analysis="org/my-sae-analysis")
@@ -412,7 +413,7 @@ def export_space(
     with staged_folder(output_dir, overwrite=overwrite) as folder:
         wheel = build_wheel(folder)
         shutil.copy2(Path(__file__).with_name("space_app.py"), folder / APP_FILE)
-        settings = {"sae": sae, "analysis": analysis, "wheel": wheel.name}
+        settings = {"sae": sae, "analysis": analysis, "wheel": wheel.name, "vendor_dir": VENDOR_DIR}
         (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         (folder / REQUIREMENTS_FILE).write_text(
             "# hfsae's own requirements (its [space] extra included), read from the wheel beside this file:\n"

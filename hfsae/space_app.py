@@ -1,7 +1,7 @@
 """The app of an exported explorer Space: `hfsae space --export` copies this file as the Space's app.py.
 
-It reads what it serves from SETTINGS_FILE beside it (written by the export), and the Space's variables
-override it:
+It reads what it serves from the JSON file of its own name beside it (app.json, written by the export:
+{"sae", "analysis", "wheel", "vendor_dir"}), and the Space's variables override it:
 
     HFSAE_SAE        the SAE: a registry name or Hub repo id
     HFSAE_ANALYSIS   its analysis: a Hub dataset repo
@@ -20,19 +20,17 @@ import sys
 import tempfile
 from pathlib import Path
 
-SETTINGS_FILE = "hfsae_space.json"  # {"sae": ..., "analysis": ... or null, "wheel": the wheel's file name}
-VENDOR_DIR = ".hfsae"  # where the wheel is unpacked at start (never uploaded)
 
 
-def use_vendored_hfsae(wheel: Path) -> Path:
+def use_vendored_hfsae(wheel: Path, vendor_dir: str) -> Path:
     """Put hfsae from `wheel` first on sys.path; return where it was unpacked.
 
-    pip unpacks it beside the wheel (no index, no dependencies: requirements.txt installed those),
-    once per wheel.
+    pip unpacks it into vendor_dir beside the wheel (no index, no dependencies: requirements.txt
+    installed those), once per wheel.
     """
     digest = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
     try:
-        target = wheel.parent / VENDOR_DIR / digest
+        target = wheel.parent / vendor_dir / digest
         target.parent.mkdir(exist_ok=True)
     except OSError:  # a read-only folder: a private temporary one, unpacked at every start
         target = Path(tempfile.mkdtemp(prefix="hfsae-")) / digest
@@ -50,12 +48,12 @@ def use_vendored_hfsae(wheel: Path) -> Path:
     return target
 
 
-def build_demo(folder: Path):
-    """The explorer of the SAE that folder's settings (or the Space's variables) name, served by the Space's wheel."""
+def build_demo(app_file: Path):
+    """The explorer of the SAE that app_file's settings (or the Space's variables) name, served by the Space's wheel."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    settings = json.loads((folder / SETTINGS_FILE).read_text(encoding="utf-8"))
-    use_vendored_hfsae(folder / settings["wheel"])
+    settings = json.loads(app_file.with_suffix(".json").read_text(encoding="utf-8"))
+    use_vendored_hfsae(app_file.parent / settings["wheel"], settings["vendor_dir"])
     import hfsae
     from hfsae.space import build_app
 
@@ -65,4 +63,4 @@ def build_demo(folder: Path):
 
 
 if __name__ == "__main__":
-    build_demo(Path(__file__).resolve().parent).launch()
+    build_demo(Path(__file__).resolve()).launch()
