@@ -249,3 +249,30 @@ def test_interventions_work_on_every_tiny_family(tiny_lm, ids, family, hook_poin
         with hfsae.steer(model, sae, {0: 5.0}):
             assert not torch.equal(model(ids).logits, before)
         assert torch.equal(model(ids).logits, before)
+
+
+def test_the_steer_command_prints_the_sweep_steering_sweep_measures_and_saves_its_plot(
+    tiny_lm, tiny_tokenizer, tmp_path, capsys
+):
+    from hfsae.activations import load_language_model
+    from hfsae.cli import main
+
+    tiny_lm("llama").save_pretrained(tmp_path / "lm")
+    tiny_tokenizer.save_pretrained(tmp_path / "lm")
+    sae = make_sae()
+    sae.config.base_model = str(tmp_path / "lm")
+    sae.save_pretrained(tmp_path / "sae")
+    heldout = "Sparse autoencoders find features in the residual stream."
+    options = ["--latent", "3", "--prompt", "hi", "--max-new-tokens", "4", "--heldout", heldout]
+    assert main(["steer", str(tmp_path / "sae"), *options, "--sweep", "0", "12", "--plot", str(tmp_path / "s.png")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    table = [[float(cell) for cell in line.split(" | ")] for line in printed if line[:1].isdigit()]
+    model, tokenizer = load_language_model(str(tmp_path / "lm"), quiet=True)
+    expected = hfsae.steering_sweep(model, TopKSAE.from_pretrained(tmp_path / "sae"), tokenizer, 3, [0, 12],
+                                    prompts=["hi"], heldout=[heldout], max_new_tokens=4)
+    assert sum(table, []) == pytest.approx(sum(expected.rows(), []), abs=1e-4)
+    assert (tmp_path / "s.png").stat().st_size > 0
+    assert main(["steer", str(tmp_path / "sae"), *options, "--strength", "12"]) == 0
+    assert repr(expected.points[1].continuations[0]) in capsys.readouterr().out
+    assert main(["steer", str(tmp_path / "sae"), "--prompt", "hi"]) == 1
+    assert "--latent" in capsys.readouterr().err
