@@ -74,6 +74,8 @@ def run_steer(args: SteerArgs):
     print(" | ".join(SteeringSweep.HEADERS))
     for row in sweep.rows():
         print(" | ".join(f"{value:g}" for value in row))
+    for point in sweep.points:
+        print(f"strength {point.strength:g}: " + " / ".join(repr(text) for text in point.continuations))
     path = plot_sweep(sweep, args.plot or f"steer_latent{sweep.latent}.png")
     print(f"plot → {path}")
     return sweep
