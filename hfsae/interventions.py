@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -132,7 +133,7 @@ def _past_length(kwargs: dict) -> int:
     return int(cache[0][0].shape[-2])  # a legacy tuple of (key, value) per layer
 
 
-class Intervention:
+class Intervention(ABC):
     """A context manager that edits an SAE's hook-point activation at chosen positions while it is active.
 
     Subclasses define `edit(x)`: activations [rows, d_in] (in the SAE's dtype and device) → edited ones.
@@ -146,11 +147,13 @@ class Intervention:
         self._offset = 0
         self._stack: ExitStack | None = None
 
+    @abstractmethod
     def edit(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Activations [rows, d_in] at the chosen positions → their edited values."""
 
+    @abstractmethod
     def describe(self) -> str:
-        raise NotImplementedError
+        """What the intervention does and where, for its errors."""
 
     def __enter__(self):
         if self._stack is not None:
@@ -189,9 +192,9 @@ class Intervention:
         if not mask.any():
             return x
         self.edited += 1
-        weight = self.sae.W_dec
+        parameter = next(self.sae.parameters())
         rows = x[..., mask, :]
-        new = self.edit(rows.reshape(-1, x.shape[-1]).to(weight.device, weight.dtype)).reshape(rows.shape)
+        new = self.edit(rows.reshape(-1, x.shape[-1]).to(parameter.device, parameter.dtype)).reshape(rows.shape)
         out = x.clone()
         out[..., mask, :] = new.to(x.device, x.dtype)
         return out
@@ -202,10 +205,10 @@ def _unit_directions(sae, latents: torch.Tensor) -> torch.Tensor:
 
     The difference of two decodes, so whatever the SAE's decoder adds besides the latents cancels.
     """
-    weight = sae.W_dec
-    indices = latents.to(weight.device)[:, None]
-    one = sae.decode(SparseCode(indices, torch.ones(indices.shape, dtype=weight.dtype, device=weight.device)))
-    zero = sae.decode(SparseCode(indices, torch.zeros(indices.shape, dtype=weight.dtype, device=weight.device)))
+    parameter = next(sae.parameters())
+    indices = latents.to(parameter.device)[:, None]
+    one = sae.decode(SparseCode(indices, torch.ones(indices.shape, dtype=parameter.dtype, device=parameter.device)))
+    zero = sae.decode(SparseCode(indices, torch.zeros(indices.shape, dtype=parameter.dtype, device=parameter.device)))
     direction = (one - zero).float()
     norms = direction.norm(dim=-1, keepdim=True)
     if not (norms > 0).all():
@@ -403,7 +406,8 @@ def features(sae, model, tokenizer, texts: str | Sequence[str], *, top: int | No
     for ids, mask, lengths in _batches(tokenizer, texts, batch_size, max_length):
         captured = capture(model, ids.to(device), list(dict.fromkeys(points)), attention_mask=mask.to(device))
         for one, point, out in zip(saes, points, results):
-            code = one.encode(captured[point].to(one.W_enc.device, one.W_enc.dtype))
+            parameter = next(one.parameters())
+            code = one.encode(captured[point].to(parameter.device, parameter.dtype))
             values, order = code.values.float().sort(dim=-1, descending=True)
             indices = code.indices.gather(-1, order)
             full = code.to_dense(one.config.n_latents).float() if dense else None
@@ -463,7 +467,8 @@ class SteeringSweep:
 
 def _latent_mean(sae, activations: torch.Tensor, latent: int, start: int) -> tuple[float, int]:
     """(sum of the latent's values over positions start…, their count) for activations [1, seq, d]."""
-    code = sae.encode(activations[0, start:].to(sae.W_enc.device, sae.W_enc.dtype))
+    parameter = next(sae.parameters())
+    code = sae.encode(activations[0, start:].to(parameter.device, parameter.dtype))
     return float((code.values.float() * (code.indices == latent)).sum()), code.values.shape[0]
 
 

@@ -23,11 +23,12 @@ def test_steering_a_dog_latent_raises_its_activation_on_the_generated_text(built
         codes = hfsae.features(sae, model, tokenizer, texts, dense=True, max_length=64)
         return torch.cat([feats.dense[1:] for feats in codes]).mean(0)
 
-    # The latent most specific to the dog texts: strong there, weak on general text.
+    # The latent most specific to the dog texts: strong there, rare on general text.
     general = [text[:400] for text in builtin_texts()[:20]]
-    latent = int((mean_code(DOG_TEXTS) - 3 * mean_code(general)).argmax())
-    sweep = hfsae.steering_sweep(model, sae, tokenizer, latent, [0.0, 0.5], relative=True,
-                                 prompts=["I went outside and"], max_new_tokens=16)
+    latent = int((mean_code(DOG_TEXTS) / (mean_code(general) + 0.01)).argmax())
+    prompts = ["I went outside and", "My favourite thing is", "The weather today is"]
+    sweep = hfsae.steering_sweep(model, sae, tokenizer, latent, [0.0, 0.5], relative=True, prompts=prompts,
+                                 max_new_tokens=24)
     plain, steered = sweep.points
     assert steered.text_activation > plain.text_activation, (plain.continuations, steered.continuations)
     assert steered.activation > plain.activation
