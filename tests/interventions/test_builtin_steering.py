@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import hfsae
+from hfsae.interventions import SteeringSweep
 
 DOG_TEXTS = [
     "My dog loves to play fetch in the park. Dogs are loyal pets and puppies bark at strangers.",
@@ -25,7 +26,7 @@ def dog_latent(sae, model, tokenizer) -> int:
     return int((mean_code(DOG_TEXTS) - 3 * mean_code(general)).argmax())
 
 
-def check_steering_raises_the_latent(sae, model, tokenizer) -> hfsae.interventions.SteeringSweep:
+def check_steering_raises_the_latent(sae, model, tokenizer) -> SteeringSweep:
     latent = dog_latent(sae, model, tokenizer)
     sweep = hfsae.steering_sweep(model, sae, tokenizer, latent, [0.0, 0.25, 1.0], relative=True, prompts=PROMPTS,
                                  max_new_tokens=24)
