@@ -6,7 +6,8 @@
     >>> x_hat = sae.decode(code)
 
 `load`, `train`, `evaluate` and `analyze` import their heavier dependencies (accelerate, datasets) when called,
-so `import hfsae` stays light and needs no network.
+so `import hfsae` stays light and needs no network; the intervention API (`features`, `steer`, `ablate`,
+`clamp`, `splice`, `steering_sweep`, from hfsae.interventions) is imported on first use.
 """
 
 from .configuration import TopKSAEConfig
@@ -40,6 +41,18 @@ def analyze(sae, **options):
     return run_analysis(sae, **options)
 
 
+_INTERVENTIONS = ("ablate", "clamp", "features", "splice", "steer", "steering_sweep")
+
+
+def __getattr__(name):
+    if name in _INTERVENTIONS:
+        from . import interventions
+
+        return getattr(interventions, name)
+    raise AttributeError(f"module 'hfsae' has no attribute {name!r}")
+
+
 __all__ = [
     "SparseCode", "TopKSAE", "TopKSAEConfig", "TopKSAEOutput", "analyze", "evaluate", "load", "load_many", "locate", "train",
+    *_INTERVENTIONS,
 ]

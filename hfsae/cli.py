@@ -32,6 +32,7 @@ from .commands.scaling import ScalingArgs, run_scaling
 from .commands.hub import ConvertArgs, ListArgs, PushArgs, run_convert, run_list, run_push
 from .commands.locate import LocateArgs, run_locate
 from .commands.space import SpaceArgs, run_space
+from .commands.steer import SteerArgs, run_steer
 from .commands.train import run_sweep, run_train
 from .training.config import TrainConfig
 from .training.sweep import SweepConfig
@@ -70,6 +71,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "locate": Command(
         LocateArgs, run_locate, "Measure an SAE's FVU at its hook point and the sites next to it; warn if another fits better.",
+        ("sae",),
+    ),
+    "steer": Command(
+        SteerArgs, run_steer, "Generate with an SAE latent steered; --sweep measures activation, KL and ΔCE per strength.",
         ("sae",),
     ),
     "env": Command(EnvArgs, run_env, "Print the versions of hfsae, Python and its libraries, for bug reports."),

@@ -4,7 +4,8 @@
 tested without a browser: Text (a text's tokens coloured by a latent, and each token's top
 latents), Latent (one latent's statistics, contexts, logit effects and N2G explanation), Search
 (latents by token or explanation), Steer (generation with a latent's decoder direction added at
-the hook point) and Overview (the SAE's metrics).
+the hook point, with its measured effect), Compare (the latents that differ most between two texts)
+and Overview (the SAE's metrics).
 
 `Explorer.load` takes the SAE by registry name, Hub repo id or folder, and reads what lies beside
 it (eval_results.json, training_metrics.json, n2g_explanations.json) from the same place: the
@@ -27,6 +28,7 @@ import torch
 from .errors import HfsaeError
 from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
+from .activations.positions import FIRST_POSITION_USED
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 from .nested import flatten
 
@@ -35,6 +37,7 @@ MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay
 # 64 characters per token is far above any tokenizer's average (about 4 for English and code).
 MAX_TEXT_CHARS = 64 * MAX_TEXT_TOKENS
 MAX_NEW_TOKENS = 64
+MAX_COMPARE_TEXTS = 8  # per side of Compare, each cut like any text
 TOP_LATENTS_PER_TOKEN = 3
 # Inline styles: Gradio 6 takes custom CSS only at launch(), and the contexts must look right however the app is served.
 CONTEXT_STYLE = (
@@ -140,6 +143,7 @@ class Explorer:
     eval_results: dict | None = None
     training_metrics: dict | None = None
     name: str = "SAE"
+    heldout_texts: list[str] | None = None  # the Steer tab's KL and ΔCE text; None: hfsae.steering_sweep's default
     # One forward at a time: a steering hook spliced into the shared model must never reach another
     # request's generation (the app serves requests from several threads).
     model_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -411,52 +415,57 @@ class Explorer:
     # ---- Steer -------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32) -> tuple[str, str, str]:
-        """(unsteered continuation, steered continuation, message): greedy generation with and without
-        strength × the latent's decoder direction added at the hook point at every position."""
-        from .activations.hook_points import splice
+    def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32):
+        """(unsteered continuation, steered continuation, measured rows, message): greedy generation
+        without and with strength × the latent's unit decoder direction added at the hook point
+        (hfsae.steer), and `SteeringSweep.rows()` for strengths 0 and `strength`: the latent's mean
+        activation on the generated tokens, and KL and ΔCE on the held-out text."""
+        from .interventions import steering_sweep
 
         latent = self.check_latent(latent)
         strength = _finite(strength, "The strength")
         max_new_tokens = max(1, min(int(_finite(max_new_tokens, "The number of new tokens")), MAX_NEW_TOKENS))
         input_ids, message = self.tokenize(prompt)
-
-        def add_direction(activation: torch.Tensor) -> torch.Tensor:
-            # Decoding undoes the SAE's input normalisation, so the direction is scaled as the SAE
-            # would scale it for these activations: the difference of two decodes that differ
-            # only in this latent's value.
-            code = self.sae.encode(activation.to(self.sae.W_enc.device))
-            only = code.indices[..., :1].clone().fill_(latent)
-            with_latent = SparseCode(
-                only,
-                torch.full_like(only, float(strength), dtype=code.values.dtype),
-                code.input_mean,
-                code.input_scale,
-            )
-            without = SparseCode(
-                only,
-                torch.zeros_like(with_latent.values),
-                code.input_mean,
-                code.input_scale,
-            )
-            direction = self.sae.decode(with_latent) - self.sae.decode(without)
-            return activation + direction.to(activation.dtype)
-
+        if message:  # a prompt cut to MAX_TEXT_TOKENS: generate from what is shown
+            prompt = self.tokenizer.decode(input_ids[0])
         with self.model_lock:
-            unsteered = self._generate(input_ids, max_new_tokens)
-            with splice(self.model, self.sae.config.hook_point, add_direction):
-                steered = self._generate(input_ids, max_new_tokens)
-        return unsteered, steered, message
+            sweep = steering_sweep(
+                self.model, self.sae, self.tokenizer, latent, [0.0, strength], prompts=[prompt],
+                heldout=self.heldout_texts, max_new_tokens=max_new_tokens,
+            )
+        unsteered, steered = (point.continuations[0] for point in sweep.points)
+        return unsteered, steered, sweep.rows(), message
 
-    def _generate(self, input_ids: torch.Tensor, max_new_tokens: int) -> str:
-        output = self.model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
-        )
-        return self.tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
+    # ---- Compare -----------------------------------------------------------------------------------
+
+    def _mean_code(self, texts: str, side: str) -> tuple[torch.Tensor, int]:
+        """Mean activation of every latent [n_latents] over the tokens of one side's texts, and their count."""
+        parts = [part for part in (texts or "")[:MAX_TEXT_CHARS].split("\n\n") if part.strip()][:MAX_COMPARE_TEXTS]
+        if not parts:
+            raise ExplorerError(f"Type text {side} first (several texts: separate them with a blank line).")
+        total, count = torch.zeros(self.n_latents), 0
+        for part in parts:
+            code = self.code_of(self.tokenize(part)[0])
+            # Position 0 counts only in a one-token text: the SAE was never trained on it.
+            start = FIRST_POSITION_USED if code.values.shape[0] > FIRST_POSITION_USED else 0
+            total += code.to_dense(self.n_latents)[start:].sum(0)
+            count += code.values.shape[0] - start
+        return total / count, count
+
+    def compare(self, texts_a: str, texts_b: str, limit: int = 20) -> tuple[list[list], str]:
+        """The latents whose mean activation per token differs most between two texts (or two sets of
+        texts separated by blank lines): rows [latent, mean in A, mean in B, B − A, explanation], and a message."""
+        mean_a, count_a = self._mean_code(texts_a, "in A")
+        mean_b, count_b = self._mean_code(texts_b, "in B")
+        difference = mean_b - mean_a
+        order = difference.abs().argsort(descending=True)[:limit]
+        rows = [
+            [int(latent), round(float(mean_a[latent]), 4), round(float(mean_b[latent]), 4),
+             round(float(difference[latent]), 4), self.explanation_texts.get(int(latent), "")]
+            for latent in order if difference[latent] != 0
+        ]
+        message = f"Mean activation per token over {count_a} tokens in A and {count_b} in B; click a latent to open it."
+        return rows, message
 
     # ---- Overview ----------------------------------------------------------------------------------
 

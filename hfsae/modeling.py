@@ -190,7 +190,7 @@ def topk_losses(
 
 def _select_topk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
     """TopK: the k largest pre-activations of each row (and AuxK's), sorted descending."""
-    return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
+    return select_topk(sae, x_norm, sae.config.k if k is None else k, aux_mask)
 
 
 def _select_batchtopk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mask: torch.Tensor | None, training: bool):
@@ -199,15 +199,15 @@ def _select_batchtopk(sae: TopKSAE, x_norm: torch.Tensor, k: int | None, aux_mas
     or each row's top k when k is given or config.inference is 'topk'."""
     if training:
         rows = x_norm.shape[0]
-        return sae.select_above(x_norm, sae.config.k, aux_mask, batch_k=sae.config.k * rows)
+        return select_above(sae, x_norm, sae.config.k, aux_mask, batch_k=sae.config.k * rows)
     if k is not None or sae.config.inference_mode == "topk":
-        return sae.select_topk(x_norm, sae.config.k if k is None else k, aux_mask)
+        return select_topk(sae, x_norm, sae.config.k if k is None else k, aux_mask)
     if float(sae.threshold) < 0:
         raise ValueError(
             "This BatchTopK SAE has no threshold yet (it is estimated while training); train it, or set "
             "config.inference='topk' to keep each token's top k."
         )
-    return sae.select_above(x_norm, sae.config.k, aux_mask, threshold=sae.threshold)
+    return select_above(sae, x_norm, sae.config.k, aux_mask, threshold=sae.threshold)
 
 
 SELECTIONS = {"topk": _select_topk, "batchtopk": _select_batchtopk}
@@ -455,78 +455,79 @@ class TopKSAE(HubMixin, PreTrainedModel):
             return code @ _dead_rows(self.W_dec, dead)
         return sparse_decode(positions, aux_values, _dead_rows(self.W_dec, dead), self.ops)
 
-    def select_topk(self, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
-        """The top-k (and AuxK) selection, and how many latents aux_mask marks (0 without one)."""
-        with torch.no_grad():
-            x_centred = x_norm - self.b_pre if self.config.subtracts_b_pre else x_norm
-            k_aux = n_masked = 0
-            if aux_mask is not None:
-                n_masked = int(aux_mask.sum())
-                k_aux = min(self.config.k_aux_effective, n_masked)
-            W_enc, b_enc = self.W_enc.detach(), None if self.b_enc is None else self.b_enc.detach()
-            device_type = x_centred.device.type
-            if torch.is_autocast_enabled(device_type):
-                # Mixed precision: the encoder matmul reads the autocast dtype (bf16), the master weights
-                # and everything after the selection stay fp32 (the selected values are upcast here).
-                low = torch.get_autocast_dtype(device_type)
-                x_centred, W_enc = x_centred.to(low), W_enc.to(low)
-                b_enc = None if b_enc is None else b_enc.to(low)
-            selection = self.ops.encode_topk(x_centred, W_enc, b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux)
-            selection.values = selection.values.to(x_norm.dtype)
-            if aux_mask is not None and selection.aux_indices is None:
-                # No dead latents this step: AuxK contributes an empty selection (loss 0).
-                empty = selection.indices.new_empty(selection.indices.shape[0], 0)
-                selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
-            elif selection.aux_indices is not None:
-                selection.aux_values, selection.aux_indices = _positive_prefix(
-                    selection.aux_values.to(x_norm.dtype), selection.aux_indices
-                )
-            return selection, n_masked
-
-    @torch.no_grad()
-    def select_above(
-        self,
-        x_norm: torch.Tensor,
-        k: int,
-        aux_mask: torch.Tensor | None,
-        *,
-        threshold: torch.Tensor | None = None,
-        batch_k: int | None = None,
-    ) -> tuple[TopKSelection, int]:
-        """Each row's pre-activations above `threshold`, or among the batch_k largest of the whole batch.
-
-        Exact with the per-row sparse ops: each row sends its top `width` candidates, and the width doubles
-        until no row has all of its candidates kept (a row that has may hold more). The selection is as wide
-        as the row with the most; the rest of each row is zeros (distinct indices, as the kernels need).
-        With batch_k, the smallest kept positive value updates the threshold buffer (its running mean).
-        """
-        n, rows = self.config.n_latents, x_norm.shape[0]
-        width = min(n, 4 * k)
-        while True:
-            selection, n_dead = self.select_topk(x_norm, width, aux_mask)
-            values = selection.values
-            cut = values.reshape(-1).topk(min(batch_k, values.numel())).values[-1] if batch_k else threshold
-            kept = (values >= cut if batch_k else values > cut) & (values > 0)  # ReLU zeroes the rest anyway
-            if width == n or not bool(kept[:, -1].any()):
-                break
-            width = min(n, 2 * width)
-        count = max(1, int(kept.sum(1).max()))
-        kept = kept[:, :count]
-        selection.indices = selection.indices[:, :count]
-        selection.values = torch.where(kept, values[:, :count], 0.0)
-        if batch_k:
-            positive = selection.values[selection.values > 0]
-            if positive.numel():
-                # The mean of every batch's value so far, then an exponential average (weight 1 − THRESHOLD_DECAY).
-                weight = max(1 - THRESHOLD_DECAY, 1 / (int(self.threshold_updates) + 1))
-                self.threshold.lerp_(positive.min().to(self.threshold.dtype), weight)
-                self.threshold_updates += 1
-        return selection, n_dead
-
     def _preactivations(self, x_norm: torch.Tensor, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         b_pre = self.b_pre if self.config.subtracts_b_pre else None
         return selected_preactivations(x_norm, self.W_enc, self.b_enc, indices, values, self.ops, b_pre=b_pre)
 
+
+def select_topk(sae: TopKSAE, x_norm: torch.Tensor, k: int, aux_mask: torch.Tensor | None = None) -> tuple[TopKSelection, int]:
+    """The top-k (and AuxK) selection of `sae`, and how many latents aux_mask marks (0 without one)."""
+    with torch.no_grad():
+        x_centred = x_norm - sae.b_pre if sae.config.subtracts_b_pre else x_norm
+        k_aux = n_masked = 0
+        if aux_mask is not None:
+            n_masked = int(aux_mask.sum())
+            k_aux = min(sae.config.k_aux_effective, n_masked)
+        W_enc, b_enc = sae.W_enc.detach(), None if sae.b_enc is None else sae.b_enc.detach()
+        device_type = x_centred.device.type
+        if torch.is_autocast_enabled(device_type):
+            # Mixed precision: the encoder matmul reads the autocast dtype (bf16), the master weights
+            # and everything after the selection stay fp32 (the selected values are upcast here).
+            low = torch.get_autocast_dtype(device_type)
+            x_centred, W_enc = x_centred.to(low), W_enc.to(low)
+            b_enc = None if b_enc is None else b_enc.to(low)
+        selection = sae.ops.encode_topk(x_centred, W_enc, b_enc, k, aux_mask=aux_mask if k_aux else None, k_aux=k_aux)
+        selection.values = selection.values.to(x_norm.dtype)
+        if aux_mask is not None and selection.aux_indices is None:
+            # No dead latents this step: AuxK contributes an empty selection (loss 0).
+            empty = selection.indices.new_empty(selection.indices.shape[0], 0)
+            selection.aux_indices, selection.aux_values = empty, selection.values.new_empty(empty.shape)
+        elif selection.aux_indices is not None:
+            selection.aux_values, selection.aux_indices = _positive_prefix(
+                selection.aux_values.to(x_norm.dtype), selection.aux_indices
+            )
+        return selection, n_masked
+
+
+@torch.no_grad()
+def select_above(
+    sae: TopKSAE,
+    x_norm: torch.Tensor,
+    k: int,
+    aux_mask: torch.Tensor | None,
+    *,
+    threshold: torch.Tensor | None = None,
+    batch_k: int | None = None,
+) -> tuple[TopKSelection, int]:
+    """Each row's pre-activations above `threshold`, or among the batch_k largest of the whole batch.
+
+    Exact with the per-row sparse ops: each row sends its top `width` candidates, and the width doubles
+    until no row has all of its candidates kept (a row that has may hold more). The selection is as wide
+    as the row with the most; the rest of each row is zeros (distinct indices, as the kernels need).
+    With batch_k, the smallest kept positive value updates the threshold buffer (its running mean).
+    """
+    n = sae.config.n_latents
+    width = min(n, 4 * k)
+    while True:
+        selection, n_dead = select_topk(sae, x_norm, width, aux_mask)
+        values = selection.values
+        cut = values.reshape(-1).topk(min(batch_k, values.numel())).values[-1] if batch_k else threshold
+        kept = (values >= cut if batch_k else values > cut) & (values > 0)  # ReLU zeroes the rest anyway
+        if width == n or not bool(kept[:, -1].any()):
+            break
+        width = min(n, 2 * width)
+    count = max(1, int(kept.sum(1).max()))
+    kept = kept[:, :count]
+    selection.indices = selection.indices[:, :count]
+    selection.values = torch.where(kept, values[:, :count], 0.0)
+    if batch_k:
+        positive = selection.values[selection.values > 0]
+        if positive.numel():
+            # The mean of every batch's value so far, then an exponential average (weight 1 − THRESHOLD_DECAY).
+            weight = max(1 - THRESHOLD_DECAY, 1 / (int(sae.threshold_updates) + 1))
+            sae.threshold.lerp_(positive.min().to(sae.threshold.dtype), weight)
+            sae.threshold_updates += 1
+    return selection, n_dead
 
 
 def _load_strictly(base_from_pretrained, location, *args, **kwargs):

@@ -1,25 +1,27 @@
 """The explorer app: the Gradio interface over `hfsae.explorer.Explorer`, and the Space that serves it.
 
-`build_app(sae)` returns a `gr.Blocks` with five tabs (Text, Latent, Search, Steer, Overview) whose
+`build_app(sae)` returns a `gr.Blocks` with six tabs (Text, Latent, Search, Steer, Compare, Overview) whose
 events call the explorer's views; its queue is bounded, so a burst of requests waits in line or is
 turned away instead of piling up. The app makes no outbound calls: analytics are off and the
 default theme's fonts are served locally.
 
 `export_space(folder, sae, analysis=...)` writes a Space that deploys on its own: hfsae's wheel built
-from this checkout (hfsae is not on PyPI), `app.py` which unpacks that wheel when it starts (a Space
-installs requirements.txt before the rest of its files are there, so the wheel cannot be a
-requirement), `requirements.txt` with the wheel's own requirements, and a `README.md` whose header
-declares the Gradio SDK and links the SAE and its analysis dataset; `push_space` uploads it as a
-Space repo.
+from this checkout (hfsae is not on PyPI); `app.py`, a copy of hfsae/space_app.py, which reads what to
+serve from app.json beside it and unpacks that wheel when it starts (a Space installs requirements.txt
+before the rest of its files are there, so the wheel cannot be a requirement); `requirements.txt` with
+the wheel's own requirements; and a `README.md` whose header declares the Gradio SDK and links the SAE
+and its analysis dataset. `push_space` uploads it as a Space repo.
 """
 
 import functools
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 from .explorer import MAX_NEW_TOKENS, TOP_LATENTS_PER_TOKEN, Explorer, ExplorerError, display_name
 
@@ -43,45 +45,37 @@ def build_app(sae_name_or_path="builtin", analysis_path=None, *, model=None, tok
     return _blocks(explorer)
 
 
-def _blocks(explorer: Explorer):
+def _import_gradio():
     # Gradio reads these when it is imported: no usage statistics, no update check, nothing leaves
     # the machine. (This module does not import gradio at the top, so that `hfsae --help` and the
     # views work without the [space] extra; the SelectData annotations below need this module not
-    # to use postponed annotations, since `gr` exists only in this function.)
+    # to use postponed annotations, since `gr` is a local name in each function that uses it.)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     try:
         import gradio as gr
     except ImportError as err:
         raise ImportError("The explorer needs gradio: pip install 'hfsae[space]'.") from err
+    return gr
 
-    def shown(fn):
-        """Run a view; a user error becomes a visible message instead of a stack trace."""
 
-        # wraps keeps fn's signature visible: Gradio injects SelectData by its annotation.
-        @functools.wraps(fn)
-        def wrapped(*args):
-            try:
-                return fn(*args)
-            except ExplorerError as err:
-                raise gr.Error(str(err)) from err
+def _shown(fn):
+    """Run a view; a user error becomes a visible message instead of a stack trace."""
+    gr = _import_gradio()
 
-        return wrapped
+    # wraps keeps fn's signature visible: Gradio injects SelectData by its annotation.
+    @functools.wraps(fn)
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except ExplorerError as err:
+            raise gr.Error(str(err)) from err
 
-    def open_latent(latent):
-        latent = explorer.check_latent(latent)
-        summary, histogram, top, random, logits = explorer.latent_view(latent)
-        return (
-            gr.Tabs(selected="latent"),
-            latent,
-            summary,
-            # Bin labels are categories: without an explicit order the plot sorts them as strings.
-            gr.BarPlot(value=_histogram_frame(histogram), sort=[label for label, _ in histogram] or None),
-            top,
-            random,
-            logits,
-        )
+    return wrapped
 
+
+def _blocks(explorer: Explorer):
+    gr = _import_gradio()
     # The default theme serves its fonts from the app itself (no Google Fonts request).
     with gr.Blocks(title=f"hfsae explorer: {explorer.name}", analytics_enabled=False) as demo:
         gr.Markdown(
@@ -89,167 +83,191 @@ def _blocks(explorer: Explorer):
             elem_id="header",
         )
         with gr.Tabs() as tabs:
-            with gr.Tab("Text", id="text"):
-                text_in = gr.Textbox(
-                    label="Text",
-                    lines=3,
-                    placeholder="Type text to see which latents fire",
-                    elem_id="text-input",
-                )
-                with gr.Row():
-                    # A textbox, not a Number: empty must stay empty (the strongest latent), not become 0.
-                    text_latent = gr.Textbox(
-                        label="Latent (empty: the strongest in this text)",
-                        value="",
-                        elem_id="text-latent",
-                    )
-                    text_button = gr.Button("Show activations", variant="primary", elem_id="text-button")
-                text_message = gr.Markdown(elem_id="text-message")
-                text_tokens = gr.HighlightedText(
-                    label="Tokens coloured by the latent's activation",
-                    elem_id="text-tokens",
-                    show_legend=False,
-                    combine_adjacent=False,
-                )
-                text_table = gr.Dataframe(
-                    headers=[
-                        "position",
-                        "token",
-                        *[f"latent {i + 1}" for i in range(TOP_LATENTS_PER_TOKEN)],
-                    ],
-                    label="Each token's top latents: click a latent to open it",
-                    interactive=False,
-                    elem_id="text-table",
-                )
-            with gr.Tab("Latent", id="latent"):
-                with gr.Row():
-                    latent_in = gr.Number(
-                        label=f"Latent (0–{explorer.n_latents - 1})",
-                        precision=None,
-                        value=0,
-                        elem_id="latent-input",
-                    )
-                    latent_button = gr.Button("Open", variant="primary", elem_id="latent-button")
-                latent_summary = gr.Markdown(elem_id="latent-summary")
-                latent_histogram = gr.BarPlot(
-                    x="activation",
-                    y="count",
-                    title="Activation histogram (firing tokens)",
-                    elem_id="latent-histogram",
-                    sort=None,
-                )
-                gr.Markdown("**Top activating contexts** (activation at the shaded peak)")
-                latent_top = gr.HTML(elem_id="latent-top")
-                gr.Markdown("**Random activating contexts** (activation · quantile among the latent's firings)")
-                latent_random = gr.HTML(elem_id="latent-random")
-                latent_logits = gr.Dataframe(
-                    headers=["promoted", "logit", "suppressed", "logit"],
-                    interactive=False,
-                    label="Logit effects (decoder direction through the unembedding)",
-                    elem_id="latent-logits",
-                )
-            with gr.Tab("Search", id="search"):
-                with gr.Row():
-                    search_in = gr.Textbox(label="Token or explanation text", elem_id="search-input")
-                    search_by = gr.Radio(["token", "explanation"], value="token", label="Search by")
-                    search_button = gr.Button("Search", variant="primary", elem_id="search-button")
-                search_table = gr.Dataframe(
-                    headers=[
-                        "latent",
-                        "density",
-                        "max activation",
-                        "matches",
-                        "explanation",
-                    ],
-                    interactive=False,
-                    label="Latents: click one to open it",
-                    elem_id="search-table",
-                )
-            with gr.Tab("Steer", id="steer"):
-                steer_prompt = gr.Textbox(label="Prompt", lines=2, elem_id="steer-prompt")
-                with gr.Row():
-                    steer_latent = gr.Number(label="Latent", precision=None, value=0, elem_id="steer-latent")
-                    steer_strength = gr.Slider(
-                        -100,
-                        100,
-                        value=10,
-                        step=0.5,
-                        label="Strength (added × decoder direction)",
-                    )
-                    steer_tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
-                steer_button = gr.Button("Generate", variant="primary", elem_id="steer-button")
-                steer_message = gr.Markdown()
-                with gr.Row():
-                    steer_plain = gr.Textbox(label="Unsteered", lines=6, elem_id="steer-plain")
-                    steer_steered = gr.Textbox(label="Steered", lines=6, elem_id="steer-steered")
+            text = _text_tab(gr)
+            latent = _latent_tab(gr, explorer)
+            search = _search_tab(gr)
+            steer = _steer_tab(gr)
+            compare = _compare_tab(gr)
             with gr.Tab("Overview", id="overview"):
                 gr.Markdown(explorer.overview(), elem_id="overview")
-
-        latent_outputs = [
-            tabs,
-            latent_in,
-            latent_summary,
-            latent_histogram,
-            latent_top,
-            latent_random,
-            latent_logits,
-        ]
-
-        def show_text(text, latent):
-            highlighted, shown_latent, rows, message = explorer.text_view(text, latent)
-            strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
-            message = f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
-            return highlighted, rows, message
-
-        text_inputs, text_outputs = (
-            [text_in, text_latent],
-            [text_tokens, text_table, text_message],
-        )
-        text_button.click(shown(show_text), text_inputs, text_outputs, api_name="text")
-        text_in.submit(shown(show_text), text_inputs, text_outputs, api_name=False)
-
-        def open_from_table(evt: gr.SelectData):
-            latent = _latent_in_cell(evt.value)
-            if latent is None and evt.row_value:
-                # A click on the position or token opens the token's strongest latent.
-                latent = next(
-                    (_latent_in_cell(cell) for cell in evt.row_value[2:] if _latent_in_cell(cell) is not None),
-                    None,
-                )
-            if latent is None:
-                return [gr.skip()] * len(latent_outputs)
-            return open_latent(latent)
-
-        text_table.select(shown(open_from_table), None, latent_outputs, api_name=False)
-        latent_button.click(shown(open_latent), [latent_in], latent_outputs, api_name="latent")
-        latent_in.submit(shown(open_latent), [latent_in], latent_outputs, api_name=False)
-
-        search_button.click(
-            shown(explorer.search),
-            [search_in, search_by],
-            [search_table],
-            api_name="search",
-        )
-        search_in.submit(
-            shown(explorer.search),
-            [search_in, search_by],
-            [search_table],
-            api_name=False,
-        )
-
-        def open_from_search(evt: gr.SelectData):
-            if not evt.row_value:
-                return [gr.skip()] * len(latent_outputs)
-            return open_latent(int(evt.row_value[0]))
-
-        search_table.select(shown(open_from_search), None, latent_outputs, api_name=False)
-        steer_button.click(
-            shown(explorer.steer),
-            [steer_prompt, steer_latent, steer_strength, steer_tokens],
-            [steer_plain, steer_steered, steer_message],
+        opens_latent = _wire_latent(gr, explorer, tabs, latent)
+        _wire_text(gr, explorer, text, opens_latent)
+        _wire_search(gr, explorer, search, opens_latent)
+        _wire_compare(gr, explorer, compare, opens_latent)
+        steer.button.click(
+            _shown(explorer.steer),
+            [steer.prompt, steer.latent, steer.strength, steer.tokens],
+            [steer.plain, steer.steered, steer.measured, steer.message],
             api_name="steer",
         )
     return demo.queue(max_size=MAX_QUEUE_SIZE, default_concurrency_limit=CONCURRENCY_LIMIT)
+
+
+# ---- the tabs' components ------------------------------------------------------------------------------
+
+
+def _text_tab(gr) -> SimpleNamespace:
+    with gr.Tab("Text", id="text"):
+        text_in = gr.Textbox(label="Text", lines=3, placeholder="Type text to see which latents fire", elem_id="text-input")
+        with gr.Row():
+            # A textbox, not a Number: empty must stay empty (the strongest latent), not become 0.
+            latent = gr.Textbox(label="Latent (empty: the strongest in this text)", value="", elem_id="text-latent")
+            button = gr.Button("Show activations", variant="primary", elem_id="text-button")
+        message = gr.Markdown(elem_id="text-message")
+        tokens = gr.HighlightedText(
+            label="Tokens coloured by the latent's activation", elem_id="text-tokens", show_legend=False,
+            combine_adjacent=False,
+        )
+        table = gr.Dataframe(
+            headers=["position", "token", *[f"latent {i + 1}" for i in range(TOP_LATENTS_PER_TOKEN)]],
+            label="Each token's top latents: click a latent to open it", interactive=False, elem_id="text-table",
+        )
+    return SimpleNamespace(input=text_in, latent=latent, button=button, message=message, tokens=tokens, table=table)
+
+
+def _latent_tab(gr, explorer: Explorer) -> SimpleNamespace:
+    with gr.Tab("Latent", id="latent"):
+        with gr.Row():
+            latent = gr.Number(
+                label=f"Latent (0–{explorer.n_latents - 1})", precision=None, value=0, elem_id="latent-input"
+            )
+            button = gr.Button("Open", variant="primary", elem_id="latent-button")
+        summary = gr.Markdown(elem_id="latent-summary")
+        histogram = gr.BarPlot(
+            x="activation", y="count", title="Activation histogram (firing tokens)", elem_id="latent-histogram",
+            sort=None,
+        )
+        gr.Markdown("**Top activating contexts** (activation at the shaded peak)")
+        top = gr.HTML(elem_id="latent-top")
+        gr.Markdown("**Random activating contexts** (activation · quantile among the latent's firings)")
+        random = gr.HTML(elem_id="latent-random")
+        logits = gr.Dataframe(
+            headers=["promoted", "logit", "suppressed", "logit"], interactive=False,
+            label="Logit effects (decoder direction through the unembedding)", elem_id="latent-logits",
+        )
+    return SimpleNamespace(
+        input=latent, button=button, summary=summary, histogram=histogram, top=top, random=random, logits=logits
+    )
+
+
+def _search_tab(gr) -> SimpleNamespace:
+    with gr.Tab("Search", id="search"):
+        with gr.Row():
+            query = gr.Textbox(label="Token or explanation text", elem_id="search-input")
+            by = gr.Radio(["token", "explanation"], value="token", label="Search by")
+            button = gr.Button("Search", variant="primary", elem_id="search-button")
+        table = gr.Dataframe(
+            headers=["latent", "density", "max activation", "matches", "explanation"], interactive=False,
+            label="Latents: click one to open it", elem_id="search-table",
+        )
+    return SimpleNamespace(query=query, by=by, button=button, table=table)
+
+
+def _steer_tab(gr) -> SimpleNamespace:
+    from .interventions import SteeringSweep
+
+    with gr.Tab("Steer", id="steer"):
+        prompt = gr.Textbox(label="Prompt", lines=2, elem_id="steer-prompt")
+        with gr.Row():
+            latent = gr.Number(label="Latent", precision=None, value=0, elem_id="steer-latent")
+            strength = gr.Slider(-100, 100, value=10, step=0.5, label="Strength (added × unit decoder direction)")
+            tokens = gr.Slider(1, MAX_NEW_TOKENS, value=24, step=1, label="New tokens")
+        button = gr.Button("Generate", variant="primary", elem_id="steer-button")
+        message = gr.Markdown()
+        with gr.Row():
+            plain = gr.Textbox(label="Unsteered", lines=6, elem_id="steer-plain")
+            steered = gr.Textbox(label="Steered", lines=6, elem_id="steer-steered")
+        measured = gr.Dataframe(
+            headers=list(SteeringSweep.HEADERS), interactive=False, elem_id="steer-measured",
+            label="Measured: the latent's mean activation on the generated tokens (while steering; the text re-read "
+            "unsteered), KL to the unsteered model and ΔCE on held-out text (nats per token)",
+        )
+    return SimpleNamespace(
+        prompt=prompt, latent=latent, strength=strength, tokens=tokens, button=button, message=message, plain=plain,
+        steered=steered, measured=measured,
+    )
+
+
+def _compare_tab(gr) -> SimpleNamespace:
+    with gr.Tab("Compare", id="compare"):
+        with gr.Row():
+            text_a = gr.Textbox(label="Text A (several: separate them with a blank line)", lines=4, elem_id="compare-a")
+            text_b = gr.Textbox(label="Text B (several: separate them with a blank line)", lines=4, elem_id="compare-b")
+        button = gr.Button("Compare", variant="primary", elem_id="compare-button")
+        message = gr.Markdown(elem_id="compare-message")
+        table = gr.Dataframe(
+            headers=["latent", "mean in A", "mean in B", "B − A", "explanation"], interactive=False,
+            label="The latents that differ most: click one to open it", elem_id="compare-table",
+        )
+    return SimpleNamespace(text_a=text_a, text_b=text_b, button=button, message=message, table=table)
+
+
+# ---- the events ----------------------------------------------------------------------------------------
+
+
+def _wire_latent(gr, explorer: Explorer, tabs, latent: SimpleNamespace):
+    """Register the Latent tab's events; return (open(latent) → outputs, the outputs) for the other tabs' clicks."""
+    outputs = [tabs, latent.input, latent.summary, latent.histogram, latent.top, latent.random, latent.logits]
+
+    def open_latent(number):
+        number = explorer.check_latent(number)
+        summary, histogram, top, random, logits = explorer.latent_view(number)
+        # Bin labels are categories: without an explicit order the plot sorts them as strings.
+        plot = gr.BarPlot(value=_histogram_frame(histogram), sort=[label for label, _ in histogram] or None)
+        return gr.Tabs(selected="latent"), number, summary, plot, top, random, logits
+
+    latent.button.click(_shown(open_latent), [latent.input], outputs, api_name="latent")
+    latent.input.submit(_shown(open_latent), [latent.input], outputs, api_name=False)
+    return open_latent, outputs
+
+
+def _wire_text(gr, explorer: Explorer, text: SimpleNamespace, opens_latent) -> None:
+    open_latent, latent_outputs = opens_latent
+
+    def show_text(value, latent):
+        highlighted, shown_latent, rows, message = explorer.text_view(value, latent)
+        strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
+        return highlighted, rows, f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
+
+    inputs, outputs = [text.input, text.latent], [text.tokens, text.table, text.message]
+    text.button.click(_shown(show_text), inputs, outputs, api_name="text")
+    text.input.submit(_shown(show_text), inputs, outputs, api_name=False)
+
+    def open_from_table(evt: gr.SelectData):
+        latent = _latent_in_cell(evt.value)
+        if latent is None and evt.row_value:
+            # A click on the position or token opens the token's strongest latent.
+            latent = next((_latent_in_cell(c) for c in evt.row_value[2:] if _latent_in_cell(c) is not None), None)
+        if latent is None:
+            return [gr.skip()] * len(latent_outputs)
+        return open_latent(latent)
+
+    text.table.select(_shown(open_from_table), None, latent_outputs, api_name=False)
+
+
+def _first_column_opens(gr, opens_latent):
+    """A table's select handler: a click on a row opens the latent in its first column."""
+    open_latent, latent_outputs = opens_latent
+
+    def open_from_row(evt: gr.SelectData):
+        if not evt.row_value:
+            return [gr.skip()] * len(latent_outputs)
+        return open_latent(int(evt.row_value[0]))
+
+    return _shown(open_from_row)
+
+
+def _wire_search(gr, explorer: Explorer, search: SimpleNamespace, opens_latent) -> None:
+    inputs = [search.query, search.by]
+    search.button.click(_shown(explorer.search), inputs, [search.table], api_name="search")
+    search.query.submit(_shown(explorer.search), inputs, [search.table], api_name=False)
+    search.table.select(_first_column_opens(gr, opens_latent), None, opens_latent[1], api_name=False)
+
+
+def _wire_compare(gr, explorer: Explorer, compare: SimpleNamespace, opens_latent) -> None:
+    inputs, outputs = [compare.text_a, compare.text_b], [compare.table, compare.message]
+    compare.button.click(_shown(explorer.compare), inputs, outputs, api_name="compare")
+    compare.table.select(_first_column_opens(gr, opens_latent), None, opens_latent[1], api_name=False)
 
 
 def _latent_in_cell(cell) -> int | None:
@@ -283,7 +301,9 @@ def launch(
 # ---- the Space -----------------------------------------------------------------------------------------
 
 SPACE_CARD_TEMPLATE = "space.md"
-APP_FILE = "app.py"
+APP_FILE = "app.py"  # a copy of hfsae/space_app.py
+SETTINGS_FILE = "app.json"  # what app.py serves: it reads the JSON file of its own name
+VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
 REQUIREMENTS_FILE = "requirements.txt"
 # What building hfsae's wheel reads from its checkout (an allow-list: tests, docs, git history and
 # whatever else lies in the checkout stay behind); the optional ones are copied when present.
@@ -291,66 +311,7 @@ WHEEL_SOURCES = ("pyproject.toml", "README.md", "hfsae", "model_cards")
 OPTIONAL_WHEEL_SOURCES = ("LICENSE", "MANIFEST.in", "setup.py", "setup.cfg")
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-VENDOR_DIR = ".hfsae"  # where the exported app.py unpacks its wheel at start (never uploaded)
 
-APP_SOURCE = '''"""The hfsae explorer for {name} (written by `hfsae space --export`).
-
-Space variables:
-HFSAE_SAE        the SAE: a registry name or Hub repo id (default: {sae})
-HFSAE_ANALYSIS   its analysis: a Hub dataset repo (default: {analysis})
-"""
-
-import hashlib
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-WHEEL = Path(__file__).resolve().parent / {wheel!r}
-
-
-def use_vendored_hfsae() -> Path:
-    """Put hfsae from the wheel beside this file first on sys.path; return where it was unpacked.
-
-    hfsae is not on PyPI, and a Space installs requirements.txt before this folder is copied in, so
-    the wheel cannot be a requirement there: pip unpacks it here instead (no index, no
-    dependencies: requirements.txt installed those), once per wheel.
-    """
-    digest = hashlib.sha256(WHEEL.read_bytes()).hexdigest()[:16]
-    try:
-        target = WHEEL.parent / {vendor!r} / digest
-        target.parent.mkdir(exist_ok=True)
-    except OSError:  # a read-only folder: a private temporary one, unpacked at every start
-        target = Path(tempfile.mkdtemp(prefix="hfsae-")) / digest
-    if not target.is_dir():
-        staging = Path(tempfile.mkdtemp(prefix=f".{{digest}}-", dir=target.parent))
-        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(staging)]
-        subprocess.run([*pip, str(WHEEL)], check=True)
-        try:
-            staging.rename(target)
-        except OSError:  # another process unpacked the same wheel first: use that one
-            if not target.is_dir():
-                raise
-            shutil.rmtree(staging, ignore_errors=True)
-    sys.path.insert(0, str(target))
-    return target
-
-
-use_vendored_hfsae()
-import hfsae  # noqa: E402
-from hfsae.space import build_app  # noqa: E402
-
-print(f"hfsae from {{Path(hfsae.__file__).parent}}", flush=True)
-demo = build_app(os.environ.get("HFSAE_SAE", {sae!r}), os.environ.get("HFSAE_ANALYSIS", {analysis!r}) or None)
-
-if __name__ == "__main__":
-    demo.launch()
-'''
 
 
 def _hub_id(name: str, what: str, *, repo_type: str = "model") -> str:
@@ -431,9 +392,10 @@ def export_space(
 ) -> Path:
     """Write a Space for the explorer of `sae` (a registry name or Hub repo id) into output_dir.
 
-    The folder holds app.py, hfsae's wheel (which app.py unpacks when it starts), requirements.txt
-    with the wheel's own requirements, and README.md from the model_cards/space.md template (sdk,
-    sdk_version, python_version, app_file, models and datasets links).
+    The folder holds app.py (hfsae/space_app.py) and its settings app.json, hfsae's wheel (which
+    app.py unpacks when it starts), requirements.txt with the wheel's own requirements, and README.md
+    from the model_cards/space.md template (sdk, sdk_version, python_version, app_file, models and
+    datasets links).
 
     Example:
         >>> export_space("my-space", "org/my-sae", analysis="org/my-sae-analysis")
@@ -451,9 +413,9 @@ def export_space(
     exported = (APP_FILE, REQUIREMENTS_FILE, "README.md", "*.whl", f"{VENDOR_DIR}/**", "**/__pycache__/**")
     with staged_folder(output_dir, overwrite=overwrite, replaces=exported, how_to_overwrite="--overwrite-output-dir") as folder:
         wheel = build_wheel(folder)
-        (folder / APP_FILE).write_text(
-            APP_SOURCE.format(name=name, sae=sae, analysis=analysis, wheel=wheel.name, vendor=VENDOR_DIR)
-        )
+        shutil.copy2(Path(__file__).with_name("space_app.py"), folder / APP_FILE)
+        settings = {"sae": sae, "analysis": analysis, "wheel": wheel.name, "vendor_dir": VENDOR_DIR}
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
         (folder / REQUIREMENTS_FILE).write_text(
             "# hfsae's own requirements (its [space] extra included), read from the wheel beside this file:\n"
             "# hfsae is not on PyPI, so app.py unpacks that wheel when it starts.\n"

@@ -158,8 +158,8 @@ LAYERS = [
     ("hfsae.ops",),
     ("hfsae.configuration", "hfsae.modeling", "hfsae.pretrained", "hfsae.hub"),
     ("hfsae.activations",),
-    ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis", "hfsae.locate"),
-    ("hfsae.explorer", "hfsae.space"),
+    ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis", "hfsae.locate", "hfsae.interventions"),
+    ("hfsae.explorer", "hfsae.space", "hfsae.space_app"),
     ("hfsae.commands", "hfsae.cli"),
     ("hfsae",),
 ]
@@ -283,10 +283,8 @@ SIZE_REASON = "Size:"
 KNOWN_LONG = {
     "hfsae.analysis.analyze",
     "hfsae.evaluation.evaluate.evaluate",
-    "hfsae.space._blocks",
     "hfsae.explorer.Explorer",
     "hfsae.training.trainer.Trainer",
-    "hfsae.distributed.sharded.ShardedTopKSAE",
 }
 
 

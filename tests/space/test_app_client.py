@@ -17,7 +17,7 @@ def client(app_url):
 
 def test_the_app_exposes_one_endpoint_per_view(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    assert set(endpoints) == {"/text", "/latent", "/search", "/steer"}
+    assert set(endpoints) == {"/text", "/latent", "/search", "/steer", "/compare"}
 
 
 def test_text_endpoint_returns_the_highlighted_tokens_and_top_latents(client, explorer):
@@ -43,9 +43,17 @@ def test_search_endpoint_finds_the_explained_latent(client):
     assert [row[0] for row in result["data"]] == [EXPLAINED_LATENT]
 
 
-def test_steer_endpoint_returns_both_continuations(client, explorer):
-    unsteered, steered, _ = client.predict("hello", 3, 25.0, 6, api_name="/steer")
-    assert (unsteered, steered) == explorer.steer("hello", 3, 25.0, 6)[:2]
+def test_steer_endpoint_returns_both_continuations_and_the_measured_effect(client, explorer):
+    unsteered, steered, measured, _ = client.predict("hello", 3, 25.0, 6, api_name="/steer")
+    expected_unsteered, expected_steered, expected_rows, _ = explorer.steer("hello", 3, 25.0, 6)
+    assert (unsteered, steered) == (expected_unsteered, expected_steered)
+    assert measured["data"] == expected_rows
+
+
+def test_compare_endpoint_returns_the_latents_that_differ_most(client, explorer):
+    table, message = client.predict("def f(x): return x", "The quick brown fox", api_name="/compare")
+    expected_rows, expected_message = explorer.compare("def f(x): return x", "The quick brown fox")
+    assert table["data"] == expected_rows and message == expected_message
 
 
 def test_a_bad_latent_comes_back_as_a_readable_error(client):

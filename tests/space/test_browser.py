@@ -106,7 +106,7 @@ def test_steer_shows_steered_and_unsteered_text_side_by_side(page, explorer, scr
     page.locator("#steer-prompt textarea").fill("hello")
     page.locator("#steer-latent input").fill("3")
     page.locator("#steer-button").click()
-    expected_plain, expected_steered, _ = explorer.steer("hello", 3, 10, 24)
+    expected_plain, expected_steered, expected_rows, _ = explorer.steer("hello", 3, 10, 24)
     # The tiny byte-level model writes control bytes, which a textarea does not keep: compare the rest.
     expected = (printable(expected_plain), printable(expected_steered))
     shown = lambda: tuple(
@@ -117,7 +117,29 @@ def test_steer_shows_steered_and_unsteered_text_side_by_side(page, explorer, scr
             break
         page.wait_for_timeout(100)
     assert shown() == expected
+    # The measured effect, one row per strength (0 and the slider's): strength, activations, KL, ΔCE.
+    cells = page.locator("#steer-measured [role=gridcell]")
+    cells.nth(len(expected_rows) * len(expected_rows[0]) - 1).wait_for()
+    shown_cells = [float(cell) for cell in cells.evaluate_all("cells => cells.map(c => c.innerText)")]
+    assert shown_cells == pytest.approx([value for row in expected_rows for value in row], abs=1e-3)
     screenshot(page, "steer")
+
+
+def test_compare_lists_the_latents_that_differ_and_a_click_opens_one(page, explorer, screenshot):
+    text_a, text_b = "def add(a, b): return a + b", "The quick brown fox\n\njumps over the lazy dog"
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-a textarea").fill(text_a)
+    page.locator("#compare-b textarea").fill(text_b)
+    page.locator("#compare-button").click()
+    page.locator("#compare-message").get_by_text("Mean activation per token").wait_for()
+    rows, _ = explorer.compare(text_a, text_b)
+    first = page.locator("#compare-table [role=gridcell]").first
+    first.get_by_text(str(rows[0][0]), exact=True).wait_for()
+    shown = page.locator("#compare-table [role=gridcell]").evaluate_all("cells => cells.map(c => c.innerText)")
+    assert [int(cell) for cell in shown[:: len(rows[0])][: len(rows)]] == [row[0] for row in rows]
+    screenshot(page, "compare")
+    first.click()
+    page.locator("#latent-summary h2").get_by_text(f"Latent {rows[0][0]}").wait_for()
 
 
 def test_overview_shows_the_metrics_and_the_page_made_no_outside_request(page, app_url, screenshot):

@@ -162,11 +162,9 @@ def test_an_empty_search_asks_for_a_query(explorer):
         explorer.search("  ", "token")
 
 
-def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point(
-    explorer,
-):
+def test_steering_equals_generation_with_the_unit_decoder_row_added_after_the_first_position(explorer):
     latent, strength = 3, 25.0
-    unsteered, steered, _ = explorer.steer("hello", latent, strength, 6)
+    unsteered, steered, rows, _ = explorer.steer("hello", latent, strength, 6)
     input_ids = explorer.tokenizer("hello", return_tensors="pt")["input_ids"]
 
     def generate():
@@ -176,19 +174,55 @@ def test_steering_equals_generation_with_the_decoder_row_added_at_the_hook_point
             max_new_tokens=6,
             do_sample=False,
             pad_token_id=explorer.tokenizer.eos_token_id,
+            use_cache=False,  # every step sees the whole sequence, so positions are plain slices
         )
         return explorer.tokenizer.decode(out[0, input_ids.shape[1] :], skip_special_tokens=True)
 
-    direction = explorer.sae.W_dec[latent].detach()  # normalize="none": decoding adds exactly this row
-    with (
-        torch.no_grad(),
-        splice(explorer.model, HOOK_POINT, lambda x: x + strength * direction),
-    ):
+    row = explorer.sae.W_dec[latent].detach()
+    direction = row / row.norm()  # normalize="none": decoding adds exactly this row per unit of value
+
+    def add_after_first(x):
+        return torch.cat([x[:, :1], x[:, 1:] + strength * direction], dim=1)
+
+    with torch.no_grad(), splice(explorer.model, HOOK_POINT, add_after_first):
         expected_steered = generate()
     with torch.no_grad():
         expected_unsteered = generate()
     assert (unsteered, steered) == (expected_unsteered, expected_steered)
     assert steered != unsteered
+    # The measured rows: strength 0 changes nothing; the steered strength moves the held-out predictions.
+    assert [row[0] for row in rows] == [0.0, strength]
+    assert rows[0][3:] == [0.0, 0.0] and rows[1][3] > 0
+
+
+def test_compare_ranks_latents_by_the_difference_of_their_mean_activation(explorer):
+    from hfsae.activations import capture
+
+    text_a, text_b = "def add(a, b): return a + b", "The quick brown fox\n\njumps over the lazy dog"
+    rows, message = explorer.compare(text_a, text_b, limit=5)
+
+    @torch.no_grad()
+    def mean(texts):
+        codes = []
+        for text in texts:
+            ids = explorer.tokenizer(text, return_tensors="pt")["input_ids"]
+            acts = capture(explorer.model, ids, HOOK_POINT)[HOOK_POINT][0, 1:]
+            codes.append(explorer.sae.encode(acts).to_dense(explorer.n_latents))
+        return torch.cat(codes).mean(0)
+
+    difference = mean(["The quick brown fox", "jumps over the lazy dog"]) - mean([text_a])
+    expected = difference.abs().topk(5).indices.tolist()
+    assert [row[0] for row in rows] == expected
+    assert [row[3] for row in rows] == pytest.approx([float(difference[i]) for i in expected], abs=1e-3)
+    assert "A" in message and "B" in message
+    with pytest.raises(ExplorerError, match="blank line"):
+        explorer.compare("  ", text_b)
+
+
+def test_compare_shows_the_explanation_of_an_explained_latent(explorer):
+    rows, _ = explorer.compare("f(x)", "hello", limit=explorer.n_latents)
+    shown = {row[0]: row[4] for row in rows}
+    assert all(text == explorer.explanation_texts.get(latent, "") for latent, text in shown.items())
 
 
 @pytest.mark.parametrize(

@@ -145,7 +145,12 @@ def test_the_exported_space_holds_app_wheel_requirements_and_a_gradio_header(pub
     assert card.data.python_version == f"{sys.version_info.major}.{sys.version_info.minor}"
     # A Space installs requirements.txt before its other files are copied in: the wheel is no requirement.
     assert "hfsae" not in (deployed / "requirements.txt").read_text().replace("# hfsae", "")
-    assert wheel in (deployed / "app.py").read_text()
+    import hfsae.space_app
+    from hfsae.space import SETTINGS_FILE, VENDOR_DIR
+
+    assert (deployed / "app.py").read_text() == Path(hfsae.space_app.__file__).read_text()  # the module, verbatim
+    settings = json.loads((deployed / SETTINGS_FILE).read_text())
+    assert settings == {"sae": SAE_REPO, "analysis": ANALYSIS_REPO, "wheel": wheel, "vendor_dir": VENDOR_DIR}
 
 
 def test_the_space_requirements_are_the_wheels_own_and_resolve_as_a_space_installs_them(published, tmp_path):
