@@ -158,6 +158,19 @@ def test_export_then_import_gives_back_the_same_sae(tmp_path):
     torch.testing.assert_close(back(x).x_hat, sae(x).x_hat)
 
 
+
+@pytest.mark.parametrize(
+    "options, named",
+    [({"architecture": "batchtopk"}, "architecture='batchtopk'"), ({"d_out": 12, "target_hook_point": "layers.0.mlp_out"}, "a transcoder")],
+)
+def test_export_refuses_variants_saelens_would_load_as_plain_topk(tmp_path, options, named):
+    from hfsae import TopKSAEConfig
+
+    sae = TopKSAE(TopKSAEConfig(d_in=8, n_latents=32, k=4, **options))
+    with pytest.raises(UnsupportedArchitectureError, match=f"plain TopK SAEs only; this is {named}"):
+        to_saelens(sae, tmp_path / "exported")
+    assert not (tmp_path / "exported").exists()
+
 @pytest.mark.parametrize(
     "cfg, message",
     [

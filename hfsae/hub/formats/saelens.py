@@ -227,6 +227,11 @@ FORMAT = Format(
 def to_saelens(sae, path: str | os.PathLike) -> Path:
     """Write `sae` as a SAELens v6 TopK folder (cfg.json + sae_weights.safetensors) with the same outputs."""
     config = sae.config
+    if config.architecture != "topk" or config.is_transcoder:
+        variant = "a transcoder" if config.is_transcoder else f"architecture={config.architecture!r}"
+        raise UnsupportedArchitectureError(
+            f"Export to SAELens writes plain TopK SAEs only; this is {variant}, which would load there as another model."
+        )
     W_enc = sae.W_enc.detach().float()
     W_dec = sae.W_dec.detach().float()
     b_pre = sae.b_pre.detach().float()
