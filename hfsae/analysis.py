@@ -487,7 +487,7 @@ def analyze(
 
     effects = None
     W_U = _unembedding(model)
-    if W_U is not None and W_U.shape[1] == config.d_in:
+    if W_U is not None and W_U.shape[1] == config.output_size:  # decoder rows live in the output space
         effects = logit_effects(sae.W_dec.detach().cpu(), W_U.detach().cpu(), n_tokens=n_logit_tokens)
     settings = AnalysisSettings(
         n_tokens=statistics.n_tokens,

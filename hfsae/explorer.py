@@ -29,6 +29,7 @@ from .errors import HfsaeError
 from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
 from .activations.positions import FIRST_POSITION_USED
+from .configuration import ARCHITECTURES
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 from .nested import flatten
 
@@ -475,7 +476,9 @@ class Explorer:
         sections = [
             f"## {self.name}",
             (
-                f"TopK SAE with **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
+                f"{ARCHITECTURES[config.architecture].summary}"
+                + (f", a transcoder to `{config.target_hook_point}`" if config.is_transcoder else "")
+                + f": **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
                 f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`)."
             ),
         ]

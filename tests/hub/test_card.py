@@ -341,3 +341,20 @@ def test_hfsae_card_on_a_folder_without_config_fails_in_one_line(tmp_path, capsy
     assert main(["card", "--model-dir", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "has no config.json" in error
+
+
+@pytest.mark.parametrize(
+    "options, opening",
+    [
+        ({}, "A **TopK sparse autoencoder** with 32 latents, of which the top k = 4 are kept"),
+        ({"architecture": "batchtopk"}, "A **BatchTopK sparse autoencoder** with 32 latents, which kept the k·B = 4·B largest"),
+        ({"d_out": 8, "target_hook_point": "layers.0.mlp_out"}, "A **TopK transcoder** with 32 latents"),
+    ],
+)
+def test_the_cards_opening_names_the_variant(tmp_path, options, opening):
+    config = TopKSAEConfig(d_in=8, n_latents=32, k=4, hook_point="layers.0.resid_post", **options)
+    TopKSAE(config).save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    assert opening in card and card.count("sparse autoencoder** with") + card.count("transcoder** with") == 1
+    if config.is_transcoder:
+        assert "predicting the activations at `layers.0.mlp_out` from the 8-dimensional activations at" in card
