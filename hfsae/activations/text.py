@@ -186,10 +186,16 @@ class TextSource:
                     f"of one type ({'/'.join(FILE_BUILDERS)})."
                 )
             _refuse_binary(files)
+            # A malformed file reaches the user as one error naming the parser's complaint; `datasets` would
+            # also log its own multi-line account of the same failure first.
+            verbosity = datasets.logging.get_verbosity()
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)
             try:
                 return datasets.load_dataset(builders.pop(), data_files=files, split="train", streaming=self.streaming)
             except StopIteration:  # `datasets` finds no first row to infer the columns from
                 raise ValueError(f"Dataset {self.dataset!r} holds no documents (empty files); give files with text.") from None
+            finally:
+                datasets.logging.set_verbosity(verbosity)
         try:
             return datasets.load_dataset(self.dataset, self.hub_config, split=self.hub_split, streaming=self.streaming)
         except (ConnectionError, OSError) as err:
