@@ -21,7 +21,7 @@ THRESHOLD_BUFFER = "threshold"
 
 @dataclass(frozen=True)
 class Architecture:
-    """What a variant of the TopK family is and which paths can run it (docs/adding-a-variant.md).
+    """What a variant of the TopK family is and which paths can run it ("Adding a variant" in docs/architecture.md).
 
     The one map of variants: `ARCHITECTURES[config.architecture]`. The model's selection for each
     name is `hfsae.modeling.SELECTIONS` (a test keeps the two key sets equal); the trainer, the

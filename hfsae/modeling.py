@@ -224,7 +224,7 @@ class TopKSAE(HubMixin, PreTrainedModel):
 
     `W_dec` is stored as [n_latents, d_out]: each row is one latent's decoder vector (the paper's
     columns), so that decoding gathers contiguous rows. The variants (config.architecture, a transcoder's
-    target_hook_point / d_out / skip_connection) are described in docs/adding-a-variant.md.
+    target_hook_point / d_out / skip_connection) are described in docs/architecture.md, "Adding a variant".
 
     Example:
         >>> sae = TopKSAE(TopKSAEConfig(d_in=64, n_latents=512, k=8))

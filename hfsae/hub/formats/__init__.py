@@ -6,8 +6,8 @@ folder stands for, and how its files become a TopKSAE: `convert` returns config 
 (`Converted`); the caller's class builds the model, so a subclass loads as itself.
 
 Adding a format is one module defining `FORMAT = Format(...)` plus one line in FORMATS below
-(docs/adding-a-format.md walks through it). Order matters only where two formats could claim the
-same files: the first whose `recognise` claims a file wins.
+("Adding a format" in docs/architecture.md walks through it). Order matters only where two formats
+could claim the same files: the first whose `recognise` claims a file wins.
 """
 
 from __future__ import annotations
