@@ -68,6 +68,7 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 MAX_HELDOUT_FVU = 100.0
 # Share of the held-out rows that only chooses between raw and EMA weights; the reported metrics are measured
 # on the other rows, since choosing on the rows one then reports would flatter the reported FVU by the choice.
+# A minority share: the choice only ranks two models, while the reported numbers want the precision.
 SELECTION_SHARE = 0.25
 
 
@@ -87,8 +88,8 @@ def split_heldout(heldout: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     rows = next(iter(heldout.values())).shape[0]
     if rows < 2:
         raise ValueError(
-            f"{rows} held-out token cannot be split into rows that choose raw or EMA weights and rows that "
-            "measure the kept ones; use eval_tokens of at least 2."
+            f"Got {rows} held-out rows; at least 2 are needed (some choose raw or EMA weights, the rest measure "
+            "the kept ones): use eval_tokens of at least 2."
         )
     cut = max(1, int(rows * SELECTION_SHARE))
     return {name: x[:cut] for name, x in heldout.items()}, {name: x[cut:] for name, x in heldout.items()}
