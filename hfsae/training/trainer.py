@@ -66,11 +66,38 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 # values that the NaN check cannot see. A transcoder has no such starting point (its untrained output bears no
 # relation to its target's spread), so only the NaN/inf checks guard it.
 MAX_HELDOUT_FVU = 100.0
+# Share of the held-out rows that only chooses between raw and EMA weights; the reported metrics are measured
+# on the other rows, since choosing on the rows one then reports would flatter the reported FVU by the choice.
+# A minority share: the choice only ranks two models, while the reported numbers want the precision.
+SELECTION_SHARE = 0.25
 
 
 class TrainingDivergedError(HfsaeError, ValueError):
     """A loss or weight became NaN or infinite, or the held-out FVU is absurd: the options (learning rate,
     loss weights, batch) diverge."""
+
+
+def split_heldout(heldout: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(selection, reported) rows of every hook point: the first SELECTION_SHARE choose raw or EMA weights,
+    the rest measure the reported metrics.
+
+    Disjoint by rows, not by documents: the tables carry no document ids, and the harvest shuffles rows within
+    a window of consecutive contexts, so only the documents near the cut give rows to both parts. The choice is
+    one bit, and no reported metric is measured on a row that made it.
+    """
+    rows = next(iter(heldout.values())).shape[0]
+    if rows < 2:
+        raise ValueError(
+            f"Got {rows} held-out rows; at least 2 are needed (some choose raw or EMA weights, the rest measure "
+            "the kept ones): use eval_tokens of at least 2."
+        )
+    cut = max(1, int(rows * SELECTION_SHARE))
+    return {name: x[:cut] for name, x in heldout.items()}, {name: x[cut:] for name, x in heldout.items()}
+
+
+def _inputs_and_targets(part: dict[str, torch.Tensor], hook_point: str, target: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) in held-out rows: y is what the model reconstructs (x for an SAE, a transcoder's target)."""
+    return part[hook_point], part[hook_point] if target is None else part[target]
 
 
 def _all_finite(sae: torch.nn.Module) -> torch.Tensor:
@@ -399,11 +426,13 @@ class Trainer:
     # ---- the loop -----------------------------------------------------------------------------------
 
     def fit(self, data, heldout: dict[str, torch.Tensor], *, resume_from=None) -> list[TrainResult]:
-        """Train for config.steps steps on `data` (EpochBatches / StreamBatches), evaluate on `heldout`.
+        """Train for config.steps steps on `data` (EpochBatches / StreamBatches), evaluate on `heldout`
+        (split by `split_heldout` into rows that choose raw or EMA weights and rows that measure them).
 
         `resume_from`: a checkpoint folder to continue from (the runs are rebuilt from it).
         """
         config = self.config
+        selection, reported = split_heldout(heldout)  # before training: refuse too few rows early
         if resume_from is not None:
             tensors, state = load_checkpoint(resume_from)
             self.load_state_(tensors, state)
@@ -448,7 +477,7 @@ class Trainer:
         if config.save_steps and self.step % config.save_steps != 0:
             self.save_state()
         elapsed = time.perf_counter() - started
-        return self._finish(heldout, elapsed)
+        return self._finish(selection, reported, elapsed)
 
     def _init_from_first_batches(self, batches):
         """Initialise the SAEs from the first batches (INIT_SAMPLE_TOKENS rows), then train on them too."""
@@ -516,8 +545,32 @@ class Trainer:
             _copy_buffers_(run.sae, model)
         return raw, ema
 
-    def _finish(self, heldout: dict[str, torch.Tensor], elapsed: float) -> list[TrainResult]:
-        """Evaluate raw and EMA weights on held-out data; keep the better (the paper reports the better).
+    def _choose_weights(self, run: SAERun, raw: TopKSAE, ema: TopKSAE, selection: dict[str, torch.Tensor],
+                        reported: dict[str, torch.Tensor]) -> tuple[TopKSAE, dict]:  # fmt: skip
+        """Keep EMA or raw weights, whichever has the lower FVU on the selection rows (the paper keeps the
+        better); measure both, and report the kept one's metrics, on the reported rows only."""
+        candidates = {"raw": raw, "ema": ema}
+        hooks = (run.hook_point, raw.config.target_hook_point)
+        chosen_on = {name: self._evaluate(sae, *_inputs_and_targets(selection, *hooks))[0] for name, sae in candidates.items()}
+        weights = "ema" if chosen_on["ema"] <= chosen_on["raw"] else "raw"
+        measured = {name: self._evaluate(sae, *_inputs_and_targets(reported, *hooks)) for name, sae in candidates.items()}
+        fvu_value, unfired, l0 = measured[weights]
+        metrics = {
+            "fvu": fvu_value,
+            "fvu_raw": measured["raw"][0],
+            "fvu_ema": measured["ema"][0],
+            "weights": weights,
+            "selection_fvu_raw": chosen_on["raw"],
+            "selection_fvu_ema": chosen_on["ema"],
+            "heldout_unfired_fraction": unfired,
+            "l0": l0,
+            "selection_tokens": selection[run.hook_point].shape[0],
+            "heldout_tokens": reported[run.hook_point].shape[0],
+        }
+        return candidates[weights], metrics
+
+    def _finish(self, selection: dict[str, torch.Tensor], reported: dict[str, torch.Tensor], elapsed: float) -> list[TrainResult]:
+        """Keep raw or EMA weights as chosen on the `selection` rows; report metrics measured on `reported`.
 
         Returns every run's result on the main process, [] on the others.
         """
@@ -526,24 +579,15 @@ class Trainer:
             raw, ema = self._full_models(run)
             if not (self.config.distribute_saes or self.accelerator.is_main_process):
                 continue
-            x = heldout[run.hook_point]
-            y = x if raw.config.target_hook_point is None else heldout[raw.config.target_hook_point]
-            (fvu_raw, unfired_raw, l0_raw), (fvu_ema, unfired_ema, l0_ema) = self._evaluate(raw, x, y), self._evaluate(ema, x, y)
-            kept, weights = (ema, "ema") if fvu_ema <= fvu_raw else (raw, "raw")
-            self._check_heldout_fvu(run.name, min(fvu_raw, fvu_ema), transcoder=raw.config.is_transcoder)
+            kept, measured = self._choose_weights(run, raw, ema, selection, reported)
+            self._check_heldout_fvu(run.name, measured["fvu"], transcoder=raw.config.is_transcoder)
             tokens = self.step * self.config.batch_size
             metrics = {
-                "fvu": min(fvu_raw, fvu_ema),
-                "fvu_raw": fvu_raw,
-                "fvu_ema": fvu_ema,
-                "weights": weights,
+                **measured,
                 "dead_fraction": run.dead.dead_fraction(),
                 "dead_tokens": self.config.dead_tokens,
-                "heldout_unfired_fraction": unfired_ema if weights == "ema" else unfired_raw,
-                "l0": l0_ema if weights == "ema" else l0_raw,
                 "tokens": tokens,
                 "steps": self.step,
-                "heldout_tokens": x.shape[0],
                 "learning_rate": run.learning_rate,
                 "elapsed_seconds": round(elapsed, 2),
                 "sae_tokens_per_s": round(tokens / max(self.step_seconds, 1e-9), 1),
