@@ -425,8 +425,7 @@ def analyze(
 
     `model`/`tokenizer` default to the SAE's `config.base_model` (the built-in SmolLM2 for
     "builtin"); `texts` (strings, or a `TextSource`) to its training text (the built-in corpus for
-    "builtin"). The result is
-    saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`; a
+    "builtin"). The result is saved to `output_dir` (default `<model_dir>/analysis`) as `latents.parquet` and `analysis.json`; a
     non-empty `output_dir` is refused before any work unless `overwrite`, and even then unless it holds only a
     previous analysis.
     Each context's first position is left out of the statistics as everywhere else
@@ -440,48 +439,19 @@ def analyze(
     if config.hook_point is None:
         raise AnalysisError("The SAE's config names no hook_point, so it is unknown where to read activations.")
     context_size = context_size or config.context_size or 64
-    if context_size < 2:
-        raise AnalysisError(f"context_size must be at least 2; got {context_size}.")
-    for name, value in (("n_tokens", n_tokens), ("batch_size", batch_size), ("n_top_examples", n_top_examples),
-                        ("n_random_examples", n_random_examples), ("n_logit_tokens", n_logit_tokens)):  # fmt: skip
-        if value < 1:
-            raise AnalysisError(f"{name} must be at least 1; got {value}.")
-    if context_before < 0 or context_after < 0:
-        raise AnalysisError(f"context_before and context_after must be 0 or more; got {context_before}, {context_after}.")
+    _check_sizes(context_size=context_size, n_tokens=n_tokens, batch_size=batch_size, n_top_examples=n_top_examples,
+                 n_random_examples=n_random_examples, n_logit_tokens=n_logit_tokens, context_before=context_before,
+                 context_after=context_after)  # fmt: skip
     output_dir = Path(output_dir) if output_dir is not None else default_output_dir(sae)
     check_output_folder(output_dir, overwrite=overwrite, replaces=ANALYSIS_FILES, how_to_overwrite=HOW_TO_OVERWRITE)
     if model is None or tokenizer is None:
         model, tokenizer = _load_base_model(sae)
     texts = _default_texts(sae) if texts is None else texts
 
-    sae.eval()
-    model.eval()
-    counted_per_context = context_size - FIRST_POSITION_USED
-    n_contexts = math.ceil(n_tokens / counted_per_context)
-    counted = torch.ones(context_size, dtype=torch.bool)
-    counted[:FIRST_POSITION_USED] = False
-    statistics = LatentStatistics(
-        config.n_latents,
-        n_top=n_top_examples,
-        n_random=n_random_examples,
-        before=context_before,
-        after=context_after,
-        n_bins=n_histogram_bins,
-        seed=seed,
-    )
-    progress = tqdm(
-        total=n_contexts * counted_per_context,
-        desc="analysing latents",
-        unit="tok",
-        disable=quiet,
-    )
-    for input_ids in _context_batches(texts, tokenizer, context_size, batch_size, n_contexts):
-        activations = _capture(model, input_ids, config.hook_point).to(sae.W_enc.device)
-        code = sae.encode(activations)
-        code = SparseCode(code.indices.cpu(), code.values.cpu())
-        statistics.update_(code, input_ids, counted.expand_as(input_ids))
-        progress.update(len(input_ids) * counted_per_context)
-    progress.close()
+    statistics = LatentStatistics(config.n_latents, n_top=n_top_examples, n_random=n_random_examples,
+                                  before=context_before, after=context_after, n_bins=n_histogram_bins, seed=seed)  # fmt: skip
+    _gather_statistics(statistics, sae, model, tokenizer, texts, context_size=context_size, n_tokens=n_tokens,
+                       batch_size=batch_size, quiet=quiet)  # fmt: skip
     if statistics.n_tokens == 0:
         raise AnalysisError(f"The text gave no complete context of {context_size} tokens; pass more text.")
 
@@ -507,6 +477,35 @@ def analyze(
     dataset = latent_dataset(statistics, tokenizer, effects)
     save_analysis(dataset, settings, output_dir, overwrite=overwrite)
     return dataset
+
+
+def _check_sizes(*, context_size: int, context_before: int, context_after: int, **at_least_one: int) -> None:
+    """One-line AnalysisErrors for sizes a user can get wrong, before any model is loaded."""
+    if context_size < 2:
+        raise AnalysisError(f"context_size must be at least 2; got {context_size}.")
+    for name, value in at_least_one.items():
+        if value < 1:
+            raise AnalysisError(f"{name} must be at least 1; got {value}.")
+    if context_before < 0 or context_after < 0:
+        raise AnalysisError(f"context_before and context_after must be 0 or more; got {context_before}, {context_after}.")
+
+
+def _gather_statistics(statistics, sae, model, tokenizer, texts, *, context_size, n_tokens, batch_size, quiet) -> None:
+    """Run the model and the SAE over n_tokens counted tokens of `texts` once, feeding `statistics`."""
+    sae.eval()
+    model.eval()
+    counted_per_context = context_size - FIRST_POSITION_USED
+    n_contexts = math.ceil(n_tokens / counted_per_context)
+    counted = torch.ones(context_size, dtype=torch.bool)
+    counted[:FIRST_POSITION_USED] = False
+    progress = tqdm(total=n_contexts * counted_per_context, desc="analysing latents", unit="tok", disable=quiet)
+    for input_ids in _context_batches(texts, tokenizer, context_size, batch_size, n_contexts):
+        activations = _capture(model, input_ids, sae.config.hook_point).to(sae.W_enc.device)
+        code = sae.encode(activations)
+        code = SparseCode(code.indices.cpu(), code.values.cpu())
+        statistics.update_(code, input_ids, counted.expand_as(input_ids))
+        progress.update(len(input_ids) * counted_per_context)
+    progress.close()
 
 
 def _unembedding(model) -> torch.Tensor | None:
