@@ -1,0 +1,88 @@
+"""Foreign transcoders and BatchTopK SAEs, uploaded as their libraries lay them out, loaded by repo id over HTTP.
+
+sparsify transcoders are made and saved by sparsify itself (SparseCoder with transcode / skip_connection,
+save_to_disk), and its own encoder gives the reference outputs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hub_formats import random_activations
+
+D_IN, N_LATENTS, K = 16, 64, 4
+
+UPLOAD = """
+from huggingface_hub import HfApi
+HfApi().create_repo({repo!r}, exist_ok=True)
+HfApi().upload_folder(repo_id={repo!r}, folder_path={folder!r})
+"""
+
+
+def sparsify_transcoder(path: Path, *, transcode: bool, skip: bool, seed: int):
+    """A sparsify SparseCoder with random (non-zero) weights, saved by sparsify to `path`."""
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    torch.manual_seed(seed)
+    sae = SparseCoder(D_IN, SparseCoderConfig(num_latents=N_LATENTS, k=K, transcode=transcode, skip_connection=skip))
+    with torch.no_grad():
+        for tensor in (sae.W_dec, sae.b_dec, sae.encoder.bias) + ((sae.W_skip,) if skip else ()):
+            tensor.normal_(std=0.3)
+    sae.save_to_disk(path)
+    return sae
+
+
+def sparsify_prediction(sae, x: torch.Tensor) -> torch.Tensor:
+    """sparsify's own encode, then its decode and skip term (decoder_impl is a GPU kernel; this is its sum)."""
+    with torch.no_grad():
+        code = sae.encode(x)
+        y = torch.einsum("tk,tkd->td", code.top_acts, sae.W_dec[code.top_indices]) + sae.b_dec
+        return y if sae.W_skip is None else y + x @ sae.W_skip.mT
+
+
+def test_sparsify_transcoders_and_skip_saes_load_by_repo_id_and_reproduce_sparsify(hub, tmp_path):
+    made = {
+        "layers.1.mlp": sparsify_transcoder(tmp_path / "run" / "layers.1.mlp", transcode=True, skip=True, seed=0),
+        "layers.2": sparsify_transcoder(tmp_path / "run" / "layers.2", transcode=True, skip=False, seed=1),
+        "h.3.mlp": sparsify_transcoder(tmp_path / "run" / "h.3.mlp", transcode=False, skip=True, seed=2),
+    }
+    x = random_activations(d_in=D_IN)
+    torch.save(x, tmp_path / "x.pt")
+    result = hub.run(UPLOAD.format(repo="eai/skip-transcoder-tiny", folder=str(tmp_path / "run")) + f"""
+import hfsae
+x = torch.load({str(tmp_path / 'x.pt')!r})
+out = {{}}
+for name, sae in hfsae.load_many("eai/skip-transcoder-tiny").items():
+    c = sae.config
+    out[name] = {{"y": sae.decode(sae.encode(x), x=x).tolist(), "forward": sae(x).x_hat.tolist(),
+                 "places": [c.hook_point, c.target_hook_point], "skip": c.skip_connection,
+                 "subtracts": c.subtracts_b_pre}}
+emit(out)
+""")
+    assert result["layers.1.mlp"]["places"] == ["model.layers.1.mlp:input", "layers.1.mlp_out"]
+    assert result["layers.2"]["places"] == ["layers.2.resid_pre", "layers.2.resid_post"]
+    assert result["h.3.mlp"]["places"] == ["layers.3.mlp_out", None]
+    assert [result[name]["subtracts"] for name in made] == [False, False, True]
+    assert [result[name]["skip"] for name in made] == [True, False, True]
+    for name, sae in made.items():
+        expected = sparsify_prediction(sae, x)
+        torch.testing.assert_close(torch.tensor(result[name]["y"]), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(torch.tensor(result[name]["forward"]), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_sparsify_skip_sae_without_w_skip_in_its_weights_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from hfsae.hub.files import SAEFileError
+    from hub_formats import from_format
+
+    folder = tmp_path / "layers.4"
+    sparsify_transcoder(folder, transcode=True, skip=True, seed=3)
+    tensors = load_file(folder / "sae.safetensors")
+    del tensors["W_skip"]
+    save_file(tensors, folder / "sae.safetensors")
+    with pytest.raises(SAEFileError, match="W_skip"):
+        from_format("sparsify", folder)
