@@ -1,11 +1,15 @@
 """Foreign transcoders and BatchTopK SAEs, uploaded as their libraries lay them out, loaded by repo id over HTTP.
 
 sparsify transcoders are made and saved by sparsify itself (SparseCoder with transcode / skip_connection,
-save_to_disk), and its own encoder gives the reference outputs.
+save_to_disk), and its own encoder gives the reference outputs. dictionary_learning's BatchTopKSAE
+cannot be imported here (its package imports nnsight), so its folders are built to the layout its
+BatchTopKTrainer saves (ae.pt state dict, config.json 'trainer' section) and the reference is its
+encode/decode (dictionary_learning/trainers/batch_top_k.py) written out below.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,65 @@ def test_a_sparsify_skip_sae_without_w_skip_in_its_weights_is_refused(tmp_path):
     save_file(tensors, folder / "sae.safetensors")
     with pytest.raises(SAEFileError, match="W_skip"):
         from_format("sparsify", folder)
+
+
+def batchtopk_folder(folder: Path, *, threshold: float | None, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A dictionary_learning BatchTopKTrainer folder; threshold None: a fitted one (the median positive pre-activation)."""
+    from hub_formats import random_weights
+
+    w = random_weights(d_in=D_IN, n_latents=N_LATENTS, seed=seed)
+    state = {"encoder.weight": w["W_enc"], "encoder.bias": w["b_enc"], "decoder.weight": w["W_dec"].T.contiguous(),
+             "b_dec": w["b_pre"], "k": torch.tensor(K, dtype=torch.int), "threshold": torch.tensor(-1.0)}
+    if threshold is None:
+        pre = dictionary_learning_preactivations(state, random_activations(d_in=D_IN, seed=7))
+        threshold = float(pre[pre > 0].median())
+    state["threshold"] = torch.tensor(threshold)
+    folder.mkdir(parents=True)
+    torch.save(state, folder / "ae.pt")
+    trainer = {"trainer_class": "BatchTopKTrainer", "dict_class": "BatchTopKSAE", "activation_dim": D_IN,
+               "dict_size": N_LATENTS, "k": K, "layer": 3, "lm_name": "EleutherAI/pythia-70m-deduped",
+               "submodule_name": "resid_post_layer_3", "threshold_beta": 0.999, "threshold_start_step": 1000}
+    (folder / "config.json").write_text(json.dumps({"trainer": trainer, "buffer": {"ctx_len": 128}}))
+    return state
+
+
+def dictionary_learning_preactivations(state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    return torch.relu((x - state["b_dec"]) @ state["encoder.weight"].T + state["encoder.bias"])
+
+
+def batchtopk_reference(state: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BatchTopKSAE.encode (use_threshold=True) and decode: f · (f > threshold), then decoder(z) + b_dec."""
+    f = dictionary_learning_preactivations(state, x)
+    z = f * (f > state["threshold"])
+    return z, z @ state["decoder.weight"].T + state["b_dec"]
+
+
+def test_a_dictionary_learning_batchtopk_sae_loads_by_repo_id_and_keeps_latents_above_its_threshold(hub, tmp_path):
+    state = batchtopk_folder(tmp_path / "sweep" / "trainer_0", threshold=None)
+    x = random_activations(d_in=D_IN)
+    torch.save(x, tmp_path / "x.pt")
+    result = hub.run(UPLOAD.format(repo="org/batchtopk-sweep", folder=str(tmp_path / "sweep")) + f"""
+import hfsae
+x = torch.load({str(tmp_path / 'x.pt')!r})
+sae = hfsae.load("org/batchtopk-sweep")
+code = sae.encode(x)
+dense = torch.zeros(x.shape[0], sae.config.n_latents).scatter_add(-1, code.indices, code.values)
+emit({{"x_hat": sae(x).x_hat.tolist(), "z": dense.tolist(), "architecture": sae.config.architecture,
+       "inference": sae.config.inference_mode, "threshold": float(sae.threshold), "hook": sae.config.hook_point}})
+""")
+    z, x_hat = batchtopk_reference(state, x)
+    assert (result["architecture"], result["inference"]) == ("batchtopk", "threshold")
+    assert result["threshold"] == float(state["threshold"]) and result["hook"] == "layers.3.resid_post"
+    assert len(set((z > 0).sum(1).tolist())) > 1  # the threshold, not k, decides how many latents a token keeps
+    torch.testing.assert_close(torch.tensor(result["z"]), z, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(result["x_hat"]), x_hat, atol=1e-5, rtol=1e-5)
+
+
+def test_a_batchtopk_dictionary_whose_threshold_was_never_estimated_loads_and_says_so_when_encoding(tmp_path):
+    from hub_formats import from_format
+
+    batchtopk_folder(tmp_path / "trainer_1", threshold=-1.0)
+    sae = from_format("dictionary_learning", tmp_path / "trainer_1")
+    with pytest.raises(ValueError, match="no threshold yet"):
+        sae.encode(random_activations(d_in=D_IN))
+    assert sae.encode(random_activations(d_in=D_IN), k=K).values.shape[-1] == K
