@@ -4,7 +4,9 @@ sparsify transcoders are made and saved by sparsify itself (SparseCoder with tra
 save_to_disk), and its own encoder gives the reference outputs. dictionary_learning's BatchTopKSAE
 cannot be imported here (its package imports nnsight), so its folders are built to the layout its
 BatchTopKTrainer saves (ae.pt state dict, config.json 'trainer' section) and the reference is its
-encode/decode (dictionary_learning/trainers/batch_top_k.py) written out below.
+encode/decode (dictionary_learning/trainers/batch_top_k.py) written out below. SAELens (which needs
+transformer_lens) is treated the same way: its BatchTopK export is built as save_inference_model writes
+it (a JumpReLU cfg.json and weights, batchtopk_sae.py / jumprelu_sae.py) and its JumpReLU encode is the reference.
 """
 
 from __future__ import annotations
@@ -152,3 +154,62 @@ def test_a_batchtopk_dictionary_whose_threshold_was_never_estimated_loads_and_sa
     with pytest.raises(ValueError, match="no threshold yet"):
         sae.encode(random_activations(d_in=D_IN))
     assert sae.encode(random_activations(d_in=D_IN), k=K).values.shape[-1] == K
+
+
+def saelens_batchtopk_export(folder: Path, *, thresholds: torch.Tensor | None = None, training: str = "batchtopk"):
+    """What SAELens's BatchTopKTrainingSAE.save_inference_model writes: a JumpReLU cfg.json and per-latent thresholds."""
+    from safetensors.torch import save_file
+
+    from hub_formats import random_weights
+
+    w = random_weights(d_in=D_IN, n_latents=N_LATENTS, seed=4)
+    tensors = {"W_enc": w["W_enc"].T.contiguous(), "b_enc": w["b_enc"], "W_dec": w["W_dec"], "b_dec": w["b_pre"]}
+    if thresholds is None:
+        hidden = (random_activations(d_in=D_IN, seed=9) - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]
+        thresholds = torch.full((N_LATENTS,), float(hidden[hidden > 0].median()))
+    tensors["threshold"] = thresholds
+    cfg = {"d_in": D_IN, "d_sae": N_LATENTS, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
+           "normalize_activations": "none", "reshape_activations": "none", "architecture": "jumprelu",
+           "metadata": {"hook_name": "blocks.5.hook_resid_post", "model_name": "gpt2-small", "sae_lens_version": "6.54.12",
+                        "training_architecture": training,
+                        "training_architecture_details": {"k": float(K), "topk_threshold_lr": 0.01}}}
+    folder.mkdir(parents=True)
+    (folder / "cfg.json").write_text(json.dumps(cfg))
+    save_file(tensors, folder / "sae_weights.safetensors")
+    return tensors
+
+
+def jumprelu_reference(tensors: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """SAELens JumpReLUSAE: h = (x − b_dec) W_enc + b_enc, z = ReLU(h) · (h > threshold), z W_dec + b_dec."""
+    hidden = (x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"]
+    return (torch.relu(hidden) * (hidden > tensors["threshold"])) @ tensors["W_dec"] + tensors["b_dec"]
+
+
+def test_a_saelens_batchtopk_export_loads_by_repo_id_as_batchtopk_and_reproduces_its_jumprelu_forward(hub, tmp_path):
+    tensors = saelens_batchtopk_export(tmp_path / "release" / "blocks.5.hook_resid_post")
+    x = random_activations(d_in=D_IN)
+    torch.save(x, tmp_path / "x.pt")
+    result = hub.run(UPLOAD.format(repo="org/saelens-batchtopk", folder=str(tmp_path / "release")) + f"""
+import hfsae
+x = torch.load({str(tmp_path / 'x.pt')!r})
+sae = hfsae.load("org/saelens-batchtopk", hookpoint="layers.5.resid_post")
+emit({{"x_hat": sae(x).x_hat.tolist(), "architecture": sae.config.architecture, "k": sae.config.k,
+       "threshold": float(sae.threshold), "l0": (sae.encode(x).values > 0).sum(1).tolist()}})
+""")
+    assert (result["architecture"], result["k"]) == ("batchtopk", K)
+    assert result["threshold"] == float(tensors["threshold"][0]) and len(set(result["l0"])) > 1
+    torch.testing.assert_close(torch.tensor(result["x_hat"]), jumprelu_reference(tensors, x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "thresholds, training, message",
+    [(torch.linspace(0.1, 0.5, N_LATENTS), "batchtopk", "per-latent thresholds differ"),
+     (torch.full((N_LATENTS,), 0.2), "jumprelu", "unsupported architecture jumprelu")],
+)
+def test_saelens_jumprelu_saes_proper_are_still_refused_by_name(tmp_path, thresholds, training, message):
+    from hfsae.hub.files import UnsupportedArchitectureError
+    from hub_formats import from_format
+
+    saelens_batchtopk_export(tmp_path / "sae", thresholds=thresholds, training=training)
+    with pytest.raises(UnsupportedArchitectureError, match=message):
+        from_format("saelens", tmp_path / "sae")
