@@ -95,7 +95,7 @@ def test_a_sparsify_skip_sae_without_w_skip_in_its_weights_is_refused(tmp_path):
 
 
 def batchtopk_folder(folder: Path, *, threshold: float | None, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A dictionary_learning BatchTopKTrainer folder; threshold None: a fitted one (the median positive pre-activation)."""
+    """A dictionary_learning BatchTopKTrainer folder; threshold None: a fitted one (the median positive pre-act)."""
     from hub_formats import random_weights
 
     w = random_weights(d_in=D_IN, n_latents=N_LATENTS, seed=seed)
@@ -157,7 +157,7 @@ def test_a_batchtopk_dictionary_whose_threshold_was_never_estimated_loads_and_sa
 
 
 def saelens_batchtopk_export(folder: Path, *, thresholds: torch.Tensor | None = None, training: str = "batchtopk"):
-    """What SAELens's BatchTopKTrainingSAE.save_inference_model writes: a JumpReLU cfg.json and per-latent thresholds."""
+    """What SAELens's BatchTopKTrainingSAE.save_inference_model writes: a JumpReLU cfg.json, per-latent thresholds."""
     from safetensors.torch import save_file
 
     from hub_formats import random_weights
@@ -170,7 +170,8 @@ def saelens_batchtopk_export(folder: Path, *, thresholds: torch.Tensor | None = 
     tensors["threshold"] = thresholds
     cfg = {"d_in": D_IN, "d_sae": N_LATENTS, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": True,
            "normalize_activations": "none", "reshape_activations": "none", "architecture": "jumprelu",
-           "metadata": {"hook_name": "blocks.5.hook_resid_post", "model_name": "gpt2-small", "sae_lens_version": "6.54.12",
+           "metadata": {"hook_name": "blocks.5.hook_resid_post", "model_name": "gpt2-small",
+                        "sae_lens_version": "6.54.12",
                         "training_architecture": training,
                         "training_architecture_details": {"k": float(K), "topk_threshold_lr": 0.01}}}
     folder.mkdir(parents=True)
@@ -213,3 +214,16 @@ def test_saelens_jumprelu_saes_proper_are_still_refused_by_name(tmp_path, thresh
     saelens_batchtopk_export(tmp_path / "sae", thresholds=thresholds, training=training)
     with pytest.raises(UnsupportedArchitectureError, match=message):
         from_format("saelens", tmp_path / "sae")
+
+
+@pytest.mark.parametrize("family, folder", [("llama", "layers.1.mlp"), ("gpt2", "h.1.mlp"), ("llama", "layers.2")])
+def test_a_sparsify_transcoders_hook_points_name_its_modules_input_and_output(tiny_lm, tmp_path, family, folder):
+    """What the transcoder reads and what it predicts resolve on the model, to the same module (as sparsify hooks it)."""
+    from hfsae.activations.hook_points import resolve
+    from hub_formats import from_format
+
+    model = tiny_lm(family)
+    sparsify_transcoder(tmp_path / folder, transcode=True, skip=False, seed=5)
+    config = from_format("sparsify", tmp_path / folder).config
+    source, target = resolve(model, config.hook_point), resolve(model, config.target_hook_point)
+    assert (source.kind, target.kind) == ("input", "output") and source.module is target.module

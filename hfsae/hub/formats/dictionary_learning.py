@@ -74,7 +74,8 @@ def architecture_of(trainer: dict[str, Any]) -> str | None:
 
 
 def convert(path: Path, context: Context) -> Converted:
-    """One dictionary_learning AutoEncoderTopK or BatchTopKSAE folder (ae.pt + config.json) → the same SAE in hfsae's terms."""
+    """One dictionary_learning AutoEncoderTopK or BatchTopKSAE folder (ae.pt + config.json) → the same SAE in hfsae's
+    terms."""
     trainer = trainer_config(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     dict_class = trainer.get("dict_class")
     if dict_class not in SUPPORTED_CLASSES:

@@ -89,7 +89,9 @@ def topk_of(cfg: dict[str, Any], path: Path) -> int:
         details = cfg["metadata"].get("training_architecture_details")
         k = details.get("k") if isinstance(details, dict) else None
         if k is None:
-            raise UnsupportedArchitectureError(f"{path}: a BatchTopK export without metadata.training_architecture_details.k.")
+            raise UnsupportedArchitectureError(
+                f"{path}: a BatchTopK export without metadata.training_architecture_details.k."
+            )
         return positive_int(k, "k", path)
     architecture = cfg.get("architecture") or "standard"
     activation = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
@@ -218,7 +220,8 @@ def shared_threshold(threshold: torch.Tensor, path: Path) -> torch.Tensor:
     """The one threshold a BatchTopK export repeats per latent; differing ones are a JumpReLU SAE proper."""
     if threshold.numel() == 0 or not bool((threshold == threshold.reshape(-1)[0]).all()):
         raise UnsupportedArchitectureError(
-            f"{path}: the per-latent thresholds differ (JumpReLU); hfsae runs BatchTopK exports, whose thresholds are one value."
+            f"{path}: the per-latent thresholds differ (JumpReLU); hfsae runs BatchTopK exports, "
+            "whose thresholds are one value."
         )
     return threshold.reshape(-1)[0]
 

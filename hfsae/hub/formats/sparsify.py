@@ -62,7 +62,7 @@ def why_unsupported(cfg: dict[str, Any]) -> str | None:
 
 
 def transcoder_input(name: str) -> str:
-    """The input of the module a sparsify folder names: 'layers.6' → 'layers.6.resid_pre'; 'layers.6.mlp' → its input.
+    """The input of the module a sparsify folder names ('layers.6' → 'layers.6.resid_pre').
 
     sparsify names modules relative to the base model, hfsae from the causal LM: the base model sits at
     'model.' in Llama-style models (layers.N) and at 'transformer.' in GPT-2-style ones (h.N).
