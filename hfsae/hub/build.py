@@ -18,7 +18,8 @@ def build(cls: type, converted: Converted, *, where: str | os.PathLike = "the co
     names the source in errors. Shapes must agree with W_enc [n_latents, d_in], and non-finite weights
     are refused: a conversion never yields NaNs.
     """
-    tensors = {"W_enc": converted.W_enc, "W_dec": converted.W_dec, "b_pre": converted.b_pre, "b_enc": converted.b_enc}
+    tensors = {"W_enc": converted.W_enc, "W_dec": converted.W_dec, "b_pre": converted.b_pre, "b_enc": converted.b_enc,
+               **converted.extra}
     n_latents, d_in = converted.W_enc.shape
     expected = {"W_dec": (n_latents, d_in), "b_pre": (d_in,), "b_enc": (n_latents,)}
     for name, shape in expected.items():
@@ -37,6 +38,11 @@ def build(cls: type, converted: Converted, *, where: str | os.PathLike = "the co
     fields = {**defaults, **{name: value for name, value in converted.fields.items() if value is not None}}
     config = cls.config_class(d_in=d_in, n_latents=n_latents, latent_bias=converted.b_enc is not None, **fields)
     sae = cls(config)
+    for name, tensor in converted.extra.items():  # W_skip, threshold: shaped by the config the fields made
+        own = getattr(sae, name, None)
+        if own is None or own.shape != tensor.shape:
+            wanted = "no such tensor" if own is None else f"shape {tuple(own.shape)}"
+            raise SAEFileError(f"{where}: {name} {tuple(tensor.shape)} does not fit this config ({wanted}).")
     with torch.no_grad():
         for name, tensor in tensors.items():
             if tensor is not None:

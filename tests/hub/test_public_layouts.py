@@ -162,7 +162,7 @@ emit({{
 
 def test_an_unsupported_dictionary_and_an_unknown_hook_point_fail_in_one_clear_error(hub, tmp_path):
     repo = tmp_path / "batchtopk"
-    dictionary_learning_folder(repo / "trainer_0", 2, seed=0, dict_class="BatchTopKSAE")
+    dictionary_learning_folder(repo / "trainer_0", 2, seed=0, dict_class="JumpReluAutoEncoder")
     result = hub.run(UPLOAD.format(repo="org/batchtopk", folder=str(repo)) + """
 import hfsae
 from hfsae.hub import HookPointNotInRepoError, UnsupportedArchitectureError
@@ -174,5 +174,5 @@ for hookpoint, error in ((None, UnsupportedArchitectureError), ("layers.9", Hook
         errors.append(str(err))
 emit(errors)
 """)
-    assert "dict_class='BatchTopKSAE'" in result[0]
+    assert "dict_class='JumpReluAutoEncoder'" in result[0]
     assert "no SAE for hook point 'layers.9.resid_post'" in result[1] and "trainer_0" in result[1]

@@ -58,8 +58,7 @@ def test_a_converted_sparsify_sae_reproduces_sparsifys_reconstruction_and_codes(
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"skip_connection": True}, "skip_connection"), ({"activation": "groupmax"}, "activation 'groupmax'"),
-     ({"transcode": True}, "transcode")],
+    [({"activation": "groupmax"}, "activation 'groupmax'"), ({"signed": True}, "signed latents")],
 )
 def test_sparsify_variants_hfsae_cannot_reproduce_are_refused(tmp_path, change, message):
     folder, _, _ = sparsify_checkpoint(tmp_path, **change)

@@ -26,7 +26,8 @@ from ...folder import SAEFolderError
 class Converted:
     """A foreign SAE in hfsae's terms: W_enc [n, d], b_enc [n] or None, W_dec [n, d], b_pre [d], and config fields.
 
-    `fields` go to the model's config class (k, hook_point, base_model, normalize, dataset_scale, ...).
+    `fields` go to the model's config class (k, hook_point, base_model, normalize, dataset_scale, ...);
+    `extra` holds the tensors of a variant the fields select, by TopKSAE attribute (W_skip, threshold).
     """
 
     W_enc: torch.Tensor
@@ -34,6 +35,7 @@ class Converted:
     W_dec: torch.Tensor
     b_pre: torch.Tensor
     fields: dict[str, Any]
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

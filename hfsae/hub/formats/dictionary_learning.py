@@ -1,4 +1,4 @@
-"""dictionary_learning TopK dictionaries (ae.pt + config.json) as TopKSAEs.
+"""dictionary_learning TopK and BatchTopK dictionaries (ae.pt + config.json) as TopKSAEs.
 
 dictionary_learning (saprmarks/dictionary_learning, dictionary_learning/trainers/top_k.py) saves each
 trained dictionary as a folder (e.g. `trainer_0/`) holding `ae.pt`, a plain state dict, and
@@ -10,6 +10,14 @@ trained dictionary as a folder (e.g. `trainer_0/`) holding `ae.pt`, a plain stat
 
 which is a TopKSAE with W_enc = encoder.weight, b_enc = encoder.bias, W_dec = decoder.weightᵀ and
 b_pre = b_dec (ReLU before TopK keeps the same values as after it).
+
+Its BatchTopKSAE (trainers/batch_top_k.py) has the same tensors plus a `threshold` buffer, and at
+inference keeps every latent whose ReLU'd pre-activation is strictly above it:
+
+    z = f · (f > threshold),  f = ReLU(encoder.weight (x − b_dec) + encoder.bias)
+
+which is hfsae's architecture "batchtopk" with threshold inference and that threshold. A threshold
+still at its initial −1 (training stopped before estimating it) loads, and hfsae's encode says so.
 
 SAEBench sweeps (`<sweep>/resid_post_layer_12/trainer_N/`) are such folders side by side, TopK among
 other architectures; each folder's dict_class says which.
@@ -28,11 +36,12 @@ from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "ae.pt"
-SUPPORTED_CLASSES = ("AutoEncoderTopK",)
+# The dictionary classes hfsae converts, by the hfsae architecture they are.
+SUPPORTED_CLASSES = {"AutoEncoderTopK": "topk", "BatchTopKSAE": "batchtopk"}
 # dictionary_learning's other dictionary classes, by the architecture they are.
 OTHER_CLASSES = {
     "AutoEncoder": "ReLU", "AutoEncoderNew": "ReLU", "GatedAutoEncoder": "gated", "JumpReluAutoEncoder": "JumpReLU",
-    "BatchTopKSAE": "BatchTopK", "MatryoshkaBatchTopKSAE": "Matryoshka BatchTopK",
+    "MatryoshkaBatchTopKSAE": "Matryoshka BatchTopK",
 }
 # submodule_name as dictionary_learning's scripts write it ('resid_post_layer_3') → hfsae hook-point site.
 SUBMODULE_SITES = {"resid_post": "resid_post", "mlp_out": "mlp_out", "attn_out": "attn_out"}
@@ -65,17 +74,23 @@ def architecture_of(trainer: dict[str, Any]) -> str | None:
 
 
 def convert(path: Path, context: Context) -> Converted:
-    """One dictionary_learning AutoEncoderTopK folder (ae.pt + config.json) → the same SAE in hfsae's terms."""
+    """One dictionary_learning AutoEncoderTopK or BatchTopKSAE folder (ae.pt + config.json) → the same SAE in hfsae's
+    terms."""
     trainer = trainer_config(read_json(path / CONFIG_FILE), path / CONFIG_FILE)
     dict_class = trainer.get("dict_class")
     if dict_class not in SUPPORTED_CLASSES:
         raise UnsupportedArchitectureError(
             f"{path / CONFIG_FILE}: unsupported architecture dict_class={dict_class!r}. hfsae converts "
-            f"{', '.join(SUPPORTED_CLASSES)} only (BatchTopK thresholds, JumpReLU, gated and ReLU dictionaries "
+            f"{', '.join(SUPPORTED_CLASSES)} only (Matryoshka, JumpReLU, gated and ReLU dictionaries "
             "have no TopKSAE equivalent)."
         )
+    architecture = SUPPORTED_CLASSES[dict_class]
+    thresholded = architecture == "batchtopk"
     state = read_torch_state_dict(path / WEIGHTS_FILE)
-    require_tensors(state, ["encoder.weight", "encoder.bias", "decoder.weight", "b_dec"], path / WEIGHTS_FILE)
+    require_tensors(
+        state, ["encoder.weight", "encoder.bias", "decoder.weight", "b_dec"] + ["threshold"] * thresholded,
+        path / WEIGHTS_FILE,
+    )
     k = trainer.get("k", state.get("k"))
     return Converted(
         W_enc=state["encoder.weight"].float(),
@@ -86,7 +101,9 @@ def convert(path: Path, context: Context) -> Converted:
             "k": positive_int(k, "k", path / CONFIG_FILE),
             "hook_point": hook_point_of(trainer),
             "base_model": trainer.get("lm_name"),
+            "architecture": architecture,
         },
+        extra={"threshold": state["threshold"].float().reshape(())} if thresholded else {},
     )
 
 

@@ -11,6 +11,11 @@ SAELens (sae_lens/saes/sae.py, topk_sae.py) computes, per token,
 Each convention folds exactly into a TopKSAE's weights: the decoder-norm rescaling into W_enc,
 b_enc and W_dec; a fine-tuning scaling factor into W_dec; an input without b_dec into b_enc.
 layer_norm is the same per-token normalisation as hfsae's (docs/method.md §1).
+
+SAELens saves a BatchTopK SAE (batchtopk_sae.py) for inference as a JumpReLU one: cfg.json says
+architecture 'jumprelu' with metadata.training_architecture 'batchtopk' (k under
+training_architecture_details), and `threshold` [d_sae] repeats its one learned threshold. JumpReLU
+keeps ReLU(h) where h > threshold, which is hfsae's "batchtopk" with threshold inference.
 """
 
 from __future__ import annotations
@@ -71,8 +76,23 @@ def hook_point_to_transformer_lens(hook_point: str | None) -> str | None:
     return hook_point
 
 
+def trained_as_batchtopk(cfg: dict[str, Any]) -> bool:
+    """Whether a cfg.json is SAELens's inference export of a BatchTopK SAE (a JumpReLU one with a shared threshold)."""
+    metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
+    return cfg.get("architecture") == "jumprelu" and metadata.get("training_architecture") == "batchtopk"
+
+
 def topk_of(cfg: dict[str, Any], path: Path) -> int:
-    """k of a SAELens TopK config (v6 `architecture: topk, k`, or older `activation_fn: topk` + kwargs)."""
+    """k of a SAELens TopK config (v6 `architecture: topk, k`, or older `activation_fn: topk` + kwargs),
+    or of a BatchTopK export (metadata.training_architecture_details.k)."""
+    if trained_as_batchtopk(cfg):
+        details = cfg["metadata"].get("training_architecture_details")
+        k = details.get("k") if isinstance(details, dict) else None
+        if k is None:
+            raise UnsupportedArchitectureError(
+                f"{path}: a BatchTopK export without metadata.training_architecture_details.k."
+            )
+        return positive_int(k, "k", path)
     architecture = cfg.get("architecture") or "standard"
     activation = cfg.get("activation_fn") or cfg.get("activation_fn_str") or "relu"
     kwargs = cfg.get("activation_fn_kwargs") or {}
@@ -83,8 +103,8 @@ def topk_of(cfg: dict[str, Any], path: Path) -> int:
         return positive_int(k, "k", path)
     name = architecture if architecture != "standard" else f"standard (activation {activation})"
     raise UnsupportedArchitectureError(
-        f"{path}: unsupported architecture {name}. hfsae converts SAELens TopK SAEs only "
-        "(architecture 'topk', or 'standard' with activation_fn 'topk')."
+        f"{path}: unsupported architecture {name}. hfsae converts SAELens TopK SAEs "
+        "(architecture 'topk', or 'standard' with activation_fn 'topk') and BatchTopK exports only."
     )
 
 
@@ -157,7 +177,8 @@ def convert(path: Path, context: Context) -> Converted:
 
     weights_path = path / WEIGHTS_FILE
     tensors = {name: tensor.float() for name, tensor in read_safetensors(weights_path).items()}
-    require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"], weights_path)
+    batchtopk = trained_as_batchtopk(cfg)
+    require_tensors(tensors, ["W_enc", "b_enc", "W_dec", "b_dec"] + ["threshold"] * batchtopk, weights_path)
     W_enc = tensors["W_enc"].T.contiguous()  # [d_sae, d_in]: hfsae keeps one row per latent
     b_enc, W_dec, b_dec = tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
     shape = (int(cfg["d_sae"]), int(cfg["d_in"]))
@@ -186,12 +207,23 @@ def convert(path: Path, context: Context) -> Converted:
     model_name = metadata.get("model_name")
     return Converted(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_pre=b_dec, fields={
         "k": k,
+        "architecture": "batchtopk" if batchtopk else "topk",
         "hook_point": hook_point_from_transformer_lens(hook_name, model_name),
         "base_model": MODEL_NAMES.get(model_name, model_name),
         "context_size": metadata.get("context_size"),
         "dataset": metadata.get("dataset_path"),
         **normalization,
-    })
+    }, extra={"threshold": shared_threshold(tensors["threshold"], weights_path)} if batchtopk else {})
+
+
+def shared_threshold(threshold: torch.Tensor, path: Path) -> torch.Tensor:
+    """The one threshold a BatchTopK export repeats per latent; differing ones are a JumpReLU SAE proper."""
+    if threshold.numel() == 0 or not bool((threshold == threshold.reshape(-1)[0]).all()):
+        raise UnsupportedArchitectureError(
+            f"{path}: the per-latent thresholds differ (JumpReLU); hfsae runs BatchTopK exports, "
+            "whose thresholds are one value."
+        )
+    return threshold.reshape(-1)[0]
 
 
 def recognise(view: FolderView) -> list[str]:

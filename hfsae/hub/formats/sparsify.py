@@ -1,12 +1,15 @@
-"""EleutherAI sparsify SAE folders (cfg.json + sae.safetensors) as TopKSAEs.
+"""EleutherAI sparsify SAE and transcoder folders (cfg.json + sae.safetensors) as TopKSAEs.
 
 sparsify's SparseCoder (sparsify/sparse_coder.py, fused_encoder.py) computes, per token,
 
     z     = TopK_k(ReLU(encoder.weight (x − b_dec) + encoder.bias))
-    x_hat = W_decᵀ z + b_dec                                   W_dec [num_latents, d_in]
+    x_hat = W_decᵀ z + b_dec  (+ W_skip x with skip_connection)   W_dec [num_latents, d_in], W_skip [d_in, d_in]
 
 with no input normalisation. ReLU before TopK keeps the same values as TopK before ReLU (ReLU is
 monotone), so this is TopKSAE with W_enc = encoder.weight, b_enc = encoder.bias, b_pre = b_dec.
+A transcoder (`transcode: true`) encodes x itself, not x − b_dec, and predicts the output of the
+module it was trained on from that module's input: hfsae's transcoder convention
+(encoder_subtracts_decoder_bias None), with target_hook_point the module's output.
 A run folder holds one subfolder per hook point, named after the module whose output it reads
 (layers.6/, layers.6.mlp/, embed_tokens/), and newer runs keep sparsify's training config.json
 at the root beside them: that file describes the run, not an SAE, and is left alone.
@@ -51,13 +54,33 @@ def why_unsupported(cfg: dict[str, Any]) -> str | None:
         reason
         for reason, present in (
             (f"activation {activation!r}", activation != "topk"),
-            ("skip_connection (an extra linear path W_skip)", cfg.get("skip_connection")),
-            ("transcode (reads one activation, reconstructs another)", cfg.get("transcode")),
             ("signed latents", cfg.get("signed")),
         )
         if present
     ]
     return ", ".join(reasons) or None
+
+
+def transcoder_input(name: str) -> str:
+    """The input of the module a sparsify folder names ('layers.6' → 'layers.6.resid_pre').
+
+    sparsify names modules relative to the base model, hfsae from the causal LM: the base model sits at
+    'model.' in Llama-style models (layers.N) and at 'transformer.' in GPT-2-style ones (h.N).
+    """
+    name = re.sub(r"^layer_(\d+)", r"layers.\1", name.rsplit("/", 1)[-1])
+    match = re.fullmatch(r"(layers|h)\.(\d+)(\.\w+)?", name)
+    if match and match.group(3) is None:
+        return f"layers.{match.group(2)}.resid_pre"
+    if match:
+        return f"{'model' if match.group(1) == 'layers' else 'transformer'}.{name}:input"
+    return f"{name}:input"
+
+
+def placement(name: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """hook_point (and target_hook_point for a transcoder) of the SAE in folder `name`."""
+    if cfg.get("transcode"):
+        return {"hook_point": transcoder_input(name), "target_hook_point": hook_point_from_folder(name)}
+    return {"hook_point": hook_point_from_folder(name)}
 
 
 def recognise(view: FolderView) -> list[str]:
@@ -77,7 +100,7 @@ def convert(path: Path, context: Context) -> Converted:
     if reasons:
         raise UnsupportedArchitectureError(
             f"{path / CONFIG_FILE}: unsupported architecture with {reasons}; "
-            "hfsae converts plain TopK sparsify SAEs only."
+            "hfsae converts TopK sparsify SAEs and transcoders only."
         )
     if "k" not in cfg and not CONFIG_KEYS & set(cfg):
         keys = ", ".join(sorted(cfg))
@@ -86,10 +109,13 @@ def convert(path: Path, context: Context) -> Converted:
         raise UnsupportedArchitectureError(f"{path / CONFIG_FILE}: a TopK SAE config without k.")
     weights_path = path / WEIGHTS_FILE
     tensors = {name: tensor.float() for name, tensor in read_safetensors(weights_path).items()}
-    require_tensors(tensors, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"], weights_path)
+    skip = bool(cfg.get("skip_connection"))
+    require_tensors(tensors, ["encoder.weight", "encoder.bias", "W_dec", "b_dec"] + ["W_skip"] * skip, weights_path)
     return Converted(
         W_enc=tensors["encoder.weight"], b_enc=tensors["encoder.bias"], W_dec=tensors["W_dec"], b_pre=tensors["b_dec"],
-        fields={"k": positive_int(cfg["k"], "k", path / CONFIG_FILE), "hook_point": hook_point_from_folder(path.name)},
+        fields={"k": positive_int(cfg["k"], "k", path / CONFIG_FILE), "skip_connection": skip,
+                **placement(path.name, cfg)},
+        extra={"W_skip": tensors["W_skip"]} if skip else {},
     )
 
 
@@ -98,6 +124,7 @@ FORMAT = Format(
     layout="sparsify: cfg.json + sae.safetensors",
     recognise=recognise,
     fetch=lambda view, sae: [CONFIG_FILE, WEIGHTS_FILE],
+    # From the folder name alone, so that finding one folder downloads nothing: a transcoder is found by its target.
     hook_point=lambda view, sae: hook_point_from_folder(view.path) if view.path else None,
     convert=convert,
     unsupported=unsupported,
