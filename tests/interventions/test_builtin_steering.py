@@ -26,27 +26,31 @@ def dog_latent(sae, model, tokenizer) -> int:
     return int((mean_code(DOG_TEXTS) - 3 * mean_code(general)).argmax())
 
 
-def check_steering_raises_the_latent(sae, model, tokenizer) -> SteeringSweep:
+def check_steering_grows_with_strength(sae, model, tokenizer) -> SteeringSweep:
+    """Steering the dog latent at 0, 0.25 and 1 × ‖x‖: the latent read while steering and the KL to the
+    unsteered model grow with strength. (Whether the generated text itself carries the latent depends on
+    the SAE: docs/interventions.md reports a run where it does and one where it does not.)"""
     latent = dog_latent(sae, model, tokenizer)
     sweep = hfsae.steering_sweep(model, sae, tokenizer, latent, [0.0, 0.25, 1.0], relative=True, prompts=PROMPTS,
                                  max_new_tokens=24)
     plain, mild, strong = sweep.points
-    # The generated text itself carries the latent: re-read without steering, it fires more than on plain text.
-    assert strong.text_activation > plain.text_activation, [point.continuations for point in sweep.points]
+    assert plain.activation == plain.text_activation  # strength 0: the same reading with and without the hook
     assert plain.activation < mild.activation < strong.activation
     assert plain.kl == 0 < mild.kl < strong.kl
     return sweep
 
 
 @pytest.mark.slow
-def test_steering_a_dog_latent_raises_its_activation_on_the_generated_text(builtin_lm, default_sae_dir):
+def test_steering_the_builtin_model_grows_the_latent_and_kl_with_strength_and_leaves_it_unchanged(
+    builtin_lm, default_sae_dir
+):
     model, tokenizer = builtin_lm
     sae = hfsae.load(default_sae_dir)
-    check_steering_raises_the_latent(sae, model, tokenizer)
+    check_steering_grows_with_strength(sae, model, tokenizer)
     # The model is unchanged afterwards.
     ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         before = model(ids).logits
         with hfsae.ablate(model, sae, [0, 1, 2]), hfsae.steer(model, sae, {3: 4.0}):
-            model(ids)
+            assert not torch.equal(model(ids).logits, before)
         assert torch.equal(model(ids).logits, before)
