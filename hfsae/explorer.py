@@ -509,11 +509,8 @@ def _evaluation_rows(eval_results: dict) -> str:
     for metric in METRICS:
         if metric.key in omitted:
             rows.append((metric.label, f"omitted: {omitted[metric.key]}", ""))
-        elif metric.key == "progressive":  # {k': FVU}, one row per k'
-            points = sorted((eval_results.get("progressive") or {}).items(), key=lambda point: int(point[0]))
-            rows += [(f"FVU at k'={k_prime}", _number(fvu), metric.better or "") for k_prime, fvu in points]
-        elif metric.key in eval_results:
-            rows.append((metric.label, _number(eval_results[metric.key]), metric.better or ""))
+        else:
+            rows += [(label, _number(value), metric.better or "") for _, label, value in metric.points(eval_results)]
     return "\n".join(f"| {label} | {value} | {better} |" for label, value, better in rows)
 
 

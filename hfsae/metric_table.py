@@ -39,15 +39,27 @@ class Metric:
     """"higher", "lower", or None where neither is (a reference value, a count set by k)."""
     read: Callable[[Any], Any]
     """Its value from the result its group's computation returns."""
+    per_k: str | None = None
+    """For a value {k': number} (progressive recovery): what each number is ("FVU"); one point per k'."""
 
     @property
     def description(self) -> str:
         """The meaning with the direction: the card's third column."""
         return f"{self.meaning}; {self.better} is better" if self.better else self.meaning
 
+    def points(self, eval_results: dict) -> list[tuple[str, str, Any]]:
+        """(model-index type, label, value) of this metric in eval_results.json: one per k' for a per_k metric,
+        none when it is absent. JSON keys k' are strings; points come in increasing k'."""
+        if self.key not in eval_results:
+            return []
+        if self.per_k is None:
+            return [(self.key, self.label, eval_results[self.key])]
+        values = sorted((eval_results[self.key] or {}).items(), key=lambda point: int(point[0]))
+        return [(f"{self.per_k.lower()}_k{k}", f"{self.per_k} at k'={k}", value) for k, value in values]
 
-def _metric(key: str, group: str, label: str, meaning: str, better: str | None, read=None) -> Metric:
-    return Metric(key, group, label, meaning, better, read or attrgetter(key))
+
+def _metric(key: str, group: str, label: str, meaning: str, better: str | None, read=None, per_k=None) -> Metric:
+    return Metric(key, group, label, meaning, better, read or attrgetter(key), per_k)
 
 
 METRICS = (
@@ -56,7 +68,7 @@ METRICS = (
     _metric("cosine", "reconstruction", "Reconstruction cosine", "mean cosine similarity of x and x_hat", "higher"),
     _metric("l0", "reconstruction", "L0", "active latents per token", None),
     _metric("dead_fraction", "reconstruction", "Dead fraction", "latents that never fired in the evaluation window", "lower"),
-    _metric("progressive", "reconstruction", "Progressive recovery", "FVU with k' latents kept at inference", "lower"),
+    _metric("progressive", "reconstruction", "Progressive recovery", "FVU with k' latents kept at inference", "lower", per_k="FVU"),
     _metric("ce_clean", "downstream", "CE clean", "next-token cross-entropy of the unmodified model (nats)", None),
     _metric("ce_spliced", "downstream", "CE spliced", "cross-entropy with the reconstruction spliced in at the hook point", "lower"),
     _metric("delta_ce", "downstream", "ΔCE", "CE spliced − CE clean", "lower"),

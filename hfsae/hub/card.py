@@ -268,18 +268,12 @@ def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics
         dataset_split="held-out",
     )
     source = eval_results or {key: training_metrics[key] for key in ("fvu",) if key in training_metrics}
-    results = []
-    for metric in METRICS:
-        if metric.key == "progressive":  # one entry per k', each an FVU
-            points = [(f"fvu_k{k_prime}", f"FVU at k'={k_prime}", fvu) for k_prime, fvu in _progressive(eval_results).items()]
-        else:
-            points = [(metric.key, metric.label, source.get(metric.key))]
-        results += [
-            EvalResult(metric_type=key, metric_name=name, metric_value=float(value), **common)
-            for key, name, value in points
-            if _finite_number(value)
-        ]
-    return results
+    return [
+        EvalResult(metric_type=key, metric_name=name, metric_value=float(value), **common)
+        for metric in METRICS
+        for key, name, value in metric.points(source)
+        if _finite_number(value)
+    ]
 
 
 def card_data_for(
@@ -342,10 +336,8 @@ def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, 
     for metric in METRICS:
         if metric.key in omitted:
             rows.append((metric.label, "omitted", omitted[metric.key]))
-        elif metric.key == "progressive":
-            rows += [(f"FVU at k'={k_prime}", _format(fvu), metric.meaning) for k_prime, fvu in _progressive(eval_results).items()]
-        elif metric.key in eval_results:
-            rows.append((metric.label, _format(eval_results[metric.key]), metric.description))
+        else:
+            rows += [(label, _format(value), metric.description) for _, label, value in metric.points(eval_results)]
     return rows
 
 

@@ -145,3 +145,11 @@ def test_every_skippable_group_of_the_metric_table_has_a_runner_and_every_key_re
     assert data["progressive"] == {"2": 0.5, "4": 0.25} and data["cosine"] == 0.9 and data["kl"] is None
     with pytest.raises(AttributeError, match="no_such_metric"):
         results.no_such_metric
+
+
+def test_a_per_k_metric_gives_one_point_per_k_prime_in_numeric_order_and_an_absent_metric_none():
+    from hfsae.metric_table import METRIC_BY_KEY
+
+    progressive, fvu = METRIC_BY_KEY["progressive"], METRIC_BY_KEY["fvu"]
+    assert progressive.points({"progressive": {"16": 0.1, "2": 0.3}}) == [("fvu_k2", "FVU at k'=2", 0.3), ("fvu_k16", "FVU at k'=16", 0.1)]
+    assert fvu.points({"fvu": 0.2}) == [("fvu", "FVU", 0.2)] and fvu.points({}) == []
