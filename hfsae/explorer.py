@@ -484,7 +484,8 @@ class Explorer:
             ),
         ]
         if self.eval_results:
-            sections.append(f"### Evaluation\n\n| metric | value | better |\n|---|---|---|\n{_evaluation_rows(self.eval_results)}")
+            rows = _evaluation_rows(self.eval_results)
+            sections.append(f"### Evaluation\n\n| metric | value | better |\n|---|---|---|\n{rows}")
         if self.training_metrics:
             rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in flatten(self.training_metrics).items())
             sections.append(f"### Training\n\n| metric | value |\n|---|---|\n{rows}")

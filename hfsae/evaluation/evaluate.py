@@ -7,6 +7,8 @@ Sample sizes default to what runs in a few minutes on a CPU for the built-in def
 (SmolLM2-135M, 8192 latents); all are `EvalConfig` fields. The reconstruction metrics, dead
 fraction and N2G use `n_tokens` tokens read only up to the hook point; the downstream loss and
 ablation sparsity need whole forward passes and use the first `n_downstream_tokens` of them.
+Which metrics there are, their keys and groups, is `hfsae.metric_table.METRICS`: each group's runner
+here computes one result and the table reads the metrics from it.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ from hfsae.activations import (
     token_contexts,
 )
 from hfsae.activations.text import FILE_BUILDERS
-from hfsae.modeling import SparseCode
 from hfsae.folder import EVAL_RESULTS_FILE, N2G_FILE, write_json_atomic
 from hfsae.metric_table import METRIC_BY_KEY, METRICS, SKIPPABLE_GROUPS, metric_values
+from hfsae.modeling import SparseCode
 
 from .ablation import ablation_sparsity
 from .downstream import downstream_loss
@@ -321,7 +323,8 @@ def _n2g(run: _Run):
 
 def _probes(run: _Run) -> list[ProbeResult]:
     tasks = _load_probe_tasks(run.config, run.tokenizer, run.context_size) + run.probe_tasks
-    return evaluate_probes(run.sae, run.model, tasks, hook_point=run.sae.config.hook_point, batch_size=run.config.batch_size)
+    hook_point, batch_size = run.sae.config.hook_point, run.config.batch_size
+    return evaluate_probes(run.sae, run.model, tasks, hook_point=hook_point, batch_size=batch_size)
 
 
 # What computes each skippable group of hfsae.metric_table; its result is what the group's metrics read.
