@@ -30,6 +30,7 @@ from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
 from .activations.positions import FIRST_POSITION_USED
 from .configuration import ARCHITECTURES
+from .metric_table import METRICS
 from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
 from .nested import flatten
 
@@ -482,13 +483,12 @@ class Explorer:
                 f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`)."
             ),
         ]
-        for title, metrics in (
-            ("Evaluation", self.eval_results),
-            ("Training", self.training_metrics),
-        ):
-            if metrics:
-                rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in flatten(metrics).items())
-                sections.append(f"### {title}\n\n| metric | value |\n|---|---|\n{rows}")
+        if self.eval_results:
+            rows = _evaluation_rows(self.eval_results)
+            sections.append(f"### Evaluation\n\n| metric | value | better |\n|---|---|---|\n{rows}")
+        if self.training_metrics:
+            rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in flatten(self.training_metrics).items())
+            sections.append(f"### Training\n\n| metric | value |\n|---|---|\n{rows}")
         if not (self.eval_results or self.training_metrics):
             sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
         if self.density is not None:
@@ -501,6 +501,18 @@ class Explorer:
                 f"median density {float(density.median()):.4%}"
             )
         return "\n\n".join(sections)
+
+
+def _evaluation_rows(eval_results: dict) -> str:
+    """The metrics of eval_results.json as table rows, labelled and ordered by hfsae.metric_table."""
+    omitted = eval_results.get("omitted") or {}
+    rows = []
+    for metric in METRICS:
+        if metric.key in omitted:
+            rows.append((metric.label, f"omitted: {omitted[metric.key]}", ""))
+        else:
+            rows += [(label, _number(value), metric.better or "") for _, label, value in metric.points(eval_results)]
+    return "\n".join(f"| {label} | {value} | {better} |" for label, value, better in rows)
 
 
 def _finite(value, what: str) -> float:

@@ -154,7 +154,7 @@ def test_the_library_never_imports_the_command_line():
 # The layers of docs/architecture.md, bottom first: a module imports from its own layer or lower ones.
 # The package itself (hfsae/__init__.py, the public names) sits on top.
 LAYERS = [
-    ("hfsae.errors", "hfsae.folder", "hfsae.nested", "hfsae.user_cache"),
+    ("hfsae.errors", "hfsae.folder", "hfsae.metric_table", "hfsae.nested", "hfsae.user_cache"),
     ("hfsae.ops",),
     ("hfsae.configuration", "hfsae.modeling", "hfsae.pretrained", "hfsae.hub"),
     ("hfsae.activations",),
@@ -281,7 +281,6 @@ SIZE_REASON = "Size:"
 # Too long today and being reshaped elsewhere. This set may only shrink: the test fails on an entry that
 # is gone or fits, so that it is struck off when its definition is cut down.
 KNOWN_LONG = {
-    "hfsae.evaluation.evaluate.evaluate",
     "hfsae.explorer.Explorer",
     "hfsae.training.trainer.Trainer",
 }

@@ -7,6 +7,8 @@ Sample sizes default to what runs in a few minutes on a CPU for the built-in def
 (SmolLM2-135M, 8192 latents); all are `EvalConfig` fields. The reconstruction metrics, dead
 fraction and N2G use `n_tokens` tokens read only up to the hook point; the downstream loss and
 ablation sparsity need whole forward passes and use the first `n_downstream_tokens` of them.
+Which metrics there are, their keys and groups, is `hfsae.metric_table.METRICS`: each group's runner
+here computes one result and the table reads the metrics from it.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -30,15 +33,14 @@ from hfsae.activations import (
 )
 from hfsae.activations.text import FILE_BUILDERS
 from hfsae.folder import EVAL_RESULTS_FILE, N2G_FILE, write_json_atomic
+from hfsae.metric_table import METRIC_BY_KEY, METRICS, SKIPPABLE_GROUPS, metric_values
+from hfsae.modeling import SparseCode
 
 from .ablation import ablation_sparsity
 from .downstream import downstream_loss
 from .metrics import omitted_metrics, reconstruction_metrics
 from .n2g import n2g_evaluate
 from .probes import ProbeResult, ProbeTask, builtin_probe_tasks, evaluate_probes, task_from_dataset
-
-METRIC_GROUPS = ("downstream", "ablation", "n2g", "probes")
-
 
 @dataclass
 class EvalConfig:
@@ -107,9 +109,9 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "Seed for the sampled tokens, latents and probe contexts."})
 
     def __post_init__(self):
-        unknown = sorted(set(self.skip) - set(METRIC_GROUPS))
+        unknown = sorted(set(self.skip) - set(SKIPPABLE_GROUPS))
         if unknown:
-            raise ValueError(f"Unknown metric groups to skip: {unknown}; choose among {', '.join(METRIC_GROUPS)}.")
+            raise ValueError(f"Unknown metric groups to skip: {unknown}; choose among {', '.join(SKIPPABLE_GROUPS)}.")
         for name in ("n_tokens", "n_downstream_tokens", "batch_size", "ablation_horizon"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer; got {name}={getattr(self, name)}.")
@@ -117,29 +119,17 @@ class EvalConfig:
 
 @dataclass
 class EvalResults:
-    """The metrics of docs/method.md §4 for one SAE (None where a metric group was skipped or undefined)."""
+    """The metrics of docs/method.md §4 for one SAE and what they were measured on.
 
-    fvu: float
-    explained_variance: float
-    l0: float
-    dead_fraction: float
-    cosine: float
-    progressive: dict[int, float]
+    `metrics` holds every metric of `hfsae.metric_table.METRICS` by key (None where its group was
+    skipped or does not apply); each is also an attribute: `results.fvu`, `results.delta_ce`.
+    """
+
+    metrics: dict[str, Any]
     n_tokens: int
     omitted: dict[str, str] = field(default_factory=dict)
     """{metric: why it does not apply to this variant}: those metrics are left out, never estimated."""
-    ce_clean: float | None = None
-    ce_spliced: float | None = None
-    delta_ce: float | None = None
-    kl: float | None = None
-    ce_zero: float | None = None
-    ce_loss_recovered: float | None = None
     n_downstream_tokens: int | None = None
-    ablation_sparsity: float | None = None
-    n2g_precision: float | None = None
-    n2g_recall: float | None = None
-    probe_loss: float | None = None
-    probe_loss_baseline: float | None = None
     probes: list[ProbeResult] = field(default_factory=list)
     hook_point: str | None = None
     target_hook_point: str | None = None
@@ -151,10 +141,19 @@ class EvalResults:
     n2g_explanations: list[dict] = field(default_factory=list)
     """Per explained latent: its patterns (token ids and text, '*' for a wildcard), precision, recall."""
 
+    def __getattr__(self, name: str):
+        # Called only for names that are not fields: the table's metrics.
+        if name in METRIC_BY_KEY and "metrics" in self.__dict__:
+            return self.metrics.get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def to_dict(self) -> dict:
-        """The JSON-able content of eval_results.json (without the N2G explanations; NaN → null)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "n2g_explanations"}
-        data["progressive"] = {str(k_prime): fvu for k_prime, fvu in self.progressive.items()}
+        """The JSON-able content of eval_results.json: the table's metrics by key, then the context
+        (without the N2G explanations; NaN → null; progressive's k' as string keys)."""
+        data = {metric.key: self.metrics.get(metric.key) for metric in METRICS}
+        data["progressive"] = {str(k_prime): fvu for k_prime, fvu in (data["progressive"] or {}).items()}
+        skipped = ("metrics", "n2g_explanations")
+        data |= {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skipped}
         data["probes"] = [dataclasses.asdict(result) for result in self.probes]
         data["config"] = dataclasses.asdict(self.config) if self.config else None
         return _finite_or_none(data)
@@ -240,8 +239,96 @@ def _load_probe_tasks(config: EvalConfig, tokenizer, context_size: int) -> list[
     return tasks
 
 
-def _mean(numbers: list[float]) -> float | None:
-    return sum(numbers) / len(numbers) if numbers else None
+def _config_with(config: EvalConfig | None, options: dict) -> EvalConfig:
+    """config (default EvalConfig()) with keyword options overriding its fields."""
+    config = config or EvalConfig()
+    if not options:
+        return config
+    valid = [f.name for f in dataclasses.fields(EvalConfig)]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"Unknown evaluation options {unknown}; valid options are {', '.join(valid)}.")
+    return dataclasses.replace(config, **options)
+
+
+@dataclass
+class _Run:
+    """What every metric group reads: the SAE, the model, the held-out contexts and their code."""
+
+    sae: object
+    model: object
+    tokenizer: object
+    config: EvalConfig
+    input_ids: torch.Tensor
+    code: SparseCode
+    context_size: int
+    probe_tasks: list[ProbeTask]
+    quiet: bool
+
+    @property
+    def downstream_ids(self) -> torch.Tensor:
+        """The first contexts, enough for n_downstream_tokens: the groups that need whole forward passes."""
+        return self.input_ids[: math.ceil(self.config.n_downstream_tokens / (self.context_size - FIRST_POSITION_USED))]
+
+
+def _downstream(run: _Run):
+    config = run.config
+    return downstream_loss(
+        run.sae,
+        run.model,
+        run.downstream_ids,
+        hook_point=run.sae.config.hook_point,
+        batch_size=config.batch_size,
+        quiet=run.quiet,
+    )
+
+
+def _ablation(run: _Run):
+    config = run.config
+    return ablation_sparsity(
+        run.sae,
+        run.model,
+        run.downstream_ids,
+        hook_point=run.sae.config.hook_point,
+        n_positions=config.ablation_positions,
+        horizon=min(config.ablation_horizon, run.context_size - FIRST_POSITION_USED),
+        seed=config.seed,
+        quiet=run.quiet,
+    )
+
+
+def _n2g(run: _Run):
+    config, tokenizer, contexts = run.config, run.tokenizer, run.input_ids.shape[0]
+    pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    # The code of the positions that count, per context: [contexts, seq − FIRST_POSITION_USED, k].
+    code = dataclasses.replace(
+        run.code,
+        indices=run.code.indices.reshape(contexts, -1, run.code.indices.shape[-1]).cpu(),
+        values=run.code.values.reshape(contexts, -1, run.code.values.shape[-1]).cpu(),
+    )
+    return n2g_evaluate(
+        run.sae,
+        run.model,
+        run.input_ids,
+        code,
+        hook_point=run.sae.config.hook_point,
+        pad_token_id=pad_token_id or 0,
+        n_latents_explained=config.n2g_latents,
+        n_examples=config.n2g_examples,
+        max_suffix=config.n2g_max_suffix,
+        seed=config.seed,
+        quiet=run.quiet,
+    )
+
+
+def _probes(run: _Run) -> list[ProbeResult]:
+    tasks = _load_probe_tasks(run.config, run.tokenizer, run.context_size) + run.probe_tasks
+    hook_point, batch_size = run.sae.config.hook_point, run.config.batch_size
+    return evaluate_probes(run.sae, run.model, tasks, hook_point=hook_point, batch_size=batch_size)
+
+
+# What computes each skippable group of hfsae.metric_table; its result is what the group's metrics read.
+GROUP_RUNNERS = {"downstream": _downstream, "ablation": _ablation, "n2g": _n2g, "probes": _probes}
 
 
 def evaluate(
@@ -265,13 +352,7 @@ def evaluate(
         >>> results = evaluate(sae, n_tokens=4096, skip=["ablation"])
         >>> results.fvu, results.delta_ce, results.probe_loss
     """
-    config = config or EvalConfig()
-    if options:
-        valid = [f.name for f in dataclasses.fields(EvalConfig)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"Unknown evaluation options {unknown}; valid options are {', '.join(valid)}.")
-        config = dataclasses.replace(config, **options)
+    config = _config_with(config, options)
     hook_point = sae.config.hook_point
     if hook_point is None:
         raise ValueError(
@@ -290,17 +371,21 @@ def evaluate(
 
     target = sae.config.target_hook_point
     x, *y = _activations(model, input_ids, [hook_point] + ([target] if target else []), config.batch_size, quiet)
-    metrics, code = reconstruction_metrics(sae, x, *y)
+    reconstruction, code = reconstruction_metrics(sae, x, *y)
     omitted = omitted_metrics(sae.config)
-    results = EvalResults(
-        fvu=metrics.fvu,
-        explained_variance=metrics.explained_variance,
-        l0=metrics.l0,
-        dead_fraction=metrics.dead_fraction,
-        cosine=metrics.cosine,
-        progressive=metrics.progressive,
-        n_tokens=metrics.n_tokens,
+    run = _Run(sae, model, tokenizer, config, input_ids, code, context_size, list(probe_tasks or []), quiet)
+    # A group runs unless skipped or every metric of it is omitted for this variant.
+    groups = {"reconstruction": reconstruction} | {
+        group: runner(run)
+        for group, runner in GROUP_RUNNERS.items()
+        if group not in config.skip and any(m.key not in omitted for m in METRICS if m.group == group)
+    }
+    return EvalResults(
+        metrics=metric_values(groups),
+        n_tokens=reconstruction.n_tokens,
         omitted=omitted,
+        n_downstream_tokens=groups["downstream"].n_tokens if "downstream" in groups else None,
+        probes=groups.get("probes", []),
         hook_point=hook_point,
         target_hook_point=target,
         architecture=sae.config.architecture,
@@ -308,52 +393,5 @@ def evaluate(
         dataset=dataset,
         context_size=context_size,
         config=config,
+        n2g_explanations=[e.to_dict(tokenizer) for e in groups["n2g"].explanations] if "n2g" in groups else [],
     )
-    downstream_ids = input_ids[: math.ceil(config.n_downstream_tokens / (context_size - FIRST_POSITION_USED))]
-    if "downstream" not in config.skip:
-        loss = downstream_loss(
-            sae, model, downstream_ids, hook_point=hook_point, batch_size=config.batch_size, quiet=quiet
-        )
-        for name in ("ce_clean", "ce_spliced", "delta_ce", "kl", "ce_zero", "ce_loss_recovered"):
-            setattr(results, name, getattr(loss, name))
-        results.n_downstream_tokens = loss.n_tokens
-    if "ablation" not in config.skip and "ablation_sparsity" not in omitted:
-        horizon = min(config.ablation_horizon, context_size - FIRST_POSITION_USED)
-        results.ablation_sparsity = ablation_sparsity(
-            sae,
-            model,
-            downstream_ids,
-            hook_point=hook_point,
-            n_positions=config.ablation_positions,
-            horizon=horizon,
-            seed=config.seed,
-            quiet=quiet,
-        ).mean
-    if "n2g" not in config.skip:
-        pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        n2g = n2g_evaluate(
-            sae,
-            model,
-            input_ids,
-            # The code of the positions that count, per context: [contexts, seq − FIRST_POSITION_USED, k].
-            dataclasses.replace(
-                code,
-                indices=code.indices.reshape(input_ids.shape[0], -1, code.indices.shape[-1]).cpu(),
-                values=code.values.reshape(input_ids.shape[0], -1, code.values.shape[-1]).cpu(),
-            ),
-            hook_point=hook_point,
-            pad_token_id=pad_token_id or 0,
-            n_latents_explained=config.n2g_latents,
-            n_examples=config.n2g_examples,
-            max_suffix=config.n2g_max_suffix,
-            seed=config.seed,
-            quiet=quiet,
-        )
-        results.n2g_precision, results.n2g_recall = n2g.precision, n2g.recall
-        results.n2g_explanations = [explanation.to_dict(tokenizer) for explanation in n2g.explanations]
-    if "probes" not in config.skip:
-        tasks = _load_probe_tasks(config, tokenizer, context_size) + list(probe_tasks or [])
-        results.probes = evaluate_probes(sae, model, tasks, hook_point=hook_point, batch_size=config.batch_size)
-        results.probe_loss = _mean([result.loss for result in results.probes])
-        results.probe_loss_baseline = _mean([result.baseline_loss for result in results.probes])
-    return results

@@ -11,7 +11,7 @@ whatever the folder holds; every file but `config.json` is optional:
     config.json                   TopKSAEConfig (required)
     training_config.json          the TrainConfig the SAE was trained with
     training_metrics.json         held-out fvu, dead_fraction, tokens, steps, … from training
-    eval_results.json             the metrics of `hfsae eval` (keys in EVAL_METRICS, `progressive`)
+    eval_results.json             the metrics of `hfsae eval` (keys in `hfsae.metric_table.METRICS`)
     latent_density.safetensors    tensor "density" [n_latents]: fraction of tokens each latent fires on
     latent_density.json           {"density": [n_latents floats]}, the same as JSON
     analysis/latents.parquet      `hfsae analyze` output; its "density" column, when neither file above exists
@@ -43,6 +43,7 @@ from ..folder import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from ..metric_table import METRIC_BY_KEY, METRICS
 from ..nested import flatten
 
 MODEL_CARD_TEMPLATE = "topk_sae.md"
@@ -54,26 +55,6 @@ PROGRESSIVE_FIGURE = "progressive_recovery.png"
 BUILTIN_BASE_MODEL_REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUILTIN_NAMES = ("builtin", "smollm2-135m-instruct")
 BUILTIN_CORPUS_DESCRIPTION = "the hfsae built-in corpus (Python's own documentation topics and standard-library source)"
-
-# metric key → (display name, what it means). Order is the order of the metrics table.
-EVAL_METRICS = {
-    "fvu": ("FVU", "fraction of variance unexplained (normalised MSE); lower is better"),
-    "explained_variance": ("Explained variance", "1 − FVU"),
-    "cosine": ("Reconstruction cosine", "mean cosine similarity of x and x_hat"),
-    "l0": ("L0", "active latents per token"),
-    "dead_fraction": ("Dead fraction", "latents that never fired in the evaluation window"),
-    "ce_clean": ("CE clean", "next-token cross-entropy of the unmodified model (nats)"),
-    "ce_spliced": ("CE spliced", "cross-entropy with the reconstruction spliced in at the hook point"),
-    "delta_ce": ("ΔCE", "CE spliced − CE clean; lower is better"),
-    "kl": ("KL(clean ‖ spliced)", "divergence of next-token distributions; lower is better"),
-    "ce_zero": ("CE zero-ablated", "cross-entropy with the activation replaced by zeros"),
-    "ce_loss_recovered": ("CE loss recovered", "(CE zero − CE spliced) / (CE zero − CE clean); 1 is perfect"),
-    "ablation_sparsity": ("Ablation sparsity", "(L1/L2)² / (V·T) of one latent's logit effects; lower is sparser"),
-    "n2g_precision": ("N2G precision", "of token-pattern explanations on held-out text"),
-    "n2g_recall": ("N2G recall", "of token-pattern explanations on held-out text"),
-    "probe_loss": ("Probe loss", "best single-latent logistic probe, mean over tasks; lower is better"),
-    "probe_loss_baseline": ("Probe loss (raw channels)", "the same with raw activation channels, the baseline"),
-}
 
 # training_metrics.json keys shown in the training results table, in this order.
 TRAINING_METRICS = {
@@ -287,19 +268,12 @@ def eval_results_for(config: TopKSAEConfig, eval_results: dict, training_metrics
         dataset_split="held-out",
     )
     source = eval_results or {key: training_metrics[key] for key in ("fvu",) if key in training_metrics}
-    results = [
-        EvalResult(metric_type=key, metric_name=name, metric_value=float(source[key]), **common)
-        for key, (name, _) in EVAL_METRICS.items()
-        if _finite_number(source.get(key))
+    return [
+        EvalResult(metric_type=key, metric_name=name, metric_value=float(value), **common)
+        for metric in METRICS
+        for key, name, value in metric.points(source)
+        if _finite_number(value)
     ]
-    for k_prime, fvu in _progressive(eval_results).items():
-        if _finite_number(fvu):
-            results.append(
-                EvalResult(
-                    metric_type=f"fvu_k{k_prime}", metric_name=f"FVU at k'={k_prime}", metric_value=fvu, **common
-                )
-            )
-    return results
 
 
 def card_data_for(
@@ -346,28 +320,25 @@ def _format(value) -> str:
 
 
 def _metric_rows(eval_results: dict, training_metrics: dict) -> list[tuple[str, str, str]]:
-    if eval_results:
-        rows = [
-            (name, _format(eval_results[key]), meaning)
-            for key, (name, meaning) in EVAL_METRICS.items()
-            if key in eval_results
+    """(label, value, meaning) per metric of the table that eval_results.json holds, in the table's order.
+
+    A metric that does not apply to this variant is named with the reason, never given a number.
+    """
+    if not eval_results:
+        where = {"fvu": "on held-out text at the end of training", "dead_fraction": "over the last training tokens"}
+        return [
+            (METRIC_BY_KEY[key].label, _format(training_metrics[key]), f"{METRIC_BY_KEY[key].description} ({where[key]})")
+            for key in where
+            if key in training_metrics
         ]
-        rows += [
-            (f"FVU at k'={k_prime}", _format(fvu), "progressive recovery")
-            for k_prime, fvu in _progressive(eval_results).items()
-        ]
-        # Metrics that do not apply to this variant: named with the reason, never given a number.
-        rows += [
-            (EVAL_METRICS.get(key, ("Progressive recovery",))[0], "omitted", reason)
-            for key, reason in (eval_results.get("omitted") or {}).items()
-        ]
-        return rows
-    where = {"fvu": "on held-out text at the end of training", "dead_fraction": "over the last training tokens"}
-    return [
-        (EVAL_METRICS[key][0], _format(training_metrics[key]), f"{EVAL_METRICS[key][1]} ({where[key]})")
-        for key in where
-        if key in training_metrics
-    ]
+    omitted = eval_results.get("omitted") or {}
+    rows = []
+    for metric in METRICS:
+        if metric.key in omitted:
+            rows.append((metric.label, "omitted", omitted[metric.key]))
+        else:
+            rows += [(label, _format(value), metric.description) for _, label, value in metric.points(eval_results)]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------

@@ -126,3 +126,30 @@ def test_given_texts_are_packed_by_the_one_token_packer(tiny_lm, tiny_tokenizer,
         **SMALL,
     )
     assert results.n_tokens == 6 * 31  # 212 tokens with the separators: 6 full contexts of 32
+
+
+def test_every_skippable_group_of_the_metric_table_has_a_runner_and_every_key_reaches_eval_results():
+    from hfsae.evaluation.evaluate import GROUP_RUNNERS, EvalResults
+    from hfsae.evaluation.metrics import ReconstructionMetrics
+    from hfsae.metric_table import METRICS, SKIPPABLE_GROUPS, metric_values
+
+    assert set(GROUP_RUNNERS) == set(SKIPPABLE_GROUPS)
+    reconstruction = ReconstructionMetrics(
+        fvu=0.25, explained_variance=0.75, l0=4.0, dead_fraction=0.5, cosine=0.9, progressive={2: 0.5, 4: 0.25}, n_tokens=10
+    )
+    results = EvalResults(metrics=metric_values({"reconstruction": reconstruction}), n_tokens=10)
+    assert results.fvu == 0.25 and results.progressive == {2: 0.5, 4: 0.25}
+    assert results.delta_ce is None and results.probe_loss is None  # their groups did not run
+    data = results.to_dict()
+    assert [key for key in data if key in {m.key for m in METRICS}] == [m.key for m in METRICS]
+    assert data["progressive"] == {"2": 0.5, "4": 0.25} and data["cosine"] == 0.9 and data["kl"] is None
+    with pytest.raises(AttributeError, match="no_such_metric"):
+        results.no_such_metric
+
+
+def test_a_per_k_metric_gives_one_point_per_k_prime_in_numeric_order_and_an_absent_metric_none():
+    from hfsae.metric_table import METRIC_BY_KEY
+
+    progressive, fvu = METRIC_BY_KEY["progressive"], METRIC_BY_KEY["fvu"]
+    assert progressive.points({"progressive": {"16": 0.1, "2": 0.3}}) == [("fvu_k2", "FVU at k'=2", 0.3), ("fvu_k16", "FVU at k'=16", 0.1)]
+    assert fvu.points({"fvu": 0.2}) == [("fvu", "FVU", 0.2)] and fvu.points({}) == []

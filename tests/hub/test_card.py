@@ -105,6 +105,21 @@ def test_a_non_finite_metric_is_left_out_of_the_model_index_and_shown_as_missing
     assert "| Probe loss | n/a |" in path.read_text()
 
 
+def test_the_metrics_table_follows_the_metric_table_and_names_an_omitted_metric_with_its_reason(sae_dir):
+    from hfsae.metric_table import METRIC_BY_KEY, METRICS
+
+    omitted = {"ablation_sparsity": "a transcoder writes to another hook point"}
+    write_json(sae_dir / "eval_results.json", EVAL_RESULTS | {"ablation_sparsity": None, "omitted": omitted})
+    path = write_card(sae_dir)
+    text = path.read_text()
+    assert "| Ablation sparsity | omitted | a transcoder writes to another hook point |" in text
+    assert f"| ΔCE | 0.25 | {METRIC_BY_KEY['delta_ce'].meaning}; lower is better |" in text
+    labels = [m.label for m in METRICS if m.key in EVAL_RESULTS and m.key != "progressive"]
+    assert sorted(labels, key=lambda label: text.index(f"| {label} |")) == labels  # the table's order
+    types = {result.metric_type for result in ModelCard.load(path).data.eval_results}
+    assert "ablation_sparsity" not in types and "fvu_k4" in types
+
+
 def test_a_folder_with_only_config_json_still_gives_a_valid_card(sae_dir):
     path = write_card(sae_dir)
     card = ModelCard.load(path)

@@ -236,7 +236,11 @@ def test_steering_refuses_a_strength_or_length_that_is_not_a_finite_number(explo
 
 def test_overview_lists_the_metrics_files_and_the_analysis(explorer):
     overview = explorer.overview()
-    assert "| fvu | 0.125 |" in overview and "| progressive.4 | 0.125 |" in overview
+    # Evaluation: labels and order of hfsae.metric_table, progressive one row per k'.
+    evaluation = overview[overview.index("### Evaluation") : overview.index("### Training")]
+    rows = [line.split("|")[1].strip() for line in evaluation.splitlines() if line.startswith("|")][2:]
+    assert rows == ["FVU", "L0", "FVU at k'=2", "FVU at k'=4"]
+    assert "| FVU | 0.125 | lower |" in evaluation and "| FVU at k'=4 | 0.125 | lower |" in evaluation
     assert "| dead_fraction | 0.02 |" in overview and "| tokens | 10,000 |" in overview
     assert "tokens analysed" in overview and "64 latents" in overview
 
