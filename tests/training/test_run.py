@@ -7,7 +7,6 @@ import torch
 from safetensors.torch import load_file
 
 import hfsae
-from hfsae.training import run as run_module
 from hfsae.training.config import TrainConfig
 from hfsae.training.run import train
 from hfsae.training.trainer import Trainer
