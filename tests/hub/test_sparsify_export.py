@@ -8,7 +8,7 @@ from sparsify import SparseCoder
 
 from hfsae import TopKSAE, TopKSAEConfig
 from hfsae.hub.build import build
-from hfsae.hub.convert import convert
+from hfsae.cli import main
 from hfsae.hub.files import UnsupportedArchitectureError
 from hfsae.hub.formats import Converted
 from hfsae.hub.formats.sparsify import to_sparsify
@@ -77,10 +77,11 @@ def test_exported_folders_read_back_into_hfsae_as_the_same_sae(tmp_path):
         torch.testing.assert_close(back.decode(back.encode(x), x=x), sae.decode(sae.encode(x), x=x))
 
 
-def test_convert_to_sparsify_writes_a_folder_sparsify_loads(tmp_path):
+def test_hfsae_convert_to_sparsify_writes_a_folder_sparsify_loads(tmp_path):
     sae = build(TopKSAE, Converted(**random_weights(seed=10), fields={"k": K, "hook_point": "layers.3.resid_post"}))
     sae.save_pretrained(tmp_path / "hfsae")
-    convert(tmp_path / "hfsae", tmp_path / "out", source_format="hfsae", target_format="sparsify")
+    status = main(["convert", "--src", str(tmp_path / "hfsae"), "--dst", str(tmp_path / "out"), "--from", "hfsae", "--to", "sparsify"])
+    assert status == 0
     assert_sparsify_matches(sae, tmp_path / "out", random_activations())
 
 
