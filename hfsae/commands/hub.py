@@ -2,6 +2,7 @@
 
     hfsae convert --src v5_32k/resid_post_mlp --dst gpt2-32k --from openai
     hfsae convert --src my-sae --dst my-sae-saelens --from hfsae --to saelens
+    hfsae convert --src my-sae --dst my-sae-sparsify --from hfsae --to sparsify
     hfsae list --base-model EleutherAI/pythia-70m
     hfsae list --remote
     hfsae push --folder my-saes --repo-id org/smollm2-saes --revision dev --create-pr

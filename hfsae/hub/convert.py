@@ -14,12 +14,12 @@ from ..errors import HfsaeError
 from ..folder import INDEX_FILE, staged_folder
 from ..modeling import TopKSAE
 from .build import build
-from .formats import BY_NAME, Context, layouts, saelens
+from .formats import BY_NAME, Context, layouts, saelens, sparsify
 from .multi import save_many
 from .source import SAERepo, fetch_sae, load_native, pt_format, sae_folders
 
 SOURCE_FORMATS = tuple(BY_NAME)
-TARGET_FORMATS = ("hfsae", "saelens")
+TARGET_FORMATS = ("hfsae", "saelens", "sparsify")
 
 
 class UnknownFormatError(HfsaeError, ValueError):
@@ -69,7 +69,7 @@ def convert(
 ) -> Path:
     """Convert the SAE (or folder of SAEs) at `src` into a new folder `dst`; outputs stay the same.
 
-    A collection becomes one subfolder per SAE plus index.json (hfsae) or one subfolder per SAE (SAELens).
+    A collection becomes one subfolder per SAE plus index.json (hfsae) or one subfolder per SAE (SAELens, sparsify).
     `dst` appears only once everything is written, and nothing is written outside it.
     """
     check_format(source_format, SOURCE_FORMATS, "source")
@@ -79,6 +79,9 @@ def convert(
         if target_format == "saelens":
             for name, sae in saes.items():
                 saelens.to_saelens(sae, staging / name if name else staging)
+        elif target_format == "sparsify":
+            for name, sae in saes.items():
+                sparsify.to_sparsify(sae, staging / name if name else staging)
         elif list(saes) == [""]:
             saes[""].save_pretrained(staging)
         else:

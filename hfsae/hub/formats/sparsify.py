@@ -17,10 +17,15 @@ at the root beside them: that file describes the run, not an SAE, and is left al
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors.torch import save_file
+
+from ...folder import write_json_atomic
 from ..files import (
     SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors,
 )
@@ -117,6 +122,60 @@ def convert(path: Path, context: Context) -> Converted:
                 **placement(path.name, cfg)},
         extra={"W_skip": tensors["W_skip"]} if skip else {},
     )
+
+
+def why_not_exportable(config) -> str | None:
+    """What in `config` sparsify's SparseCoder cannot compute, or None when it computes the same outputs."""
+    reasons = [
+        reason
+        for reason, present in (
+            (f"inference={config.inference_mode!r} (sparsify keeps the k largest per token)",
+             config.inference_mode != "topk"),
+            (f"normalize={config.normalize!r} (sparsify reads raw activations)",
+             config.normalize not in ("none", "dataset_scale")),
+            (f"d_out={config.d_out} != d_in={config.d_in} (sparsify's b_dec is both input offset and output bias)",
+             config.output_size != config.d_in),
+            (f"encoder_subtracts_decoder_bias={config.subtracts_b_pre} for a{' transcoder' if config.is_transcoder else 'n SAE'} "
+             "(sparsify subtracts b_dec exactly when it is not a transcoder)",
+             config.subtracts_b_pre == config.is_transcoder),
+        )
+        if present
+    ]
+    return "; ".join(reasons) or None
+
+
+def to_sparsify(sae, path: str | os.PathLike) -> Path:
+    """Write `sae` as a sparsify SparseCoder folder (cfg.json + sae.safetensors) with the same outputs."""
+    config = sae.config
+    reasons = why_not_exportable(config)
+    if reasons:
+        raise UnsupportedArchitectureError(
+            f"sparsify cannot represent this SAE: {reasons}. Export it to hfsae or SAELens instead."
+        )
+    W_enc = sae.W_enc.detach().float()
+    W_dec = sae.W_dec.detach().float()
+    b_pre = sae.b_pre.detach().float()
+    b_enc = sae.b_enc.detach().float() if sae.b_enc is not None else torch.zeros(config.n_latents)
+    if config.normalize == "dataset_scale":
+        # A constant input scale s folds into the weights: W_enc (s x − b) = (s W_enc)(x − b / s), output / s.
+        scale = config.dataset_scale
+        W_enc, W_dec, b_pre = W_enc * scale, W_dec / scale, b_pre / scale
+    tensors = {"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_pre}
+    if sae.W_skip is not None:
+        tensors["W_skip"] = sae.W_skip.detach().float()
+    cfg = {
+        "activation": "topk",
+        "num_latents": config.n_latents,
+        "k": config.k,
+        "skip_connection": sae.W_skip is not None,
+        "transcode": config.is_transcoder,
+        "d_in": config.d_in,
+    }
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, path / WEIGHTS_FILE)
+    write_json_atomic(path / CONFIG_FILE, cfg)
+    return path
 
 
 FORMAT = Format(
