@@ -23,6 +23,15 @@ if not os.path.exists("/dev/nvidiactl"):
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+@pytest.fixture
+def one_thread():
+    """Torch on one CPU thread for the test: tiny tensors only gain contention from a second OpenMP thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 TINY_VOCAB = 300  # covers the 257 ids of `tiny_tokenizer` (256 bytes + end of text)
 TINY_LAYERS = 3
 TINY_CONFIGS = {

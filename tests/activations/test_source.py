@@ -16,14 +16,8 @@ FIRST = HOOK_POINTS[0]
 # a buffer of 120 rows leaves blocks of 28 rows, so a batch of 20 spans blocks and stages.
 OPTIONS = {"context_size": 16, "contexts_per_forward": 2, "batch_tokens": 20, "buffer_tokens": 120, "n_tokens": 600}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Forward passes of a tiny model: on a shared 2-core machine a second OpenMP thread makes them ~6× slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Forward passes of a tiny model: a second OpenMP thread makes them slower on a shared machine.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

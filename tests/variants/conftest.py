@@ -1,12 +1,8 @@
 """Variant tests run on one CPU thread: tiny tensors gain nothing from a second one on a shared machine."""
 
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _variants_on_one_thread(one_thread):
     yield
-    torch.set_num_threads(threads)

@@ -100,6 +100,21 @@ def pt_files(view: FolderView, exclude: tuple[str, ...] = ()) -> list[str]:
     return sorted(name for name in view.names if name.endswith(".pt") and name not in exclude)
 
 
+
+def exported_weights(sae) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W_enc, W_dec, b_pre, b_enc) of `sae` in float32 as other libraries store them (b_enc zeros when absent).
+
+    A constant input scale s (normalize="dataset_scale") is folded into the weights, as SAELens' and sparsify's
+    SAEs take raw activations: W_enc (s x − b) = (s W_enc)(x − b / s), and the output is divided by s.
+    """
+    config = sae.config
+    W_enc, W_dec, b_pre = sae.W_enc.detach().float(), sae.W_dec.detach().float(), sae.b_pre.detach().float()
+    b_enc = sae.b_enc.detach().float() if sae.b_enc is not None else torch.zeros(config.n_latents)
+    if config.normalize == "dataset_scale":
+        scale = config.dataset_scale
+        W_enc, W_dec, b_pre = W_enc * scale, W_dec / scale, b_pre / scale
+    return W_enc, W_dec, b_pre, b_enc
+
 def register() -> tuple[Format, ...]:
     """Every format, in the order recognition tries them."""
     from . import dictionary_learning, llama_scope, native, openai, qwen_scope, saelens, sparsify

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 from ...folder import write_json_atomic
 from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
-from . import Context, Converted, Format, FolderView
+from . import Context, Converted, Format, FolderView, exported_weights
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
@@ -264,17 +264,10 @@ def to_saelens(sae, path: str | os.PathLike) -> Path:
         raise UnsupportedArchitectureError(
             f"Export to SAELens writes plain TopK SAEs only; this is {variant}, which would load there as another model."
         )
-    W_enc = sae.W_enc.detach().float()
-    W_dec = sae.W_dec.detach().float()
-    b_pre = sae.b_pre.detach().float()
-    b_enc = sae.b_enc.detach().float() if sae.b_enc is not None else torch.zeros(config.n_latents)
-    normalize = config.normalize
-    if normalize == "dataset_scale":
-        # SAELens folds a constant input scale into the weights (fold_activation_norm_scaling_factor).
-        scale = config.dataset_scale
-        W_enc, W_dec, b_pre = W_enc * scale, W_dec / scale, b_pre / scale
-        normalize = "none"
-    elif normalize not in ("none", "layer_norm"):
+    # SAELens folds a constant input scale into the weights too (fold_activation_norm_scaling_factor).
+    W_enc, W_dec, b_pre, b_enc = exported_weights(sae)
+    normalize = "none" if config.normalize == "dataset_scale" else config.normalize
+    if normalize not in ("none", "layer_norm"):
         raise UnsupportedArchitectureError(
             f"SAELens has no equivalent of normalize={normalize!r}; export works for none, layer_norm and dataset_scale."
         )

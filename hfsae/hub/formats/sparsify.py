@@ -22,14 +22,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import save_file
 
 from ...folder import write_json_atomic
 from ..files import (
     SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors,
 )
-from . import Context, Converted, Format, FolderView
+from . import Context, Converted, Format, FolderView, exported_weights
 
 CONFIG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae.safetensors"
@@ -152,14 +151,7 @@ def to_sparsify(sae, path: str | os.PathLike) -> Path:
         raise UnsupportedArchitectureError(
             f"sparsify cannot represent this SAE: {reasons}. Export it to hfsae or SAELens instead."
         )
-    W_enc = sae.W_enc.detach().float()
-    W_dec = sae.W_dec.detach().float()
-    b_pre = sae.b_pre.detach().float()
-    b_enc = sae.b_enc.detach().float() if sae.b_enc is not None else torch.zeros(config.n_latents)
-    if config.normalize == "dataset_scale":
-        # A constant input scale s folds into the weights: W_enc (s x − b) = (s W_enc)(x − b / s), output / s.
-        scale = config.dataset_scale
-        W_enc, W_dec, b_pre = W_enc * scale, W_dec / scale, b_pre / scale
+    W_enc, W_dec, b_pre, b_enc = exported_weights(sae)
     tensors = {"encoder.weight": W_enc, "encoder.bias": b_enc, "W_dec": W_dec, "b_dec": b_pre}
     if sae.W_skip is not None:
         tensors["W_skip"] = sae.W_skip.detach().float()
