@@ -135,6 +135,7 @@ def test_splice_replaces_the_activation_with_the_reconstruction(model, ids):
 def test_nested_interventions_compose_and_the_model_is_bit_identical_after_exit_and_after_an_error(model, ids):
     sae, other = make_sae(), make_sae(hook_point="layers.0.resid_post", seed=1)
     before = model(ids).logits
+    hooks_before = registered_hooks(model)  # transformers keeps hooks of its own once hidden states were asked for
     with hfsae.steer(model, sae, {1: 4.0}):
         with hfsae.clamp(model, other, {2: 1.0}), hfsae.ablate(model, sae, [3]):
             both = model(ids).logits
@@ -145,7 +146,13 @@ def test_nested_interventions_compose_and_the_model_is_bit_identical_after_exit_
             model(ids)
             raise KeyError("boom")
     assert torch.equal(model(ids).logits, before)
-    assert all(not module._forward_hooks and not module._forward_pre_hooks for module in model.modules())
+    assert registered_hooks(model) == hooks_before
+
+
+def registered_hooks(model) -> dict[str, tuple[list, list]]:
+    """Every module's forward and forward-pre hooks, by module name."""
+    return {name: (list(module._forward_hooks.values()), list(module._forward_pre_hooks.values()))
+            for name, module in model.named_modules()}
 
 
 @torch.no_grad()
