@@ -153,7 +153,7 @@ def _embedding(model: nn.Module) -> nn.Module | None:
     get = getattr(model, "get_input_embeddings", None)
     try:
         return get() if callable(get) else None
-    except NotImplementedError:
+    except NotImplementedError:  # transformers' default for a model without token embeddings
         return None
 
 
@@ -161,8 +161,8 @@ def resolve(model: nn.Module, name: str) -> HookPoint:
     """The module and kind behind a hook point name; HookPointError names the valid ones."""
     if not isinstance(name, str):
         raise HookPointError(f"A hook point is a string such as 'layers.8.resid_post'; got {name!r}.")
-    if name == EMBEDDING and _embedding(model) is not None:
-        return HookPoint(name, _embedding(model), "output", None)
+    if name == EMBEDDING and (embedding := _embedding(model)) is not None:
+        return HookPoint(name, embedding, "output", None)
     match = _LAYER_NAME.match(name)
     if match and match.group(2) in LAYER_SITES:
         layers = decoder_layers(model)
