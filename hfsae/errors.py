@@ -7,3 +7,12 @@ FileNotFoundError for a missing file, LookupError for a missing name), so code w
 
 class HfsaeError(Exception):
     """Base of every exception class defined in hfsae."""
+
+
+class CheckpointError(HfsaeError, ValueError):
+    """A checkpoint or saved training state is missing, incomplete or corrupt (the trainer's checkpoints and the
+    sharded saves of `hfsae.distributed` alike)."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """A checkpoint folder, or a file it should hold, is not there."""

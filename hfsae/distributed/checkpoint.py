@@ -13,7 +13,8 @@ import os
 import torch
 from safetensors import safe_open
 
-from .sharded import CheckpointError, ShardedTopKSAE
+from ..errors import CheckpointNotFoundError
+from .sharded import ShardedTopKSAE
 
 OPTIMIZER_FILE = "optimizer.safetensors"
 
@@ -54,7 +55,7 @@ def load_optimizer_state_(sae: ShardedTopKSAE, optimizer: torch.optim.Optimizer,
     """Restore the state saved by `save_sharded_model(..., optimizer=)`, taking this rank's rows."""
     path = os.path.join(folder, OPTIMIZER_FILE)
     if not os.path.isfile(path):
-        raise CheckpointError(f"{folder!r} has no {OPTIMIZER_FILE}; save with save_sharded_model(..., optimizer=...).")
+        raise CheckpointNotFoundError(f"{folder!r} has no {OPTIMIZER_FILE}; save with save_sharded_model(..., optimizer=...).")
     state_dict = optimizer.state_dict()
     with safe_open(path, "pt") as f:
         keys = list(f.keys())

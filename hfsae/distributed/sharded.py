@@ -37,17 +37,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..errors import HfsaeError
+from ..errors import CheckpointNotFoundError, HfsaeError
 from ..configuration import ARCHITECTURES, TopKSAEConfig
 from ..folder import SHARDED_WEIGHTS_INDEX, WEIGHTS_FILE, staged_folder
 from ..modeling import SparseCode, TopKSAE, TopKSAEOutput, check_input, check_k, denormalize, normalize, topk_losses
 from ..ops import backend_for, selected_preactivations, sparse_decode
 from .grid import ProcessGrid, all_gather, all_reduce_, barrier, shard_ranges
 from .stats import global_normalized_mse
-
-
-class CheckpointError(HfsaeError, FileNotFoundError):
-    """A folder lacks the files of an hfsae model or training state."""
 
 
 class UnsupportedVariantError(HfsaeError, ValueError):
@@ -77,7 +73,7 @@ def _weight_files(folder: str) -> dict[str, str]:
         return {name: os.path.join(folder, file) for name, file in weight_map.items()}
     single = os.path.join(folder, WEIGHTS_FILE)
     if not os.path.isfile(single):
-        raise CheckpointError(
+        raise CheckpointNotFoundError(
             f"{folder!r} holds no {WEIGHTS_FILE} (nor {SHARDED_WEIGHTS_INDEX}); expected a folder "
             f"written by save_pretrained."
         )
@@ -209,7 +205,7 @@ class ShardedTopKSAE(nn.Module):
         state = {}
         for name, _ in sae.named_parameters():
             if name not in files:
-                raise CheckpointError(f"{folder!r} has no weight {name!r}; it holds {', '.join(sorted(files))}.")
+                raise CheckpointNotFoundError(f"{folder!r} has no weight {name!r}; it holds {', '.join(sorted(files))}.")
             with safe_open(files[name], "pt") as f:
                 state[name] = f.get_tensor(name) if name == "b_pre" else f.get_slice(name)[sae.start : sae.stop]
         sae = sae.to(device=device, dtype=next(iter(state.values())).dtype)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import HfsaeError
+from ..errors import CheckpointError, CheckpointNotFoundError
 from ..folder import (
     CHECKPOINTS_DIR,
     NonFiniteWeightsError,
@@ -34,10 +34,6 @@ MANIFEST = "manifest.json"
 TENSORS_FILE = "state.safetensors"
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 2
-
-
-class CheckpointError(HfsaeError, ValueError):
-    """A checkpoint folder is missing, incomplete or corrupt."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -147,7 +143,7 @@ def resolve_checkpoint(output_dir: str | Path, name: str) -> Path:
         )
     folder = Path(name)
     if not folder.is_dir():
-        raise CheckpointError(f"Checkpoint folder {folder} does not exist; pass a checkpoint folder or 'last'.")
+        raise CheckpointNotFoundError(f"Checkpoint folder {folder} does not exist; pass a checkpoint folder or 'last'.")
     return folder
 
 

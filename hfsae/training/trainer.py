@@ -1,7 +1,7 @@
 """Training loop: activation batches in, trained SAEs (and checkpoints) out.
 
-Every SAE of a sweep (one per hook point, n_latents and k) is a `SAERun`: the model with its own
-Adam, EMA and dead-latent counts. All runs read the same batches, so they share the language
+Every SAE of a sweep (one per hook point, n_latents and k) is a `SAERun` (`runs.py`): the model with
+its own Adam, EMA and dead-latent counts. All runs read the same batches, so they share the language
 model's forward passes. One optimiser step of one run, in order (docs/method.md §1–3):
 
     forward with the dead mask (TopK, AuxK, Multi-TopK) → backward
@@ -32,8 +32,8 @@ import resource
 import sys
 import time
 import uuid
-import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from itertools import chain
 
@@ -41,22 +41,16 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from ..errors import HfsaeError
-from ..configuration import TopKSAEConfig
 from ..distributed.grid import ProcessGrid, init_process_grid
-from ..distributed.sharded import ShardedTopKSAE, check_shardable
-from ..distributed.stats import any_rank
-from ..modeling import TopKSAE, fired_latents, fvu
+from ..distributed.sharded import check_shardable
+from ..errors import HfsaeError
+from ..modeling import TopKSAE
 from .checkpoint import checkpoints_of_run, load_checkpoint, remove_orphans, save_checkpoint
 from .config import TrainConfig
 from .data import StreamBatches, split_batch
-from .dead import DeadLatents
-from .ema import EMA
+from .runs import INIT_SAMPLE_TOKENS, SAERun, measured_sae_config, new_sae
+from .selection import choose_weights, split_heldout
 
-# Tokens used to initialise b_pre (geometric median) and dataset_scale (docs/method.md §1: ~32k).
-INIT_SAMPLE_TOKENS = 32_768
-# Rows per chunk when evaluating held-out activations (bounds the [rows, n_latents] pre-activations).
-EVAL_CHUNK = 4096
 # Collectives give up after this instead of hanging when another process died (long enough for a
 # slow checkpoint write on rank 0).
 COLLECTIVE_TIMEOUT = timedelta(minutes=10)
@@ -66,77 +60,14 @@ COLLECTIVE_TIMEOUT = timedelta(minutes=10)
 # values that the NaN check cannot see. A transcoder has no such starting point (its untrained output bears no
 # relation to its target's spread), so only the NaN/inf checks guard it.
 MAX_HELDOUT_FVU = 100.0
-# Share of the held-out rows that only chooses between raw and EMA weights; the reported metrics are measured
-# on the other rows, since choosing on the rows one then reports would flatter the reported FVU by the choice.
-# A minority share: the choice only ranks two models, while the reported numbers want the precision.
-SELECTION_SHARE = 0.25
-
-
 class TrainingDivergedError(HfsaeError, ValueError):
     """A loss or weight became NaN or infinite, or the held-out FVU is absurd: the options (learning rate,
     loss weights, batch) diverge."""
 
 
-def split_heldout(heldout: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """(selection, reported) rows of every hook point: the first SELECTION_SHARE choose raw or EMA weights,
-    the rest measure the reported metrics.
-
-    Disjoint by rows, not by documents: the tables carry no document ids, and the harvest shuffles rows within
-    a window of consecutive contexts, so only the documents near the cut give rows to both parts. The choice is
-    one bit, and no reported metric is measured on a row that made it.
-    """
-    rows = next(iter(heldout.values())).shape[0]
-    if rows < 2:
-        raise ValueError(
-            f"Got {rows} held-out rows; at least 2 are needed (some choose raw or EMA weights, the rest measure "
-            "the kept ones): use eval_tokens of at least 2."
-        )
-    cut = max(1, int(rows * SELECTION_SHARE))
-    return {name: x[:cut] for name, x in heldout.items()}, {name: x[cut:] for name, x in heldout.items()}
-
-
-def _inputs_and_targets(part: dict[str, torch.Tensor], hook_point: str, target: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x, y) in held-out rows: y is what the model reconstructs (x for an SAE, a transcoder's target)."""
-    return part[hook_point], part[hook_point] if target is None else part[target]
-
-
-def _all_finite(sae: torch.nn.Module) -> torch.Tensor:
-    """Whether every weight of `sae` is finite, as a 0-d bool tensor on its device (no host sync)."""
-    return torch.stack([parameter.detach().isfinite().all() for parameter in sae.parameters()]).all()
-
-
 def sae_name(hook_point: str, n_latents: int, k: int) -> str:
     """The folder of one SAE of a sweep, e.g. 'layers.10.resid_post/n4096_k32'."""
     return f"{hook_point}/n{n_latents}_k{k}"
-
-
-def _seed_for(seed: int, name: str) -> int:
-    # Each SAE's initialisation depends only on the seed and its own name, so training it alone
-    # or inside a sweep starts from the same weights.
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63
-
-
-@dataclass
-class SAERun:
-    """One SAE of the sweep and its training state."""
-
-    name: str
-    hook_point: str
-    sae: TopKSAE | ShardedTopKSAE
-    optimizer: torch.optim.Optimizer
-    ema: EMA
-    dead: DeadLatents
-    learning_rate: float
-    fvu_sum: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # since the last log
-    diverged: torch.Tensor = field(default_factory=lambda: torch.zeros((), dtype=torch.bool))  # no host sync
-
-    def full(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """The full-size tensor of parameter `name` from this rank's part (collective when sharded)."""
-        return self.sae.gather_full(name, tensor) if isinstance(self.sae, ShardedTopKSAE) else tensor
-
-    def part(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """This rank's part of a full-size tensor of parameter `name`."""
-        return self.sae.shard_of(name, tensor) if isinstance(self.sae, ShardedTopKSAE) else tensor
 
 
 @dataclass
@@ -195,16 +126,96 @@ def peak_memory() -> dict[str, int]:
     return peaks
 
 
-@torch.no_grad()
-def _copy_buffers_(source: torch.nn.Module, target: torch.nn.Module) -> None:
-    """Copy every buffer (a BatchTopK threshold and its update count) from source into target, by name."""
-    buffers = dict(source.named_buffers())
-    for name, buffer in target.named_buffers():
-        buffer.copy_(buffers[name])
+def _process_grid(config: TrainConfig, world: int) -> ProcessGrid:
+    """The data × latent grid of the processes, after checking that the batch splits over it."""
+    if world > 1 and not config.distribute_saes:
+        grid = init_process_grid(latent_shards=config.latent_shards, timeout=COLLECTIVE_TIMEOUT)
+    elif config.latent_shards > 1:
+        grid = init_process_grid(latent_shards=config.latent_shards)  # raises: one process
+    else:
+        grid = ProcessGrid.single()
+    processes = grid.data_size * config.gradient_accumulation_steps
+    if config.batch_size % processes:
+        raise ValueError(
+            f"batch_size={config.batch_size} must split evenly over {grid.data_size} data-parallel "
+            f"process(es) × {config.gradient_accumulation_steps} accumulation step(s)."
+        )
+    if config.batch_size // processes < 2:
+        raise ValueError(
+            f"batch_size={config.batch_size} leaves {config.batch_size // processes} row per micro-batch and "
+            "process: the FVU divides by the batch's variance, which needs at least 2 rows. Raise batch_size."
+        )
+    return grid
+
+
+def _sizes_of_this_rank(config: TrainConfig, grid: ProcessGrid, rank: int, world: int) -> list[tuple[str, int, int]]:
+    """(hook point, n_latents, k) of every SAE this process trains: all of them, or its share with distribute_saes."""
+    sizes = config.sae_names()
+    if grid.data_size * grid.latent_size > 1:
+        # Refused by name before any activation is read, never trained as plain TopK.
+        check_shardable(config.sae_config(d_in=1, d_out=1, hook_point=sizes[0][0], n_latents=sizes[0][1], k=sizes[0][2]))
+    if not config.distribute_saes:
+        return sizes
+    if len(sizes) < world:
+        raise ValueError(
+            f"distribute_saes gives each of {world} processes a share of {len(sizes)} SAE(s); some would "
+            "have none. Train more SAEs, or use fewer processes."
+        )
+    return sizes[rank::world]
+
+
+def first_batches(batches, steps: int) -> tuple[dict[str, torch.Tensor], Iterator]:
+    """(a sample of the first batches' rows, INIT_SAMPLE_TOKENS or `steps` batches' worth, to initialise the
+    SAEs from; the batches again from the start, so that training reads those too)."""
+    first = []
+    rows = 0
+    for item in batches:
+        first.append(item)
+        rows += next(iter(item[0].values())).shape[0]
+        if rows >= INIT_SAMPLE_TOKENS or len(first) >= steps:
+            break
+    sample = {name: torch.cat([batch[name] for batch, _ in first]) for name in first[0][0]}
+    return sample, chain(first, batches)
+
+
+def divergence_advice(config: TrainConfig, run_id: str) -> str:
+    """The end of a divergence message: the options that diverged, what was kept, what to change."""
+    saved = checkpoints_of_run(config.output_dir, run_id) if config.save_steps else []
+    if saved:
+        kept = f"the last checkpoint, {saved[-1]}, is kept"
+    else:
+        kept = "no checkpoint was saved" + ("" if config.save_steps else " (set save_steps to keep checkpoints)")
+    return (
+        f"(learning_rate={config.learning_rate}, aux_k_coef={config.aux_k_coef}, batch_size={config.batch_size}); "
+        f"{kept}. Lower the learning rate or the loss weights, or use larger batches."
+    )
+
+
+def check_heldout_fvu(name: str, fvu_value: float, *, transcoder: bool, step: int, advice: Callable[[], str]) -> None:
+    """Raise TrainingDivergedError for a held-out FVU that is not finite or, for an SAE, above MAX_HELDOUT_FVU."""
+    if not math.isfinite(fvu_value) or (not transcoder and fvu_value > MAX_HELDOUT_FVU):
+        raise TrainingDivergedError(
+            f"Training diverged: {name} reconstructs the held-out activations with FVU {fvu_value:.3g} after "
+            f"{step} steps, above {MAX_HELDOUT_FVU:g} (the data's mean alone scores 1), so no SAE was saved "
+            f"{advice()}"
+        )
+
+
+def _gathered_results(results: list[TrainResult], config: TrainConfig, accelerator) -> list[TrainResult]:
+    """With distribute_saes: every process's results on the main process, in the sweep's order ([] elsewhere)."""
+    gathered = [None] * accelerator.num_processes if accelerator.is_main_process else None
+    dist.gather_object(results, gathered, dst=0)
+    if not accelerator.is_main_process:
+        return []
+    by_name = {result.name: result for part in gathered for result in part}
+    return [by_name[sae_name(*size)] for size in config.sae_names()]
 
 
 class Trainer:
     """Trains every SAE of a TrainConfig on a stream of activation batches (see `data.py`).
+
+    It holds what the runs share: the step, the data position, the process grid, timings and checkpoints;
+    each SAE's own state and step are its `SAERun`'s, and the weights it keeps are `selection.py`'s choice.
 
     Example:
         >>> config = TrainConfig(hook_points=["h"], n_latents=[64], k=[4], batch_size=256, train_tokens=2560,
@@ -225,122 +236,29 @@ class Trainer:
         self.forward_seconds = self.step_seconds = 0.0
         self.forward_tokens = 0
         world = self.accelerator.num_processes
-        if world > 1 and not config.distribute_saes:
-            self.grid = init_process_grid(latent_shards=config.latent_shards, timeout=COLLECTIVE_TIMEOUT)
-        elif config.latent_shards > 1:
-            self.grid = init_process_grid(latent_shards=config.latent_shards)  # raises: one process
-        else:
-            self.grid = ProcessGrid.single()
-        processes = self.grid.data_size * config.gradient_accumulation_steps
-        if config.batch_size % processes:
-            raise ValueError(
-                f"batch_size={config.batch_size} must split evenly over {self.grid.data_size} data-parallel "
-                f"process(es) × {config.gradient_accumulation_steps} accumulation step(s)."
-            )
-        if config.batch_size // processes < 2:
-            raise ValueError(
-                f"batch_size={config.batch_size} leaves {config.batch_size // processes} row per micro-batch and "
-                "process: the FVU divides by the batch's variance, which needs at least 2 rows. Raise batch_size."
-            )
-        names = config.sae_names()
-        if self.grid.data_size * self.grid.latent_size > 1:
-            # Refused by name before any activation is read, never trained as plain TopK.
-            check_shardable(config.sae_config(d_in=1, d_out=1, hook_point=names[0][0], n_latents=names[0][1], k=names[0][2]))
-        if config.distribute_saes:
-            rank = self.accelerator.process_index
-            if len(names) < world:
-                raise ValueError(
-                    f"distribute_saes gives each of {world} processes a share of {len(names)} SAE(s); some would "
-                    "have none. Train more SAEs, or use fewer processes."
-                )
-            names = names[rank::world]
-        self.names = [sae_name(*name) for name in names]
-        self._sizes = dict(zip(self.names, names))
+        self.grid = _process_grid(config, world)
+        sizes = _sizes_of_this_rank(config, self.grid, self.accelerator.process_index, world)
+        self.names = [sae_name(*size) for size in sizes]
+        self._sizes = dict(zip(self.names, sizes))
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
 
-    # ---- setting up ---------------------------------------------------------------------------------
-
     def init_runs_(self, sample: dict[str, torch.Tensor]) -> None:
         """Build and initialise every SAE: tied (or not) weights, b_pre and dataset_scale from `sample`."""
-        config = self.config
         self.runs = []
         for name in self.names:
             hook_point, n_latents, k = self._sizes[name]
-            x = sample[hook_point][:INIT_SAMPLE_TOKENS].float().cpu()
-            measured = {"base_model": self.base_model}
-            target = config.target_of(hook_point)
-            if target is not None:
-                y = sample[target][:INIT_SAMPLE_TOKENS].float().cpu()
-                measured["d_out"] = y.shape[1]
-            if self.init_from is not None and self.init_from.config.dataset_scale is not None:
-                measured["dataset_scale"] = self.init_from.config.dataset_scale
-            elif config.normalize == "dataset_scale":
-                # One constant for the layer so that E‖x‖² = d_in (docs/method.md §1).
-                measured["dataset_scale"] = float((x.shape[1] / x.pow(2).sum(dim=1).mean()).sqrt())
-            sae_config = config.sae_config(d_in=x.shape[1], hook_point=hook_point, n_latents=n_latents, k=k, **measured)
-            sae = self._initialised_sae(sae_config, name, x if target is None else y)
-            self.runs.append(self._prepare_run(name, hook_point, sae))
-
-    def _initialised_sae(self, sae_config: TopKSAEConfig, name: str, sample: torch.Tensor) -> TopKSAE:
-        """A new SAE of sae_config, from init_from or tied random weights; b_pre from `sample` of what it reconstructs."""
-        sae = TopKSAE(sae_config)
-        if self.init_from is not None:
-            pretrained = self.init_from.config
-            if (pretrained.architecture, pretrained.d_in, pretrained.output_size, pretrained.n_latents) != (
-                sae_config.architecture, sae_config.d_in, sae_config.output_size, sae_config.n_latents
-            ):
-                raise ValueError(
-                    f"init_from={self.config.init_from!r} has d_in={pretrained.d_in}, n_latents={pretrained.n_latents}; "
-                    f"this run trains d_in={sae_config.d_in}, n_latents={sae_config.n_latents} at {sae_config.hook_point} "
-                    f"(architecture {pretrained.architecture} → {sae_config.architecture}, d_out {pretrained.output_size} → "
-                    f"{sae_config.output_size}). Pass the same --architecture, --n-latents {pretrained.n_latents} and hook "
-                    "points of those widths, or start from another SAE."
-                )
-            sae.load_state_dict(self.init_from.state_dict())
-            return sae
-        generator = torch.Generator().manual_seed(_seed_for(self.config.seed, name))
-        sae.init_tied_(generator=generator)
-        if not self.config.tied_init and sae.W_enc.shape == sae.W_dec.shape:  # else init_tied_ drew them apart
-            with torch.no_grad():
-                W_enc = torch.randn(sae.W_enc.shape, generator=generator)
-                sae.W_enc.copy_(W_enc / W_enc.norm(dim=1, keepdim=True))
-        sae.init_b_pre_(sample)
-        return sae
-
-    def _prepare_run(self, name: str, hook_point: str, sae: TopKSAE) -> SAERun:
-        config = self.config
-        learning_rate = config.learning_rate_for(sae.config.n_latents)
-        sae = sae.to(self.device)
-        if self.grid.data_size * self.grid.latent_size > 1:
-            # Its losses divide by the global batch's variance and its gradients are averaged over the
-            # data group, so N processes step exactly as one process on the whole batch.
-            sae = ShardedTopKSAE.from_model(sae, self.grid)
-        optimizer = torch.optim.Adam(
-            sae.parameters(),
-            lr=learning_rate,
-            betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_epsilon,
-            fused=True,
-        )
-        return SAERun(
-            name=name,
-            hook_point=hook_point,
-            sae=sae,
-            optimizer=optimizer,
-            ema=EMA(sae, config.ema_decay),
-            dead=DeadLatents(sae.config.n_latents, config.dead_tokens, device=self.device),
-            learning_rate=learning_rate,
-            fvu_sum=torch.zeros((), device=self.device),
-            diverged=torch.zeros((), dtype=torch.bool, device=self.device),
-        )
-
-    # ---- one optimiser step (see the module docstring for the order) ---------------------------------
+            sae_config, reconstructed = measured_sae_config(
+                self.config, sample, hook_point, n_latents, k, base_model=self.base_model, init_from=self.init_from
+            )
+            sae = new_sae(sae_config, self.config, name, reconstructed, init_from=self.init_from)
+            self.runs.append(SAERun.build(name, hook_point, sae, self.config, self.grid, self.device))
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> None:
-        """One optimiser step of every run on a global batch {hook_point: [batch_size, d_in]}."""
+        """One optimiser step of every run on a global batch {hook_point: [batch_size, d_in]} (see the module
+        docstring for the order)."""
         micro_batches = self.config.gradient_accumulation_steps
         batch = split_batch(batch, self.grid.data_size, self.grid.data_rank)
         factor = self.config.learning_rate_factor(self.step)
@@ -352,43 +270,18 @@ class Trainer:
             for run in self.runs:
                 target = run.sae.config.target_hook_point
                 y = None if target is None else x_by_hook[target].to(self.device)
-                self._forward_backward(run, x_by_hook[run.hook_point].to(self.device), y)
+                x = x_by_hook[run.hook_point].to(self.device)
+                run.forward_backward_(x, y, micro_batches=micro_batches, autocast=self.accelerator.autocast)
         for run in self.runs:
-            self._update_weights(run)
+            run.update_weights_(self.config.max_grad_norm)
         self.step += 1
 
-    def _forward_backward(self, run: SAERun, x: torch.Tensor, target: torch.Tensor | None) -> None:
-        micro_batches = self.config.gradient_accumulation_steps
-        with self.accelerator.autocast():
-            transcoding = {} if target is None else {"target": target}  # the sharded forward takes no target
-            output = run.sae(x, dead_mask=run.dead.dead_mask, **transcoding)
-        (output.loss / micro_batches).backward()
-        run.fvu_sum += output.fvu.detach() / micro_batches
-        run.diverged |= ~torch.isfinite(output.loss.detach())
-        # Tokens of every data-parallel rank: a latent is alive if it fired on any of them.
-        group = self.grid.data_group
-        reduce = None if group is None else (lambda fired: any_rank(fired.bool(), group))
-        run.dead.update_(output.code.indices, output.code.values, tokens=x.shape[0] * self.grid.data_size, reduce=reduce)
-
-    def _update_weights(self, run: SAERun) -> None:
-        sae = run.sae
-        if isinstance(sae, ShardedTopKSAE):
-            sae.sync_gradients_()
-        sae.project_decoder_grad_()
-        if self.config.max_grad_norm is not None:
-            if isinstance(sae, ShardedTopKSAE):
-                sae.clip_grad_norm_(self.config.max_grad_norm)
-            else:
-                torch.nn.utils.clip_grad_norm_(sae.parameters(), self.config.max_grad_norm)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
-        sae.normalize_decoder_()
-        run.ema.update_(sae)
+    # ---- divergence ---------------------------------------------------------------------------------
 
     def check_finite(self) -> None:
         """Raise TrainingDivergedError if any run's loss was NaN or infinite, or its weights are (one host sync,
         every rank)."""
-        flags = torch.stack([run.diverged | ~_all_finite(run.sae) for run in self.runs]).to(torch.int32)
+        flags = torch.stack([run.failed() for run in self.runs]).to(torch.int32)
         if dist.is_initialized() and dist.get_world_size() > 1:
             total = flags.sum().reshape(1)
             dist.all_reduce(total, op=dist.ReduceOp.MAX)
@@ -399,29 +292,8 @@ class Trainer:
         bad = [run.name for run, flag in zip(self.runs, flags.tolist()) if flag] or ["an SAE on another process"]
         raise TrainingDivergedError(
             f"Training diverged: the loss or weights of {', '.join(bad)} became NaN or infinite by step {self.step} "
-            f"{self._what_to_do()}"
+            f"{divergence_advice(self.config, self.run_id)}"
         )
-
-    def _what_to_do(self) -> str:
-        """The end of a divergence message: the options that diverged, what was kept, what to change."""
-        config = self.config
-        saved = checkpoints_of_run(config.output_dir, self.run_id) if config.save_steps else []
-        if saved:
-            kept = f"the last checkpoint, {saved[-1]}, is kept"
-        else:
-            kept = "no checkpoint was saved" + ("" if config.save_steps else " (set save_steps to keep checkpoints)")
-        return (
-            f"(learning_rate={config.learning_rate}, aux_k_coef={config.aux_k_coef}, batch_size={config.batch_size}); "
-            f"{kept}. Lower the learning rate or the loss weights, or use larger batches."
-        )
-
-    def _check_heldout_fvu(self, name: str, fvu_value: float, *, transcoder: bool) -> None:
-        if not math.isfinite(fvu_value) or (not transcoder and fvu_value > MAX_HELDOUT_FVU):
-            raise TrainingDivergedError(
-                f"Training diverged: {name} reconstructs the held-out activations with FVU {fvu_value:.3g} after "
-                f"{self.step} steps, above {MAX_HELDOUT_FVU:g} (the data's mean alone scores 1), so no SAE was saved "
-                f"{self._what_to_do()}"
-            )
 
     # ---- the loop -----------------------------------------------------------------------------------
 
@@ -439,7 +311,8 @@ class Trainer:
             data.load_state_dict(self.position)
         batches = iter(data)
         if resume_from is None:
-            batches = self._init_from_first_batches(batches)
+            sample, batches = first_batches(batches, config.steps)
+            self.init_runs_(sample)
         if config.report_to:
             hyperparameters = {name: str(value) if isinstance(value, list) else value for name, value in vars(config).items()}
             self.accelerator.init_trackers("hfsae", config=hyperparameters)
@@ -479,29 +352,12 @@ class Trainer:
         elapsed = time.perf_counter() - started
         return self._finish(selection, reported, elapsed)
 
-    def _init_from_first_batches(self, batches):
-        """Initialise the SAEs from the first batches (INIT_SAMPLE_TOKENS rows), then train on them too."""
-        first = []
-        rows = 0
-        for item in batches:
-            first.append(item)
-            rows += next(iter(item[0].values())).shape[0]
-            if rows >= INIT_SAMPLE_TOKENS or len(first) >= self.config.steps:
-                break
-        sample = {name: torch.cat([batch[name] for batch, _ in first]) for name in first[0][0]}
-        self.init_runs_(sample)
-        return chain(first, batches)
-
     def _log(self, progress, at_log: tuple[int, float, float]) -> tuple[int, float, float]:
         """Progress bar and trackers: the only host syncs of the loop, every logging_steps steps."""
         step_then, forward_then, sae_then = at_log
         steps = self.step - step_then
         tokens = steps * self.config.batch_size
-        logs = {}
-        for run in self.runs:
-            logs[f"{run.name}/fvu"] = (run.fvu_sum / max(steps, 1)).item()
-            logs[f"{run.name}/dead_fraction"] = run.dead.dead_fraction()
-            run.fvu_sum.zero_()
+        logs = {name: value for run in self.runs for name, value in run.take_logs_(steps).items()}
         first = self.runs[0].name
         postfix = {"sae_tok/s": f"{tokens / max(self.step_seconds - sae_then, 1e-9):,.0f}"}
         if self.forward_seconds > forward_then:
@@ -513,62 +369,6 @@ class Trainer:
             self.accelerator.log(logs, step=self.step)
         return self.step, self.forward_seconds, self.step_seconds
 
-    # ---- evaluation and the model to keep -----------------------------------------------------------
-
-    @torch.no_grad()
-    def _evaluate(self, sae: TopKSAE, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
-        """(FVU, fraction of latents that never fire, L0) on held-out activations x [tokens, d_in].
-
-        y is what the model reconstructs (x for an SAE, a transcoder's target). FVU is measured in the
-        activation's own scale: x_hat is what would be spliced back. L0 is measured (BatchTopK's varies),
-        with the selection of inference (eval mode: a BatchTopK threshold).
-        """
-        sae.eval()
-        x_hats, fired = [], torch.zeros(sae.config.n_latents, dtype=torch.bool, device=self.device)
-        active = 0
-        for chunk in x.split(EVAL_CHUNK):
-            output = sae(chunk.to(self.device))
-            x_hats.append(output.x_hat.float().cpu())
-            fired |= fired_latents(output.code.indices, output.code.values, sae.config.n_latents)
-            active += int((output.code.values > 0).sum())
-        error = fvu(torch.cat(x_hats).double(), y.double()).item()
-        return error, 1.0 - fired.float().mean().item(), active / x.shape[0]
-
-    def _full_models(self, run: SAERun) -> tuple[TopKSAE, TopKSAE]:
-        """(raw, EMA) weights as ordinary TopKSAEs (collective when sharded)."""
-        averaged = run.ema.averaged()
-        raw = TopKSAE(run.sae.config).to(self.device)
-        ema = TopKSAE(run.sae.config).to(self.device)
-        raw.load_state_dict({name: run.full(name, p.detach()) for name, p in run.sae.named_parameters()}, strict=False)
-        ema.load_state_dict({name: run.full(name, averaged[name]) for name in averaged}, strict=False)
-        for model in (raw, ema):  # a BatchTopK threshold: estimated on the raw weights' codes
-            _copy_buffers_(run.sae, model)
-        return raw, ema
-
-    def _choose_weights(self, run: SAERun, raw: TopKSAE, ema: TopKSAE, selection: dict[str, torch.Tensor],
-                        reported: dict[str, torch.Tensor]) -> tuple[TopKSAE, dict]:  # fmt: skip
-        """Keep EMA or raw weights, whichever has the lower FVU on the selection rows (the paper keeps the
-        better); measure both, and report the kept one's metrics, on the reported rows only."""
-        candidates = {"raw": raw, "ema": ema}
-        hooks = (run.hook_point, raw.config.target_hook_point)
-        chosen_on = {name: self._evaluate(sae, *_inputs_and_targets(selection, *hooks))[0] for name, sae in candidates.items()}
-        weights = "ema" if chosen_on["ema"] <= chosen_on["raw"] else "raw"
-        measured = {name: self._evaluate(sae, *_inputs_and_targets(reported, *hooks)) for name, sae in candidates.items()}
-        fvu_value, unfired, l0 = measured[weights]
-        metrics = {
-            "fvu": fvu_value,
-            "fvu_raw": measured["raw"][0],
-            "fvu_ema": measured["ema"][0],
-            "weights": weights,
-            "selection_fvu_raw": chosen_on["raw"],
-            "selection_fvu_ema": chosen_on["ema"],
-            "heldout_unfired_fraction": unfired,
-            "l0": l0,
-            "selection_tokens": selection[run.hook_point].shape[0],
-            "heldout_tokens": reported[run.hook_point].shape[0],
-        }
-        return candidates[weights], metrics
-
     def _finish(self, selection: dict[str, torch.Tensor], reported: dict[str, torch.Tensor], elapsed: float) -> list[TrainResult]:
         """Keep raw or EMA weights as chosen on the `selection` rows; report metrics measured on `reported`.
 
@@ -576,11 +376,12 @@ class Trainer:
         """
         results = []
         for run in self.runs:
-            raw, ema = self._full_models(run)
+            raw, ema = run.full_models()
             if not (self.config.distribute_saes or self.accelerator.is_main_process):
                 continue
-            kept, measured = self._choose_weights(run, raw, ema, selection, reported)
-            self._check_heldout_fvu(run.name, measured["fvu"], transcoder=raw.config.is_transcoder)
+            kept, measured = choose_weights(raw, ema, run.hook_point, selection, reported)
+            check_heldout_fvu(run.name, measured["fvu"], transcoder=raw.config.is_transcoder, step=self.step,
+                              advice=lambda: divergence_advice(self.config, self.run_id))
             tokens = self.step * self.config.batch_size
             metrics = {
                 **measured,
@@ -597,12 +398,7 @@ class Trainer:
                 metrics["forward_tokens_per_s"] = round(self.forward_tokens / self.forward_seconds, 1)
             results.append(TrainResult(name=run.name, sae=kept.cpu(), metrics=metrics))
         if self.config.distribute_saes and self.accelerator.num_processes > 1:
-            gathered = [None] * self.accelerator.num_processes if self.accelerator.is_main_process else None
-            dist.gather_object(results, gathered, dst=0)
-            if not self.accelerator.is_main_process:
-                return []
-            by_name = {result.name: result for part in gathered for result in part}
-            results = [by_name[sae_name(*name)] for name in self.config.sae_names()]
+            return _gathered_results(results, self.config, self.accelerator)
         return results
 
     # ---- checkpoints (full-size tensors: any number of processes can resume them) --------------------
@@ -622,18 +418,7 @@ class Trainer:
             "saes": {},
         }
         for run in self.runs:
-            prefix = f"{run.name}/"
-            for name, parameter in run.sae.named_parameters():
-                tensors[f"{prefix}weights.{name}"] = run.full(name, parameter.detach())
-                tensors[f"{prefix}ema.{name}"] = run.full(name, run.ema.shadow[run.ema.names.index(name)])
-                adam = run.optimizer.state[parameter]
-                for key in ("exp_avg", "exp_avg_sq"):
-                    tensors[f"{prefix}adam.{name}.{key}"] = run.full(name, adam[key])
-                tensors[f"{prefix}adam.{name}.step"] = adam["step"]
-            for name, buffer in run.sae.named_buffers():  # a BatchTopK threshold
-                tensors[f"{prefix}buffers.{name}"] = buffer.detach()
-            tensors[f"{prefix}ema_updates"] = torch.tensor(run.ema.updates)
-            tensors[f"{prefix}dead.tokens_since_fired"] = run.dead.tokens_since_fired
+            tensors.update(run.checkpoint_tensors())
             state["saes"][run.name] = {"config": run.sae.config.to_dict()}
         return tensors, state
 
@@ -664,29 +449,11 @@ class Trainer:
                 f"The checkpoint holds SAEs {sorted(state['saes'])}, but this run trains {sorted(self.names)} too. "
                 "Resume with the same hook_points, n_latents and k."
             )
-        device = self.device
-        self.runs = []
-        for name in self.names:
-            prefix = f"{name}/"
-            sae = TopKSAE(TopKSAEConfig.from_dict(state["saes"][name]["config"]))
-            sae.load_state_dict({n: tensors[f"{prefix}weights.{n}"] for n, _ in sae.named_parameters()}, strict=False)
-            with torch.no_grad():
-                for n, buffer in sae.named_buffers():
-                    buffer.copy_(tensors[f"{prefix}buffers.{n}"])
-            run = self._prepare_run(name, self._sizes[name][0], sae)
-            for index, shadow in enumerate(run.ema.shadow):
-                shadow.copy_(run.part(run.ema.names[index], tensors[f"{prefix}ema.{run.ema.names[index]}"]))
-            run.ema.updates = int(tensors[f"{prefix}ema_updates"])
-            run.dead.load_state_dict({"tokens_since_fired": tensors[f"{prefix}dead.tokens_since_fired"].to(device)})
-            optimizer_state = {
-                index: {
-                    "step": tensors[f"{prefix}adam.{n}.step"],
-                    **{key: run.part(n, tensors[f"{prefix}adam.{n}.{key}"]).to(device) for key in ("exp_avg", "exp_avg_sq")},
-                }
-                for index, (n, _) in enumerate(run.sae.named_parameters())
-            }
-            run.optimizer.load_state_dict({"state": optimizer_state, "param_groups": run.optimizer.state_dict()["param_groups"]})
-            self.runs.append(run)
+        self.runs = [
+            SAERun.from_checkpoint(name, self._sizes[name][0], state["saes"][name]["config"], tensors, self.config,
+                                   self.grid, self.device)  # fmt: skip
+            for name in self.names
+        ]
         torch.set_rng_state(tensors["rng.torch"])
         self.step = state["step"]
         self.run_id = state["run_id"]

@@ -9,8 +9,8 @@ import torch
 from hfsae.folder import NonFiniteWeightsError
 
 from hfsae.training import checkpoint
+from hfsae.errors import CheckpointError, CheckpointNotFoundError
 from hfsae.training.checkpoint import (
-    CheckpointError,
     checkpoints,
     load_checkpoint,
     remove_orphans,
@@ -119,3 +119,9 @@ def test_a_manifest_naming_files_outside_the_checkpoint_is_refused(tmp_path):
     (folder / checkpoint.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="is not a format-2 checkpoint manifest"):
         load_checkpoint(folder)
+
+
+def test_a_missing_checkpoint_folder_is_one_checkpoint_error_and_a_file_not_found(tmp_path):
+    with pytest.raises(CheckpointNotFoundError, match="does not exist; pass a checkpoint folder or 'last'") as raised:
+        resolve_checkpoint(tmp_path, str(tmp_path / "nowhere"))
+    assert isinstance(raised.value, CheckpointError) and isinstance(raised.value, FileNotFoundError)

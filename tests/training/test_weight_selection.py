@@ -1,12 +1,13 @@
 """Raw or EMA weights are chosen on validation rows disjoint from the rows the reported metrics use
-(hfsae/training/trainer.py: split_heldout, Trainer._choose_weights)."""
+(hfsae/training/selection.py: split_heldout, choose_weights)."""
 
 import pytest
 import torch
 
 from hfsae.modeling import fvu
 from hfsae.training.data import EpochBatches
-from hfsae.training.trainer import SELECTION_SHARE, Trainer, split_heldout
+from hfsae.training.selection import SELECTION_SHARE, split_heldout
+from hfsae.training.trainer import Trainer
 
 from training_helpers import synthetic_activations, tiny_config
 
