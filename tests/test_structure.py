@@ -159,7 +159,7 @@ LAYERS = [
     ("hfsae.configuration", "hfsae.modeling", "hfsae.pretrained", "hfsae.hub"),
     ("hfsae.activations",),
     ("hfsae.evaluation", "hfsae.distributed", "hfsae.training", "hfsae.analysis", "hfsae.locate", "hfsae.interventions"),
-    ("hfsae.explorer", "hfsae.space", "hfsae.space_app"),
+    ("hfsae.explorer", "hfsae.explorer_views", "hfsae.space", "hfsae.space_app"),
     ("hfsae.commands", "hfsae.cli"),
     ("hfsae",),
 ]
@@ -281,7 +281,6 @@ SIZE_REASON = "Size:"
 # Too long today and being reshaped elsewhere. This set may only shrink: the test fails on an entry that
 # is gone or fits, so that it is struck off when its definition is cut down.
 KNOWN_LONG = {
-    "hfsae.explorer.Explorer",
     "hfsae.training.trainer.Trainer",
 }
 
