@@ -193,7 +193,7 @@ class Explorer:
             name=display_name(sae_name_or_path),
         )
 
-    # ---- shared helpers -----------------------------------------------------------------------------
+    # ---- the reads every view shares -------------------------------------------------------------
 
     @property
     def n_latents(self) -> int:
@@ -268,7 +268,7 @@ class Explorer:
         unsteered, steered = (point.continuations[0] for point in sweep.points)
         return unsteered, steered, sweep.rows(), message
 
-    # ---- Compare -----------------------------------------------------------------------------------
+    # ---- Compare's means (its table: hfsae.explorer_views.compare) --------------------------------
 
     def mean_code(self, texts: str, side: str) -> tuple[torch.Tensor, int]:
         """Mean activation of every latent [n_latents] over the tokens of one side's texts, and their count."""
