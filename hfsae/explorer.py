@@ -193,7 +193,7 @@ class Explorer:
             name=display_name(sae_name_or_path),
         )
 
-    # ---- the reads every view shares -------------------------------------------------------------
+    # ---- the reads every view shares -----------------------------------------------------------------
 
     @property
     def n_latents(self) -> int:
@@ -244,7 +244,7 @@ class Explorer:
     def row(self, latent: int) -> dict | None:
         return None if self.analysis is None else self.analysis[latent]
 
-    # ---- Steer -------------------------------------------------------------------------------------
+    # ---- Steer ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32):
@@ -268,7 +268,7 @@ class Explorer:
         unsteered, steered = (point.continuations[0] for point in sweep.points)
         return unsteered, steered, sweep.rows(), message
 
-    # ---- Compare's means (its table: hfsae.explorer_views.compare) --------------------------------
+    # ---- Compare's means (its table: hfsae.explorer_views.compare) -----------------------------------
 
     def mean_code(self, texts: str, side: str) -> tuple[torch.Tensor, int]:
         """Mean activation of every latent [n_latents] over the tokens of one side's texts, and their count."""
