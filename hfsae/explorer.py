@@ -1,11 +1,10 @@
-"""The explorer's logic: one SAE, its language model, its analysis dataset, and every view of them.
+"""The explorer's state and core reads: one SAE, its language model, its analysis dataset, and Steer.
 
-`Explorer` computes each view of the app (hfsae.space) as plain Python values, so the views are
-tested without a browser: Text (a text's tokens coloured by a latent, and each token's top
-latents), Latent (one latent's statistics, contexts, logit effects and N2G explanation), Search
-(latents by token or explanation), Steer (generation with a latent's decoder direction added at
-the hook point, with its measured effect), Compare (the latents that differ most between two texts)
-and Overview (the SAE's metrics).
+`Explorer` holds what the app (hfsae.space) shows and the reads every view shares: it checks a
+latent, tokenizes a request, encodes it at the hook point, averages codes over texts for Compare,
+and keeps the search index built at load. Steer is a method here: it generates with the shared model
+under the explorer's lock. The other views (Text, Latent, Search, Compare, Overview) are functions
+of an Explorer in hfsae.explorer_views.
 
 `Explorer.load` takes the SAE by registry name, Hub repo id or folder, and reads what lies beside
 it (eval_results.json, training_metrics.json, n2g_explanations.json) from the same place: the
@@ -15,7 +14,6 @@ A request costs bounded work whatever it sends: text is cut to MAX_TEXT_CHARS ch
 it is tokenized, then to MAX_TEXT_TOKENS tokens, and search reads an index built once at load.
 """
 
-import html
 import json
 import math
 import os
@@ -29,10 +27,7 @@ from .errors import HfsaeError
 from .analysis import SUMMARY_FILE, load_analysis
 from .folder import ANALYSIS_DIR, EVAL_RESULTS_FILE, N2G_FILE, TRAINING_METRICS_FILE, read_json
 from .activations.positions import FIRST_POSITION_USED
-from .configuration import ARCHITECTURES
-from .metric_table import METRICS
-from .modeling import FIRING_THRESHOLD, SparseCode, TopKSAE
-from .nested import flatten
+from .modeling import SparseCode, TopKSAE
 
 MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay readable and fast
 # Text is cut to this many characters before tokenizing, so a huge request costs no more than this:
@@ -40,12 +35,6 @@ MAX_TEXT_TOKENS = 256  # longer text is cut here, with a message: the views stay
 MAX_TEXT_CHARS = 64 * MAX_TEXT_TOKENS
 MAX_NEW_TOKENS = 64
 MAX_COMPARE_TEXTS = 8  # per side of Compare, each cut like any text
-TOP_LATENTS_PER_TOKEN = 3
-# Inline styles: Gradio 6 takes custom CSS only at launch(), and the contexts must look right however the app is served.
-CONTEXT_STYLE = (
-    "font-family: var(--font-mono); font-size: 0.9em; line-height: 1.9; white-space: nowrap; overflow-x: auto"
-)
-LABEL_STYLE = "color: var(--body-text-color-subdued); margin-right: 0.8em; display: inline-block; min-width: 6.5em"
 
 
 class ExplorerError(HfsaeError, ValueError):
@@ -120,21 +109,21 @@ def explanation_text(entry: dict | None) -> str:
     patterns = []
     for pattern in entry.get("patterns", []):
         tokens = pattern.get("tokens") or ["*" if t is None else f"<{t}>" for t in pattern.get("token_ids", [])]
-        patterns.append(" · ".join(_visible(token) for token in tokens))
+        patterns.append(" · ".join(visible(token) for token in tokens))
     return " | ".join(dict.fromkeys(patterns))
 
 
-def _visible(token: str) -> str:
+def visible(token: str) -> str:
     """A token as display text: line breaks and tabs made visible so contexts stay on one line."""
     return token.replace("\n", "↵").replace("\t", "⇥")
 
 
-# ---- the data behind the views -----------------------------------------------------------------------
+# ---- the state and its reads --------------------------------------------------------------------------
 
 
 @dataclass
 class Explorer:
-    """An SAE with its language model, its analysis rows, N2G explanations and metrics, and every view of them."""
+    """An SAE with its language model, its analysis rows, N2G explanations and metrics, and the reads of them."""
 
     sae: TopKSAE
     model: object
@@ -204,7 +193,7 @@ class Explorer:
             name=display_name(sae_name_or_path),
         )
 
-    # ---- shared helpers -----------------------------------------------------------------------------
+    # ---- the reads every view shares -----------------------------------------------------------------
 
     @property
     def n_latents(self) -> int:
@@ -255,166 +244,7 @@ class Explorer:
     def row(self, latent: int) -> dict | None:
         return None if self.analysis is None else self.analysis[latent]
 
-    # ---- Text --------------------------------------------------------------------------------------
-
-    def text_view(self, text: str, latent=None):
-        """(highlighted [(token, score in [0, 1])], the latent shown, per-token rows, message).
-
-        Without a latent, the one with the largest activation in the text is shown. Each row is
-        [position, token, then "latent (activation)" for the token's top latents].
-        """
-        input_ids, message = self.tokenize(text)
-        code = self.code_of(input_ids)
-        tokens = self.token_strings(input_ids)
-        if latent is None or not str(latent).strip():
-            latent = int(code.indices.view(-1)[code.values.view(-1).argmax()])
-        latent = self.check_latent(latent)
-        activations = (code.values * (code.indices == latent)).sum(-1)  # [seq]
-        scale = max(float(activations.max()), self._max_activation(latent), FIRING_THRESHOLD)
-        highlighted = [(token, round(float(a) / scale, 4)) for token, a in zip(tokens, activations)]
-        rows = []
-        for position, token in enumerate(tokens):
-            order = code.values[position].argsort(descending=True)[:TOP_LATENTS_PER_TOKEN]
-            cells = [
-                f"{int(code.indices[position, j])} ({float(code.values[position, j]):.2f})"
-                for j in order
-                if code.values[position, j] > FIRING_THRESHOLD
-            ]
-            rows.append(
-                [
-                    position,
-                    _visible(token),
-                    *cells,
-                    *[""] * (TOP_LATENTS_PER_TOKEN - len(cells)),
-                ]
-            )
-        return highlighted, latent, rows, message
-
-    def _max_activation(self, latent: int) -> float:
-        row = self.row(latent)
-        return float(row["max_activation"]) if row else 0.0
-
-    # ---- Latent ------------------------------------------------------------------------------------
-
-    def latent_view(self, latent):
-        """(markdown summary, histogram rows [(bin, count)], top contexts HTML, random contexts HTML, logit rows)."""
-        latent = self.check_latent(latent)
-        row = self.row(latent)
-        lines = [f"## Latent {latent}"]
-        if row is None:
-            lines.append("_No analysis dataset for this SAE: run `hfsae analyze` to see its statistics and contexts._")
-        else:
-            density = row["density"]
-            every = f" (1 in {1 / density:,.0f} tokens)" if density > 0 else ""
-            n_tokens = self.analysis_settings.get("n_tokens")
-            lines.append(
-                f"**Density** {density:.4%}{every} · **mean activation** {row['mean_activation']:.3f} · "
-                f"**max activation** {row['max_activation']:.3f}" + (f" · over {n_tokens:,} tokens" if n_tokens else "")
-            )
-            if density == 0:
-                lines.append("_This latent never fired in the analysed text (dead)._")
-        explanation = self.explanations.get(latent)
-        if explanation:
-            precision, recall = explanation.get("precision"), explanation.get("recall")
-            lines.append(
-                f"**N2G explanation** `{explanation_text(explanation)}` · precision {_number(precision)} · "
-                f"recall {_number(recall)}"
-            )
-        histogram = []
-        if row is not None and row["density"] > 0:
-            edges, counts = row["histogram_edges"], row["histogram_counts"]
-            # The stored range reaches up to twice the maximum (it doubles as it streams): show the
-            # bins up to the last one that holds a firing.
-            shown = max(i for i, count in enumerate(counts) if count) + 1
-            histogram = [
-                (f"{(low + high) / 2:.4g}", count) for low, high, count in zip(edges[:shown], edges[1:], counts[:shown])
-            ]
-        top = self._contexts(row, "top", latent) if row else ""
-        random = self._contexts(row, "random", latent) if row else ""
-        return "\n\n".join(lines), histogram, top, random, self.logit_rows(latent, row)
-
-    def _contexts(self, row: dict, prefix: str, latent: int) -> str:
-        """Examples as HTML, one line each: a label, then the tokens shaded by activation / the latent's max."""
-        scale = max(float(row["max_activation"]), FIRING_THRESHOLD)
-        quantiles = row.get("random_quantiles") if prefix == "random" else None
-        lines = []
-        for number, (tokens, activations) in enumerate(
-            zip(row[f"{prefix}_tokens"], row[f"{prefix}_token_activations"])
-        ):
-            label = f"{row[f'{prefix}_activations'][number]:.2f}"
-            if quantiles:
-                label += f" · q{quantiles[number]:.2f}"
-            spans = "".join(
-                f'<span class="token" style="white-space: pre; border-radius: 2px; background-color: '
-                f'rgba(239, 68, 60, {min(a / scale, 1.0):.3f})" title="{a:.3f}">{html.escape(_visible(token))}</span>'
-                for token, a in zip(tokens, activations)
-            )
-            lines.append(
-                f'<div class="context" style="{CONTEXT_STYLE}"><span style="{LABEL_STYLE}">{label}</span>{spans}</div>'
-            )
-        if not lines:
-            return "<p><em>No firing in the analysed text.</em></p>"
-        return "".join(lines)
-
-    @torch.no_grad()
-    def logit_rows(self, latent: int, row: dict | None = None, n_tokens: int = 10) -> list[list]:
-        """[promoted token, logit, suppressed token, logit] rows, from the analysis or computed now."""
-        if row is not None and "promoted_tokens" in row:
-            promoted, promoted_logits = row["promoted_tokens"], row["promoted_logits"]
-            suppressed, suppressed_logits = (
-                row["suppressed_tokens"],
-                row["suppressed_logits"],
-            )
-        else:
-            head = self.model.get_output_embeddings()
-            if head is None or head.weight.shape[1] != self.sae.config.d_in:
-                return []
-            logits = head.weight.float() @ self.sae.W_dec[latent].float()
-            top, bottom = logits.topk(n_tokens), logits.topk(n_tokens, largest=False)
-            promoted, promoted_logits = (
-                self.token_strings(top.indices),
-                top.values.tolist(),
-            )
-            suppressed, suppressed_logits = (
-                self.token_strings(bottom.indices),
-                bottom.values.tolist(),
-            )
-        return [
-            [_visible(p), round(pl, 3), _visible(s), round(sl, 3)]
-            for p, pl, s, sl in zip(promoted, promoted_logits, suppressed, suppressed_logits)
-        ]
-
-    # ---- Search ------------------------------------------------------------------------------------
-
-    def search(self, query: str, by: str = "token", limit: int = 50) -> list[list]:
-        """Latents matching query: by "token" (the token at the peak of their top contexts) or by
-        "explanation" (N2G explanation text). Rows [latent, density, max activation, matches, explanation]."""
-        query = (query or "").strip()
-        if not query:
-            raise ExplorerError("Type a token or a piece of explanation to search for.")
-        if by not in ("token", "explanation"):
-            raise ExplorerError(f"Search by 'token' or 'explanation'; got {by!r}.")
-        wanted = query.lower()
-        if by == "token":
-            if self.analysis is None:
-                raise ExplorerError("Searching by token needs the analysis dataset: run `hfsae analyze`.")
-            matches = self.token_index.get(wanted, {})
-        else:
-            matches = {latent: 1 for latent, key in self.explanation_keys.items() if wanted in key}
-        rows = [
-            [
-                latent,
-                self.density[latent] if self.density else None,
-                self.max_activation[latent] if self.max_activation else None,
-                count,
-                self.explanation_texts.get(latent, ""),
-            ]
-            for latent, count in matches.items()
-        ]
-        rows.sort(key=lambda r: (-r[3], -(r[2] or 0.0)))
-        return [[r[0], _number(r[1], ".3%"), _number(r[2]), r[3], r[4]] for r in rows[:limit]]
-
-    # ---- Steer -------------------------------------------------------------------------------------
+    # ---- Steer ---------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def steer(self, prompt: str, latent, strength: float, max_new_tokens: int = 32):
@@ -438,9 +268,9 @@ class Explorer:
         unsteered, steered = (point.continuations[0] for point in sweep.points)
         return unsteered, steered, sweep.rows(), message
 
-    # ---- Compare -----------------------------------------------------------------------------------
+    # ---- Compare's means (its table: hfsae.explorer_views.compare) -----------------------------------
 
-    def _mean_code(self, texts: str, side: str) -> tuple[torch.Tensor, int]:
+    def mean_code(self, texts: str, side: str) -> tuple[torch.Tensor, int]:
         """Mean activation of every latent [n_latents] over the tokens of one side's texts, and their count."""
         parts = [part for part in (texts or "")[:MAX_TEXT_CHARS].split("\n\n") if part.strip()][:MAX_COMPARE_TEXTS]
         if not parts:
@@ -454,66 +284,6 @@ class Explorer:
             count += code.values.shape[0] - start
         return total / count, count
 
-    def compare(self, texts_a: str, texts_b: str, limit: int = 20) -> tuple[list[list], str]:
-        """The latents whose mean activation per token differs most between two texts (or two sets of
-        texts separated by blank lines): rows [latent, mean in A, mean in B, B − A, explanation], and a message."""
-        mean_a, count_a = self._mean_code(texts_a, "in A")
-        mean_b, count_b = self._mean_code(texts_b, "in B")
-        difference = mean_b - mean_a
-        order = difference.abs().argsort(descending=True)[:limit]
-        rows = [
-            [int(latent), round(float(mean_a[latent]), 4), round(float(mean_b[latent]), 4),
-             round(float(difference[latent]), 4), self.explanation_texts.get(int(latent), "")]
-            for latent in order if difference[latent] != 0
-        ]
-        message = f"Mean activation per token over {count_a} tokens in A and {count_b} in B; click a latent to open it."
-        return rows, message
-
-    # ---- Overview ----------------------------------------------------------------------------------
-
-    def overview(self) -> str:
-        """Markdown: what the SAE is, its metrics (eval_results.json, training_metrics.json) and the analysis."""
-        config = self.sae.config
-        sections = [
-            f"## {self.name}",
-            (
-                f"{ARCHITECTURES[config.architecture].summary}"
-                + (f", a transcoder to `{config.target_hook_point}`" if config.is_transcoder else "")
-                + f": **{config.n_latents:,} latents**, **k = {config.k}**, reading `{config.hook_point}` "
-                f"of `{config.base_model}` (d_in {config.d_in}, normalize `{config.normalize}`)."
-            ),
-        ]
-        if self.eval_results:
-            rows = _evaluation_rows(self.eval_results)
-            sections.append(f"### Evaluation\n\n| metric | value | better |\n|---|---|---|\n{rows}")
-        if self.training_metrics:
-            rows = "\n".join(f"| {name} | {_number(value)} |" for name, value in flatten(self.training_metrics).items())
-            sections.append(f"### Training\n\n| metric | value |\n|---|---|\n{rows}")
-        if not (self.eval_results or self.training_metrics):
-            sections.append("_No eval_results.json or training_metrics.json beside this SAE: run `hfsae eval`._")
-        if self.density is not None:
-            density = torch.tensor(self.density)
-            n_tokens = self.analysis_settings.get("n_tokens")
-            sections.append(
-                "### Analysis\n\n"
-                + (f"{n_tokens:,} tokens analysed · " if isinstance(n_tokens, int) else "")
-                + f"dead latents {float((density == 0).float().mean()):.2%} · "
-                f"median density {float(density.median()):.4%}"
-            )
-        return "\n\n".join(sections)
-
-
-def _evaluation_rows(eval_results: dict) -> str:
-    """The metrics of eval_results.json as table rows, labelled and ordered by hfsae.metric_table."""
-    omitted = eval_results.get("omitted") or {}
-    rows = []
-    for metric in METRICS:
-        if metric.key in omitted:
-            rows.append((metric.label, f"omitted: {omitted[metric.key]}", ""))
-        else:
-            rows += [(label, _number(value), metric.better or "") for _, label, value in metric.points(eval_results)]
-    return "\n".join(f"| {label} | {value} | {better} |" for label, value, better in rows)
-
 
 def _finite(value, what: str) -> float:
     """A number from the page as a float; inf, NaN or text is refused (a request may send any of them)."""
@@ -524,16 +294,6 @@ def _finite(value, what: str) -> float:
     if not math.isfinite(number):
         raise ExplorerError(f"{what} must be a finite number; got {value!r}.")
     return number
-
-
-def _number(value, spec: str = ".4g") -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if isinstance(value, int) and spec == ".4g":
-        return f"{value:,}"  # counts (tokens, steps) read best whole
-    return format(value, spec)
 
 
 def _load_base_model(sae: TopKSAE):

@@ -23,7 +23,8 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from .explorer import MAX_NEW_TOKENS, TOP_LATENTS_PER_TOKEN, Explorer, ExplorerError, display_name
+from .explorer import MAX_NEW_TOKENS, Explorer, ExplorerError, display_name
+from . import explorer_views
 
 # At most this many requests wait in line (more are refused with "queue full"); each event runs one
 # request at a time. The model is shared and serialised anyway (Explorer.model_lock).
@@ -89,7 +90,7 @@ def _blocks(explorer: Explorer):
             steer = _steer_tab(gr)
             compare = _compare_tab(gr)
             with gr.Tab("Overview", id="overview"):
-                gr.Markdown(explorer.overview(), elem_id="overview")
+                gr.Markdown(explorer_views.overview(explorer), elem_id="overview")
         opens_latent = _wire_latent(gr, explorer, tabs, latent)
         _wire_text(gr, explorer, text, opens_latent)
         _wire_search(gr, explorer, search, opens_latent)
@@ -119,7 +120,7 @@ def _text_tab(gr) -> SimpleNamespace:
             combine_adjacent=False,
         )
         table = gr.Dataframe(
-            headers=["position", "token", *[f"latent {i + 1}" for i in range(TOP_LATENTS_PER_TOKEN)]],
+            headers=["position", "token", *[f"latent {i + 1}" for i in range(explorer_views.TOP_LATENTS_PER_TOKEN)]],
             label="Each token's top latents: click a latent to open it", interactive=False, elem_id="text-table",
         )
     return SimpleNamespace(input=text_in, latent=latent, button=button, message=message, tokens=tokens, table=table)
@@ -211,7 +212,7 @@ def _wire_latent(gr, explorer: Explorer, tabs, latent: SimpleNamespace):
 
     def open_latent(number):
         number = explorer.check_latent(number)
-        summary, histogram, top, random, logits = explorer.latent_view(number)
+        summary, histogram, top, random, logits = explorer_views.latent_view(explorer, number)
         # Bin labels are categories: without an explicit order the plot sorts them as strings.
         plot = gr.BarPlot(value=_histogram_frame(histogram), sort=[label for label, _ in histogram] or None)
         return gr.Tabs(selected="latent"), number, summary, plot, top, random, logits
@@ -225,7 +226,7 @@ def _wire_text(gr, explorer: Explorer, text: SimpleNamespace, opens_latent) -> N
     open_latent, latent_outputs = opens_latent
 
     def show_text(value, latent):
-        highlighted, shown_latent, rows, message = explorer.text_view(value, latent)
+        highlighted, shown_latent, rows, message = explorer_views.text_view(explorer, value, latent)
         strongest = " (the strongest in this text)" if not str(latent or "").strip() else ""
         return highlighted, rows, f"Colouring by **latent {shown_latent}**{strongest}. {message}".strip()
 
@@ -258,15 +259,16 @@ def _first_column_opens(gr, opens_latent):
 
 
 def _wire_search(gr, explorer: Explorer, search: SimpleNamespace, opens_latent) -> None:
-    inputs = [search.query, search.by]
-    search.button.click(_shown(explorer.search), inputs, [search.table], api_name="search")
-    search.query.submit(_shown(explorer.search), inputs, [search.table], api_name=False)
+    inputs, find = [search.query, search.by], _shown(functools.partial(explorer_views.search, explorer))
+    search.button.click(find, inputs, [search.table], api_name="search")
+    search.query.submit(find, inputs, [search.table], api_name=False)
     search.table.select(_first_column_opens(gr, opens_latent), None, opens_latent[1], api_name=False)
 
 
 def _wire_compare(gr, explorer: Explorer, compare: SimpleNamespace, opens_latent) -> None:
     inputs, outputs = [compare.text_a, compare.text_b], [compare.table, compare.message]
-    compare.button.click(_shown(explorer.compare), inputs, outputs, api_name="compare")
+    differ = _shown(functools.partial(explorer_views.compare, explorer))
+    compare.button.click(differ, inputs, outputs, api_name="compare")
     compare.table.select(_first_column_opens(gr, opens_latent), None, opens_latent[1], api_name=False)
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from hfsae import explorer_views
 from hfsae.explorer import MAX_TEXT_CHARS, MAX_TEXT_TOKENS
 
 from .conftest import EXPLAINED_LATENT
@@ -23,7 +24,7 @@ def test_the_app_exposes_one_endpoint_per_view(client):
 def test_text_endpoint_returns_the_highlighted_tokens_and_top_latents(client, explorer):
     text = "The quick brown fox"
     highlighted, table, message = client.predict(text, "", api_name="/text")
-    expected_highlighted, expected_latent, expected_rows, _ = explorer.text_view(text, None)
+    expected_highlighted, expected_latent, expected_rows, _ = explorer_views.text_view(explorer, text, None)
     assert message == f"Colouring by **latent {expected_latent}** (the strongest in this text)."
     assert [(item["token"], item["class_or_confidence"]) for item in highlighted] == expected_highlighted
     assert table["data"] == expected_rows
@@ -31,7 +32,7 @@ def test_text_endpoint_returns_the_highlighted_tokens_and_top_latents(client, ex
 
 def test_latent_endpoint_returns_the_summary_histogram_and_logit_effects(client, explorer):
     latent, summary, histogram, _, _, logits = client.predict(EXPLAINED_LATENT, api_name="/latent")
-    expected_summary, expected_histogram, *_, expected_logits = explorer.latent_view(EXPLAINED_LATENT)
+    expected_summary, expected_histogram, *_, expected_logits = explorer_views.latent_view(explorer, EXPLAINED_LATENT)
     assert latent == EXPLAINED_LATENT and summary == expected_summary
     assert histogram["sort"] == [label for label, _ in expected_histogram]  # bins in numeric order
     assert [row[1] for row in histogram["value"]["data"]] == [count for _, count in expected_histogram]
@@ -52,7 +53,7 @@ def test_steer_endpoint_returns_both_continuations_and_the_measured_effect(clien
 
 def test_compare_endpoint_returns_the_latents_that_differ_most(client, explorer):
     table, message = client.predict("def f(x): return x", "The quick brown fox", api_name="/compare")
-    expected_rows, expected_message = explorer.compare("def f(x): return x", "The quick brown fox")
+    expected_rows, expected_message = explorer_views.compare(explorer, "def f(x): return x", "The quick brown fox")
     assert table["data"] == expected_rows and message == expected_message
 
 

@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from hfsae import explorer_views
+
 from .conftest import chromium_page
 
 pytestmark = pytest.mark.browser
@@ -51,7 +53,7 @@ def test_typing_text_shows_its_tokens_highlighted_by_the_strongest_latent(page, 
     page.locator("#text-button").click()
     page.locator("#text-message").get_by_text("Colouring by").wait_for()
 
-    highlighted, latent, _, _ = explorer.text_view(text, None)
+    highlighted, latent, _, _ = explorer_views.text_view(explorer, text, None)
     tokens = page.locator("#text-tokens .token")
     assert tokens.count() == len(highlighted)
     # Each token is painted with the opacity of its score: the latent's activation over its maximum.
@@ -132,7 +134,7 @@ def test_compare_lists_the_latents_that_differ_and_a_click_opens_one(page, explo
     page.locator("#compare-b textarea").fill(text_b)
     page.locator("#compare-button").click()
     page.locator("#compare-message").get_by_text("Mean activation per token").wait_for()
-    rows, _ = explorer.compare(text_a, text_b)
+    rows, _ = explorer_views.compare(explorer, text_a, text_b)
     first = page.locator("#compare-table [role=gridcell]").first
     first.get_by_text(str(rows[0][0]), exact=True).wait_for()
     shown = page.locator("#compare-table [role=gridcell]").evaluate_all("cells => cells.map(c => c.innerText)")

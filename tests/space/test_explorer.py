@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from hfsae import explorer_views
 from hfsae.activations.hook_points import capture, splice
 from hfsae.explorer import MAX_TEXT_CHARS, MAX_TEXT_TOKENS, ExplorerError, explanation_text
 
@@ -20,7 +21,7 @@ def test_text_view_colours_tokens_by_the_chosen_latents_activation(explorer):
     text = "The lazy dog sleeps."
     codes = dense_code(explorer, text)
     latent = int(codes.sum(0).argmax())
-    highlighted, shown, _, message = explorer.text_view(text, latent)
+    highlighted, shown, _, message = explorer_views.text_view(explorer, text, latent)
     scale = max(float(codes[:, latent].max()), explorer.row(latent)["max_activation"])
     assert shown == latent and message == ""
     assert "".join(token for token, _ in highlighted) == text
@@ -37,7 +38,7 @@ def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_token
 ):
     text = "def add(a, b):"
     codes = dense_code(explorer, text)
-    _, shown, rows, _ = explorer.text_view(text, None)
+    _, shown, rows, _ = explorer_views.text_view(explorer, text, None)
     assert shown == int(codes.flatten().argmax()) % explorer.n_latents
     assert len(rows) == len(codes)
     for row, code in zip(rows, codes):
@@ -46,7 +47,7 @@ def test_text_view_without_a_latent_shows_the_strongest_one_and_lists_each_token
 
 
 def test_long_text_is_cut_with_a_message(explorer):
-    highlighted, _, _, message = explorer.text_view("ab" * MAX_TEXT_TOKENS, None)
+    highlighted, _, _, message = explorer_views.text_view(explorer, "ab" * MAX_TEXT_TOKENS, None)
     assert len(highlighted) == MAX_TEXT_TOKENS
     assert f"only the first {MAX_TEXT_TOKENS} are shown" in message
 
@@ -68,7 +69,7 @@ class RecordingTokenizer:
 def test_a_huge_text_is_cut_by_characters_before_the_tokenizer_sees_it(explorer, monkeypatch):
     recording = RecordingTokenizer(explorer.tokenizer)
     monkeypatch.setattr(explorer, "tokenizer", recording)
-    highlighted, _, _, message = explorer.text_view("x" * 16_000_000, None)
+    highlighted, _, _, message = explorer_views.text_view(explorer, "x" * 16_000_000, None)
     assert recording.lengths == [MAX_TEXT_CHARS]
     assert len(highlighted) == MAX_TEXT_TOKENS and "only the first" in message
 
@@ -76,20 +77,20 @@ def test_a_huge_text_is_cut_by_characters_before_the_tokenizer_sees_it(explorer,
 @pytest.mark.parametrize("latent", [-1, 64, None])
 def test_a_latent_out_of_range_names_the_valid_range(explorer, latent):
     with pytest.raises(ExplorerError, match="0–63"):
-        explorer.latent_view(latent)
+        explorer_views.latent_view(explorer, latent)
 
 
 @pytest.mark.parametrize("latent", ["inf", float("inf"), "-inf", float("nan"), "nan", "1e400", 2.5, "three"])
 def test_a_latent_that_is_not_a_whole_number_is_refused_with_the_valid_range(explorer, latent):
     with pytest.raises(ExplorerError, match="whole number in 0–63"):
-        explorer.latent_view(latent)
+        explorer_views.latent_view(explorer, latent)
 
 
 def test_latent_view_shows_the_analysis_rows_histogram_and_contexts(explorer):
     density = torch.tensor(explorer.analysis["density"])
     latent = int(density.argmax())
     row = explorer.row(latent)
-    summary, histogram, top, random, logits = explorer.latent_view(latent)
+    summary, histogram, top, random, logits = explorer_views.latent_view(explorer, latent)
     assert f"## Latent {latent}" in summary and f"{row['density']:.4%}" in summary
     last_filled = max(i for i, count in enumerate(row["histogram_counts"]) if count)
     assert [count for _, count in histogram] == row["histogram_counts"][: last_filled + 1]
@@ -102,14 +103,14 @@ def test_latent_view_shows_the_analysis_rows_histogram_and_contexts(explorer):
 
 
 def test_latent_view_shows_the_n2g_explanation_with_precision_and_recall(explorer):
-    summary, *_ = explorer.latent_view(EXPLAINED_LATENT)
+    summary, *_ = explorer_views.latent_view(explorer, EXPLAINED_LATENT)
     assert "`f · * · x`" in summary and "precision 0.9" in summary and "recall 0.5" in summary
 
 
 def test_logit_effects_without_an_analysis_are_computed_from_the_decoder_row(explorer):
     latent = 7
     logits = explorer.model.get_output_embeddings().weight @ explorer.sae.W_dec[latent]
-    rows = explorer.logit_rows(latent, row=None)
+    rows = explorer_views.logit_rows(explorer, latent, row=None)
     torch.testing.assert_close(
         torch.tensor([r[1] for r in rows]),
         logits.topk(10).values.detach(),
@@ -128,7 +129,7 @@ def test_search_by_token_finds_latents_whose_top_contexts_peak_on_it(explorer):
     row = max(explorer.analysis, key=lambda r: r["density"])
     token = row["top_tokens"][0][row["top_peak"][0]]
     expected = sum(t[p].strip().lower() == token.strip().lower() for t, p in zip(row["top_tokens"], row["top_peak"]))
-    results = {r[0]: r[3] for r in explorer.search(token, "token")}
+    results = {r[0]: r[3] for r in explorer_views.search(explorer, token, "token")}
     assert results[row["latent"]] == expected
 
 
@@ -148,18 +149,18 @@ def test_search_by_token_reads_the_index_built_at_load_and_matches_a_scan_of_eve
             count = sum(t[p].strip().lower() == wanted for t, p in zip(row["top_tokens"], row["top_peak"]))
             if count:
                 expected[row["latent"]] = count
-        found = {r[0]: r[3] for r in explorer.search(token, "token", limit=explorer.n_latents)}
+        found = {r[0]: r[3] for r in explorer_views.search(explorer, token, "token", limit=explorer.n_latents)}
         assert found == expected
 
 
 def test_search_by_explanation_finds_the_explained_latent(explorer):
-    assert [r[0] for r in explorer.search("· x", "explanation")] == [EXPLAINED_LATENT]
-    assert explorer.search("no such pattern", "explanation") == []
+    assert [r[0] for r in explorer_views.search(explorer, "· x", "explanation")] == [EXPLAINED_LATENT]
+    assert explorer_views.search(explorer, "no such pattern", "explanation") == []
 
 
 def test_an_empty_search_asks_for_a_query(explorer):
     with pytest.raises(ExplorerError, match="Type a token"):
-        explorer.search("  ", "token")
+        explorer_views.search(explorer, "  ", "token")
 
 
 def test_steering_equals_generation_with_the_unit_decoder_row_added_after_the_first_position(explorer):
@@ -199,7 +200,7 @@ def test_compare_ranks_latents_by_the_difference_of_their_mean_activation(explor
     from hfsae.activations import capture
 
     text_a, text_b = "def add(a, b): return a + b", "The quick brown fox\n\njumps over the lazy dog"
-    rows, message = explorer.compare(text_a, text_b, limit=5)
+    rows, message = explorer_views.compare(explorer, text_a, text_b, limit=5)
 
     @torch.no_grad()
     def mean(texts):
@@ -216,11 +217,11 @@ def test_compare_ranks_latents_by_the_difference_of_their_mean_activation(explor
     assert [row[3] for row in rows] == pytest.approx([float(difference[i]) for i in expected], abs=1e-3)
     assert "A" in message and "B" in message
     with pytest.raises(ExplorerError, match="blank line"):
-        explorer.compare("  ", text_b)
+        explorer_views.compare(explorer, "  ", text_b)
 
 
 def test_compare_shows_the_explanation_of_an_explained_latent(explorer):
-    rows, _ = explorer.compare("f(x)", "hello", limit=explorer.n_latents)
+    rows, _ = explorer_views.compare(explorer, "f(x)", "hello", limit=explorer.n_latents)
     shown = {row[0]: row[4] for row in rows}
     assert all(text == explorer.explanation_texts.get(latent, "") for latent, text in shown.items())
 
@@ -235,7 +236,7 @@ def test_steering_refuses_a_strength_or_length_that_is_not_a_finite_number(explo
 
 
 def test_overview_lists_the_metrics_files_and_the_analysis(explorer):
-    overview = explorer.overview()
+    overview = explorer_views.overview(explorer)
     # Evaluation: labels and order of hfsae.metric_table, progressive one row per k'.
     evaluation = overview[overview.index("### Evaluation") : overview.index("### Training")]
     rows = [line.split("|")[1].strip() for line in evaluation.splitlines() if line.startswith("|")][2:]

@@ -217,6 +217,7 @@ def deployed_app(published, tmp_path_factory):
 def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(deployed_app, published):
     from gradio_client import Client
 
+    from hfsae import explorer_views
     from hfsae.activations import load_language_model
     from hfsae.explorer import Explorer
 
@@ -226,10 +227,10 @@ def test_the_deployed_app_answers_from_the_sae_metrics_and_analysis_on_the_hub(d
     local = Explorer.load(work / "sae", work / "sae" / "analysis", model=model, tokenizer=tokenizer)
     client = Client(deployed_app.url, verbose=False, analytics_enabled=False)
     highlighted, _, _ = client.predict("The quick brown fox", "", api_name="/text")
-    expected, *_ = local.text_view("The quick brown fox", None)
+    expected, *_ = explorer_views.text_view(local, "The quick brown fox", None)
     assert [(item["token"], item["class_or_confidence"]) for item in highlighted] == expected
     _, summary, *_ = client.predict(EXPLAINED_LATENT, api_name="/latent")
-    assert summary == local.latent_view(EXPLAINED_LATENT)[0]  # density from the Hub dataset, N2G from the Hub repo
+    assert summary == explorer_views.latent_view(local, EXPLAINED_LATENT)[0]  # density from the Hub dataset, N2G from the Hub repo
     assert "N2G explanation" in summary
 
 
