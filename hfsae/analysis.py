@@ -653,7 +653,7 @@ def push_analysis(
     from huggingface_hub import DatasetCard, HfApi, constants
 
     from .hub.card import template_path
-    from .hub.loading import is_repo_id
+    from .hub.source import is_repo_id
 
     dataset, settings = load_analysis(path)
     dataset.push_to_hub(repo_id, private=private, token=token, commit_message="Latent analysis by hfsae analyze")

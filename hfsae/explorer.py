@@ -57,7 +57,7 @@ def _files_beside(sae_name_or_path) -> dict[str, dict | list | None]:
     names = (EVAL_RESULTS_FILE, TRAINING_METRICS_FILE, N2G_FILE)
     if isinstance(sae_name_or_path, TopKSAE):
         sae_name_or_path = sae_name_or_path.name_or_path or ""
-    from .hub.loading import resolve
+    from .hub.source import resolve
 
     try:
         source = resolve(sae_name_or_path)

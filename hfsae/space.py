@@ -318,7 +318,7 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 def _hub_id(name: str, what: str, *, repo_type: str = "model") -> str:
     """The Hub repo id behind a registry name or repo id; a local path is refused (a Space cannot read it)."""
-    from .hub.loading import resolve
+    from .hub.source import resolve
 
     if Path(name).exists():
         push = "hfsae push FOLDER ORG/NAME" if repo_type == "model" else "hfsae analyze SAE --push-to-hub ORG/NAME"

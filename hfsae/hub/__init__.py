@@ -9,8 +9,8 @@ This package's own namespace holds only names that need no model class, so that 
 can reach the loaders (hub/source.py) without an import cycle.
 """
 
-from ..folder import HookPointNotInRepoError
-from .files import SAEFileError, UnsupportedArchitectureError
+from ..folder import HookPointNotInRepoError, SAEFolderError
+from .files import UnsupportedArchitectureError
 from .formats.saelens import to_saelens
 from .push import push_folder, push_many, push_to_hub
 from .registry import UnknownSAEError
@@ -19,7 +19,7 @@ from .source import NotInCacheError, SkippedSAEsWarning
 __all__ = [
     "HookPointNotInRepoError",
     "NotInCacheError",
-    "SAEFileError",
+    "SAEFolderError",
     "SkippedSAEsWarning",
     "UnknownSAEError",
     "UnsupportedArchitectureError",

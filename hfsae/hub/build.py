@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .files import SAEFileError
+from ..folder import SAEFolderError
 from .formats import Converted
 
 
@@ -24,14 +24,14 @@ def build(cls: type, converted: Converted, *, where: str | os.PathLike = "the co
     expected = {"W_dec": (n_latents, d_in), "b_pre": (d_in,), "b_enc": (n_latents,)}
     for name, shape in expected.items():
         if tensors[name] is not None and tuple(tensors[name].shape) != shape:
-            raise SAEFileError(
+            raise SAEFolderError(
                 f"{where}: {name} should have shape {shape} to match W_enc {tuple(converted.W_enc.shape)}; "
                 f"got {tuple(tensors[name].shape)}."
             )
     for name, tensor in tensors.items():
         if tensor is not None and not torch.isfinite(tensor).all():
             bad = int((~torch.isfinite(tensor)).sum())
-            raise SAEFileError(
+            raise SAEFolderError(
                 f"{where}: converting gives {bad} non-finite value(s) in {name} (NaN or inf), e.g. from "
                 "decoder rows of zero norm or non-finite weights in the file; refusing to build a broken SAE."
             )
@@ -42,7 +42,7 @@ def build(cls: type, converted: Converted, *, where: str | os.PathLike = "the co
         own = getattr(sae, name, None)
         if own is None or own.shape != tensor.shape:
             wanted = "no such tensor" if own is None else f"shape {tuple(own.shape)}"
-            raise SAEFileError(f"{where}: {name} {tuple(tensor.shape)} does not fit this config ({wanted}).")
+            raise SAEFolderError(f"{where}: {name} {tuple(tensor.shape)} does not fit this config ({wanted}).")
     with torch.no_grad():
         for name, tensor in tensors.items():
             if tensor is not None:

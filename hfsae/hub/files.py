@@ -13,11 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import HfsaeError
-from ..folder import SAEFolderError, read_json  # noqa: F401 (read_json: the converters read cfg.json through here)
-
-
-# One error for every malformed file of an SAE folder, foreign formats included; hub code knows it by this name.
-SAEFileError = SAEFolderError
+from ..folder import SAEFolderError
 
 
 class UnsupportedArchitectureError(HfsaeError, ValueError):
@@ -32,7 +28,7 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         return load_file(path)
     except (SafetensorError, OSError, ValueError) as err:
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path} is not a readable safetensors file ({err}). It may be truncated: re-download or re-save it."
         ) from err
 
@@ -51,15 +47,15 @@ def read_torch_state_dict(path: str | os.PathLike, *, mmap: bool = False) -> dic
     except pickle.UnpicklingError as err:
         # weights_only refuses anything but tensors and plain containers: a pickled module or class
         # would run code on load, which hfsae never allows.
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path} holds more than tensors and plain values, so it cannot be loaded safely "
             f"(torch.load with weights_only=True refused it: {str(err).splitlines()[0]}). "
             "Ask for a plain state dict, or re-save one with torch.save(model.state_dict(), path)."
         ) from err
     except (RuntimeError, EOFError, OSError) as err:
-        raise SAEFileError(f"{path} is not a readable PyTorch file ({err}). It may be truncated.") from err
+        raise SAEFolderError(f"{path} is not a readable PyTorch file ({err}). It may be truncated.") from err
     if not isinstance(state, dict):
-        raise SAEFileError(f"{path} should hold a state dict; it holds a {type(state).__name__}.")
+        raise SAEFolderError(f"{path} should hold a state dict; it holds a {type(state).__name__}.")
     return state
 
 
@@ -67,17 +63,17 @@ def require_tensors(tensors: dict[str, Any], names: list[str], path: str | os.Pa
     """Raise naming the file when any of `names` is missing from `tensors`."""
     missing = [name for name in names if name not in tensors]
     if missing:
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path} lacks the tensor(s) {', '.join(missing)}; it holds {', '.join(sorted(tensors)) or 'nothing'}."
         )
 
 
 def positive_int(value: Any, name: str, where: str | os.PathLike) -> int:
-    """`value` when it is a whole number ≥ 1 (an int, or a float like 32.0), else SAEFileError naming the field."""
+    """`value` when it is a whole number ≥ 1 (an int, or a float like 32.0), else SAEFolderError naming the field."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
         value = int(value.item())  # dictionary_learning keeps k as a buffer
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SAEFileError(f"{where}: {name} must be a whole number ≥ 1; got {value!r}.")
+        raise SAEFolderError(f"{where}: {name} must be a whole number ≥ 1; got {value!r}.")
     return value

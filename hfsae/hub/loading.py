@@ -19,7 +19,7 @@ from huggingface_hub import HfApi, constants
 
 from ..modeling import TopKSAE
 from .registry import RegistryEntry, registry
-from .source import is_repo_id, load_all, resolve  # noqa: F401 (resolve, is_repo_id: what the explorer and Space use)
+from .source import load_all
 
 
 def load(

@@ -40,9 +40,10 @@ from ..folder import (
     natural_key,
     read_index,
     read_json,
+    SAEFolderError,
 )
 from .build import build
-from .files import SAEFileError, UnsupportedArchitectureError, read_torch_state_dict
+from .files import UnsupportedArchitectureError, read_torch_state_dict
 from .formats import BY_NAME, FORMATS, Context, FolderView, Format, for_tensor_keys, layouts
 from .formats.native import is_ours
 from .formats.saelens import hook_point_from_transformer_lens
@@ -303,7 +304,7 @@ def incomplete_folders(repo: SAERepo, found: dict[str, Found], subfolder: str = 
 def config_or_none(repo: SAERepo, path: str) -> dict | None:
     try:
         value = repo.json(path)
-    except (SAEFileError, OSError):
+    except (SAEFolderError, OSError):
         return None
     return value if isinstance(value, dict) else None
 
@@ -324,13 +325,13 @@ def what_is_there(repo: SAERepo, subfolder: str = "") -> str:
     return ", ".join(described) + more if described else "no files"
 
 
-def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFileError:
+def nothing_found(repo: SAERepo, subfolder: str = "") -> OSError | SAEFolderError:
     """The error for a repo or folder without any SAE: the missing weights by name where a config is there."""
     incomplete = incomplete_folders(repo, {}, subfolder)
     if incomplete:
         return FileNotFoundError(f"{next(iter(incomplete.values()))}: the SAE's weights are missing. "
                                  "Re-save or re-download the folder.")
-    return SAEFileError(f"{repo.describe(subfolder)} holds no SAE hfsae reads: {foreign_config(repo, subfolder)}found "
+    return SAEFolderError(f"{repo.describe(subfolder)} holds no SAE hfsae reads: {foreign_config(repo, subfolder)}found "
                         f"{what_is_there(repo, subfolder)}. hfsae reads {layouts()}.")
 
 
@@ -369,7 +370,7 @@ def pick(repo: SAERepo, *, hookpoint: str | None, subfolder: str) -> Found:
             return found[subfolder]
         if len(found) == 1:
             return next(iter(found.values()))
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{where} holds several SAEs ({', '.join(found)}); pick one with hookpoint= (a folder name or a hook "
             "point) or load them all with hfsae.load_many()."
         )
@@ -407,7 +408,7 @@ def locate(name: str, *, hookpoint: str | None, subfolder: str, options: HubOpti
         repo = SAERepo(str(path.parent), True, [path.name])
         found = sae_folders(repo)
         if path.name not in found:
-            raise SAEFileError(f"{path} is a file but not an SAE hfsae reads ({layouts()}).")
+            raise SAEFolderError(f"{path} is a file but not an SAE hfsae reads ({layouts()}).")
         return Located(repo, found[path.name], {})
     if not path.exists() and not is_repo_id(name):
         if name.startswith((".", "/", "~")) or name.count("/") > 1:
@@ -450,7 +451,7 @@ def pt_format(path: Path, found: Found) -> Format:
     if fmt is None:
         expected = "; ".join(f"{f.name}: {', '.join(sorted(f.tensor_keys))}" for f in FORMATS if f.tensor_keys)
         held = ", ".join(sorted(keys))[:300]
-        raise SAEFileError(f"{path} is a .pt file of no SAE format hfsae reads: it holds {held}; "
+        raise SAEFolderError(f"{path} is a .pt file of no SAE format hfsae reads: it holds {held}; "
                            f"expected the tensors of {expected}.")
     return fmt
 
@@ -489,7 +490,7 @@ def load_native(cls: type, local: Path, repo: SAERepo, found: Found, dtype: Any,
     try:
         return cls.from_pretrained_folder(str(local), *args, **options, **kwargs)
     except SafetensorError as err:
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{local / WEIGHTS_FILE} is not a readable safetensors file ({err}); it may be truncated. "
             f"Re-download or re-save {repo.describe(found.path)}."
         ) from err

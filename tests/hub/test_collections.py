@@ -254,10 +254,10 @@ def test_a_foreign_config_is_refused_in_one_line_naming_what_was_found(hub, tmp_
     save_file({"encoder.weight": torch.zeros(64, 16)}, repo / "model.safetensors")
     result = hub.run(UPLOAD.format(repo="tim-lawson/mlsae-tiny", folder=str(repo)) + """
 import hfsae
-from hfsae.hub import SAEFileError
+from hfsae.folder import SAEFolderError
 try:
     hfsae.load("tim-lawson/mlsae-tiny")
-except SAEFileError as err:
+except SAEFolderError as err:
     emit(str(err))
 """)
     assert "\n" not in result and "holds no SAE hfsae reads" in result
@@ -298,12 +298,12 @@ TopKSAE.from_pretrained("eai/sae-options", hookpoint="layers.0", cache_dir={str(
 import os
 os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"      # the server is gone
 import hfsae
-from hfsae.hub import SAEFileError
+from hfsae.folder import SAEFolderError
 x = torch.load({str(tmp_path / 'x.pt')!r})
 try:
     hfsae.load("eai/sae-options", hookpoint="layers.0", cache_dir={str(cache)!r}, local_files_only=True)
     emit("loaded a truncated file")
-except SAEFileError as err:
+except SAEFolderError as err:
     emit("refused the cached file")
 """, cache="empty")
     assert result == "refused the cached file"  # it read the cache, not the (gone) server

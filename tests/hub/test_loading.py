@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hfsae import TopKSAE, TopKSAEConfig
-from hfsae.hub import HookPointNotInRepoError, SAEFileError, UnknownSAEError, to_saelens
+from hfsae.hub import HookPointNotInRepoError, SAEFolderError, UnknownSAEError, to_saelens
 from hfsae.hub.convert import UnknownFormatError, convert
 from hfsae.hub.loading import list_saes, load, load_many
 from hfsae.hub.multi import save_many
@@ -72,7 +72,7 @@ def test_a_local_multi_sae_folder_loads_one_by_hook_point_and_all_at_once(tmp_pa
 
 def test_a_multi_sae_folder_without_a_hook_point_names_its_saes(tmp_path):
     save_many({"a": make_sae(0), "b": make_sae(1)}, tmp_path / "multi")
-    with pytest.raises(SAEFileError, match=r"holds several SAEs \(a, b\)"):
+    with pytest.raises(SAEFolderError, match=r"holds several SAEs \(a, b\)"):
         load(tmp_path / "multi")
     with pytest.raises(HookPointNotInRepoError, match="holds several SAEs for hook point 'layers.1.resid_post'"):
         load(tmp_path / "multi", hookpoint="layers.1.resid_post")
@@ -82,7 +82,7 @@ def test_corrupt_local_weights_are_an_error_naming_the_file(tmp_path):
     make_sae(0).save_pretrained(tmp_path / "sae")
     weights = tmp_path / "sae" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-20])
-    with pytest.raises(SAEFileError, match=r"sae/model\.safetensors is not a readable safetensors file"):
+    with pytest.raises(SAEFolderError, match=r"sae/model\.safetensors is not a readable safetensors file"):
         load(tmp_path / "sae")
 
 

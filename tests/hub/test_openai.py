@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hfsae.hub.files import SAEFileError, UnsupportedArchitectureError
+from hfsae.folder import SAEFolderError
+from hfsae.hub.files import UnsupportedArchitectureError
 from hfsae.hub.formats.openai import hook_point_from_filename
 from hub_formats import from_format
 
@@ -72,7 +73,7 @@ def test_the_hook_point_is_read_from_openais_folder_layout(tmp_path):
 def test_a_pickle_that_would_run_code_is_refused_and_the_file_named(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"encoder.weight": torch.zeros(2, 2), "payload": torch.nn.Linear(2, 2)}, path)
-    with pytest.raises(SAEFileError, match=r"evil\.pt holds more than tensors"):
+    with pytest.raises(SAEFolderError, match=r"evil\.pt holds more than tensors"):
         from_format("openai", path)
 
 
@@ -80,7 +81,7 @@ def test_a_truncated_pt_file_is_an_error_naming_it(tmp_path):
     path = tmp_path / "8.pt"
     torch.save(openai_state_dict(), path)
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(SAEFileError, match=r"8\.pt"):
+    with pytest.raises(SAEFolderError, match=r"8\.pt"):
         from_format("openai", path)
 
 

@@ -8,7 +8,6 @@ from safetensors.torch import save_file
 
 from hfsae import TopKSAE, TopKSAEConfig
 from hfsae.folder import SAEFolderError, index_entry, write_index
-from hfsae.hub import SAEFileError
 from hfsae.hub.convert import convert
 from hfsae.hub.loading import load, load_many
 from hub_formats import from_format
@@ -69,7 +68,7 @@ def saelens_dir(tmp_path, **changes):
     ({"d_in": 9}, "cfg.json says d_in=9"),
 ])
 def test_malformed_saelens_fields_are_one_line_errors(tmp_path, changes, message):
-    with pytest.raises(SAEFileError, match=message) as error:
+    with pytest.raises(SAEFolderError, match=message) as error:
         from_format("saelens", saelens_dir(tmp_path, **changes))
     assert "\n" not in str(error.value)
 
@@ -79,11 +78,11 @@ def test_zero_norm_decoder_rows_are_refused_instead_of_becoming_nan(tmp_path):
     tensors = {"W_enc": torch.randn(8, 32), "b_enc": torch.zeros(32), "W_dec": torch.randn(32, 8), "b_dec": torch.zeros(8)}
     tensors["W_dec"][3] = 0
     save_file(tensors, folder / "sae_weights.safetensors")
-    with pytest.raises(SAEFileError, match="zero norm"):
+    with pytest.raises(SAEFolderError, match="zero norm"):
         from_format("saelens", folder)
     tensors["W_dec"][3] = float("nan")
     save_file(tensors, folder / "sae_weights.safetensors")
-    with pytest.raises(SAEFileError, match="non-finite"):
+    with pytest.raises(SAEFolderError, match="non-finite"):
         from_format("saelens", folder)
 
 
@@ -96,5 +95,5 @@ def test_odd_openai_activation_state_is_a_one_line_error(tmp_path, activation_st
     path = tmp_path / "8.pt"
     torch.save({"encoder.weight": torch.randn(32, 8), "decoder.weight": torch.randn(8, 32), "pre_bias": torch.zeros(8),
                 "latent_bias": torch.zeros(32), "activation": "TopK", "activation_state_dict": activation_state}, path)
-    with pytest.raises(SAEFileError, match=message):
+    with pytest.raises(SAEFolderError, match=message):
         from_format("openai", path)

@@ -6,7 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from hfsae.hub.files import SAEFileError, UnsupportedArchitectureError
+from hfsae.folder import SAEFolderError
+from hfsae.hub.files import UnsupportedArchitectureError
 from hfsae import TopKSAE
 from hfsae.hub.build import build
 from hfsae.hub.formats import Converted
@@ -188,7 +189,7 @@ def test_saes_hfsae_cannot_reproduce_are_refused_with_the_reason(tmp_path, cfg, 
 def test_a_corrupt_weights_file_is_an_error_naming_it(tmp_path):
     folder = write_folder(tmp_path / "sae", CONVENTIONS["oai_mirror_layer_norm"], saelens_tensors())
     (folder / "sae_weights.safetensors").write_bytes(b"\x10\x00\x00\x00garbage")
-    with pytest.raises(SAEFileError, match=r"sae_weights\.safetensors is not a readable safetensors file"):
+    with pytest.raises(SAEFolderError, match=r"sae_weights\.safetensors is not a readable safetensors file"):
         from_format("saelens", folder)
 
 
@@ -196,7 +197,7 @@ def test_a_missing_tensor_is_named(tmp_path):
     tensors = saelens_tensors()
     del tensors["b_dec"]
     folder = write_folder(tmp_path / "sae", CONVENTIONS["oai_mirror_layer_norm"], tensors)
-    with pytest.raises(SAEFileError, match="lacks the tensor"):
+    with pytest.raises(SAEFolderError, match="lacks the tensor"):
         from_format("saelens", folder)
 
 

@@ -82,7 +82,7 @@ emit(out)
 def test_a_sparsify_skip_sae_without_w_skip_in_its_weights_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from hfsae.hub.files import SAEFileError
+    from hfsae.folder import SAEFolderError
     from hub_formats import from_format
 
     folder = tmp_path / "layers.4"
@@ -90,7 +90,7 @@ def test_a_sparsify_skip_sae_without_w_skip_in_its_weights_is_refused(tmp_path):
     tensors = load_file(folder / "sae.safetensors")
     del tensors["W_skip"]
     save_file(tensors, folder / "sae.safetensors")
-    with pytest.raises(SAEFileError, match="W_skip"):
+    with pytest.raises(SAEFolderError, match="W_skip"):
         from_format("sparsify", folder)
 
 

@@ -29,9 +29,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..files import (
-    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_torch_state_dict, require_tensors,
-)
+from ...folder import SAEFolderError, read_json
+from ..files import UnsupportedArchitectureError, positive_int, read_torch_state_dict, require_tensors
 from . import Context, Converted, Format, FolderView
 
 CONFIG_FILE = "config.json"
@@ -51,7 +50,7 @@ def trainer_config(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     """The `trainer` section of a dictionary_learning config.json, checked to be one."""
     trainer = cfg.get("trainer")
     if not isinstance(trainer, dict):
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path} is not a dictionary_learning config: it has no 'trainer' object (keys: {sorted(cfg)})."
         )
     return trainer

@@ -21,7 +21,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..files import UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
+from ...folder import read_json
+from ..files import UnsupportedArchitectureError, positive_int, read_safetensors, require_tensors
 from . import Context, Converted, Format, FolderView
 from .saelens import hook_point_from_transformer_lens
 

@@ -16,7 +16,8 @@ import os
 import re
 from pathlib import Path
 
-from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_torch_state_dict, require_tensors
+from ...folder import SAEFolderError
+from ..files import UnsupportedArchitectureError, positive_int, read_torch_state_dict, require_tensors
 from . import Context, Converted, Format, pt_files
 
 # OpenAI's location names for GPT-2 small (the v5 release) → hfsae hook-point sites.
@@ -51,7 +52,7 @@ def convert(path: Path, context: Context) -> Converted:
         )
     activation_state = state.get("activation_state_dict")
     if not isinstance(activation_state, dict):
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path}: activation_state_dict should be a dict like {{'k': 32, 'postact_fn': 'ReLU'}}; "
             f"got {activation_state!r:.80}."
         )
@@ -61,7 +62,7 @@ def convert(path: Path, context: Context) -> Converted:
             f"{path}: unsupported architecture TopK with postact_fn={postact!r}; hfsae applies ReLU after TopK."
         )
     if "k" not in activation_state:
-        raise SAEFileError(f"{path} lacks activation_state_dict['k'], the number of latents kept per token.")
+        raise SAEFolderError(f"{path} lacks activation_state_dict['k'], the number of latents kept per token.")
 
     W_enc = state["encoder.weight"].float()
     guessed_hook_point = hook_point_from_filename(path)

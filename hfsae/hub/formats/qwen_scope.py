@@ -17,8 +17,8 @@ import re
 from pathlib import Path
 
 from ...errors import HfsaeError
-from ...folder import CARD_FILE
-from ..files import SAEFileError, positive_int, read_torch_state_dict, require_tensors
+from ...folder import CARD_FILE, SAEFolderError
+from ..files import positive_int, read_torch_state_dict, require_tensors
 from . import Context, Converted, Format, FolderView
 
 FILE = re.compile(r"layer(\d+)\.sae\.pt")
@@ -62,7 +62,7 @@ def convert(path: Path, context: Context) -> Converted:
     require_tensors(state, list(TENSORS), path)
     W_enc, W_dec, b_enc, b_dec = (state[name].float() for name in TENSORS)
     if W_dec.shape != W_enc.shape[::-1]:
-        raise SAEFileError(f"{path}: W_dec should be [d, n] = {tuple(W_enc.shape[::-1])} to match W_enc "
+        raise SAEFolderError(f"{path}: W_dec should be [d, n] = {tuple(W_enc.shape[::-1])} to match W_enc "
                            f"{tuple(W_enc.shape)}; got {tuple(W_dec.shape)}.")
     layer = FILE.fullmatch(path.name)
     return Converted(

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from ...folder import write_json_atomic
-from ..files import SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors
+from ...folder import SAEFolderError, read_json, write_json_atomic
+from ..files import UnsupportedArchitectureError, positive_int, read_safetensors, require_tensors
 from . import Context, Converted, Format, FolderView, exported_weights
 
 CONFIG_FILE = "cfg.json"
@@ -112,7 +112,7 @@ def normalization_of(cfg: dict[str, Any], path: Path, norm_scaling_factor: float
     """TopKSAEConfig fields reproducing SAELens's normalize_activations."""
     mode = cfg.get("normalize_activations")
     if mode is not None and not isinstance(mode, (str, bool)):
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{path}: normalize_activations must be a string (none, layer_norm, expected_average_only_in); got {mode!r}."
         )
     if isinstance(mode, bool):  # SAELens's older boolean form
@@ -143,7 +143,7 @@ def hook_name_of(cfg: dict[str, Any], path: Path) -> str | None:
     metadata = cfg.get("metadata") if isinstance(cfg.get("metadata"), dict) else {}
     hook_name = metadata.get("hook_name", cfg.get("hook_name", cfg.get("hook_point")))
     if hook_name is not None and not isinstance(hook_name, str):
-        raise SAEFileError(f"{path}: hook_name must be a string like 'blocks.8.hook_resid_post'; got {hook_name!r}.")
+        raise SAEFolderError(f"{path}: hook_name must be a string like 'blocks.8.hook_resid_post'; got {hook_name!r}.")
     return hook_name
 
 
@@ -151,13 +151,13 @@ def checked_fields(cfg: dict[str, Any], path: Path) -> None:
     """Refuse, in one line naming the field, a cfg.json whose fields have the wrong kind of value."""
     for name in ("d_in", "d_sae"):
         if name not in cfg:
-            raise SAEFileError(f"{path} lacks {name}, the {'input width' if name == 'd_in' else 'number of latents'}.")
+            raise SAEFolderError(f"{path} lacks {name}, the {'input width' if name == 'd_in' else 'number of latents'}.")
         positive_int(cfg[name], name, path)
     for name in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
         if name in cfg and not isinstance(cfg[name], bool):
-            raise SAEFileError(f"{path}: {name} must be true or false; got {cfg[name]!r}.")
+            raise SAEFolderError(f"{path}: {name} must be true or false; got {cfg[name]!r}.")
     if "metadata" in cfg and not isinstance(cfg["metadata"], dict):
-        raise SAEFileError(f"{path}: metadata must be an object; got {cfg['metadata']!r}.")
+        raise SAEFolderError(f"{path}: metadata must be an object; got {cfg['metadata']!r}.")
 
 
 def convert(path: Path, context: Context) -> Converted:
@@ -183,7 +183,7 @@ def convert(path: Path, context: Context) -> Converted:
     b_enc, W_dec, b_dec = tensors["b_enc"], tensors["W_dec"], tensors["b_dec"]
     shape = (int(cfg["d_sae"]), int(cfg["d_in"]))
     if tuple(W_enc.shape) != shape:
-        raise SAEFileError(
+        raise SAEFolderError(
             f"{weights_path}: W_enc has shape {tuple(W_enc.T.shape)}, but cfg.json says d_in={shape[1]}, d_sae={shape[0]} "
             f"(expected {(shape[1], shape[0])})."
         )
@@ -194,7 +194,7 @@ def convert(path: Path, context: Context) -> Converted:
     if cfg.get("rescale_acts_by_decoder_norm"):
         norms = W_dec.norm(dim=1)
         if (norms == 0).any():  # NaN rows are caught by the finite check of build.build
-            raise SAEFileError(
+            raise SAEFolderError(
                 f"{weights_path}: {int((norms == 0).sum())} decoder row(s) have zero norm (e.g. latent "
                 f"{int((norms == 0).nonzero()[0])}), so rescale_acts_by_decoder_norm divides by zero; "
                 "this SAE cannot be converted exactly."
@@ -234,7 +234,7 @@ def recognise(view: FolderView) -> list[str]:
 def unsupported(view: FolderView, sae: str) -> str | None:
     try:
         topk_of(view.config(CONFIG_FILE) or {}, Path(view.sae_path(CONFIG_FILE)))
-    except (UnsupportedArchitectureError, SAEFileError) as err:
+    except (UnsupportedArchitectureError, SAEFolderError) as err:
         return str(err).split(": ", 1)[-1]
     return None
 

@@ -24,10 +24,8 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from ...folder import write_json_atomic
-from ..files import (
-    SAEFileError, UnsupportedArchitectureError, positive_int, read_json, read_safetensors, require_tensors,
-)
+from ...folder import SAEFolderError, read_json, write_json_atomic
+from ..files import UnsupportedArchitectureError, positive_int, read_safetensors, require_tensors
 from . import Context, Converted, Format, FolderView, exported_weights
 
 CONFIG_FILE = "cfg.json"
@@ -108,7 +106,7 @@ def convert(path: Path, context: Context) -> Converted:
         )
     if "k" not in cfg and not CONFIG_KEYS & set(cfg):
         keys = ", ".join(sorted(cfg))
-        raise SAEFileError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {keys}).")
+        raise SAEFolderError(f"{path / CONFIG_FILE} is not a sparsify SparseCoder config (keys: {keys}).")
     if "k" not in cfg:
         raise UnsupportedArchitectureError(f"{path / CONFIG_FILE}: a TopK SAE config without k.")
     weights_path = path / WEIGHTS_FILE
