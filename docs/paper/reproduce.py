@@ -727,6 +727,7 @@ def plot_dead(results: dict, plt) -> object:
 def plot_curves(axis, prog: dict, title: str) -> None:
     """Each seed's curve, faint where there are several, and each recipe's mean ± spread over them."""
     import numpy as np
+    from matplotlib.ticker import FormatStrFormatter
 
     for variant, label in (("topk", "TopK"), ("multi_topk", "Multi-TopK (k + 4k/8)")):
         runs = prog["runs"][variant]
@@ -743,6 +744,8 @@ def plot_curves(axis, prog: dict, title: str) -> None:
     axis.set(xscale="log", yscale="log", xlabel="k' used at inference", ylabel="held-out FVU", title=title)
     axis.set_xticks(prog["k_prime"], [str(k) for k in prog["k_prime"]], minor=False)
     axis.set_xticks([], minor=True)
+    for ticks in (axis.yaxis.set_major_formatter, axis.yaxis.set_minor_formatter):  # 0.4, not 4×10⁻¹
+        ticks(FormatStrFormatter("%.2g"))
     axis.legend(fontsize=8)
     axis.grid(True, which="both", alpha=0.3)
 
