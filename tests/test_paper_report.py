@@ -11,6 +11,7 @@ import importlib.util
 import json
 import math
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -214,11 +215,32 @@ def progressive_verdict(prog):
     return "agree" if all(outcome == wanted for outcome, wanted in outcomes) else "inconclusive"
 
 
+def rests_on(prog):
+    """The report's scale once it has 3 seeds of each recipe, else the seed study where there is one."""
+    if min(len(runs) for runs in prog["runs"].values()) >= 3 or not prog.get("seed_study"):
+        return "report"
+    return "seed_study"
+
+
 def test_progressive_verdict_follows_from_the_curves(results):
     prog, judged = results["findings"]["progressive"], results["judged"]["progressive"]
-    k = prog["k"]
-    assert prog["k_prime"][0] == k // 4 and prog["k_prime"][-1] == 4 * k
-    assert judged["verdict"] == progressive_verdict(prog)
+    scales = {"report": prog, **({"seed_study": prog["seed_study"]} if prog.get("seed_study") else {})}
+    assert set(judged["scales"]) == set(scales)
+    for name, curves in scales.items():
+        k = curves["k"]
+        assert curves["k_prime"][0] == k // 4 and curves["k_prime"][-1] == 4 * k
+        assert judged["scales"][name]["verdict"] == progressive_verdict(curves), name
+    assert judged["rests_on"] == rests_on(prog)
+    assert judged["verdict"] == progressive_verdict(scales[rests_on(prog)])
+
+
+def test_the_progressive_seed_study_has_three_seeds_on_its_own_cache(results):
+    study = results["findings"]["progressive"]["seed_study"]
+    dead_study = results["findings"]["dead_latents"]["seed_study"]
+    assert {run["seed"] for runs in study["runs"].values() for run in runs} == {0, 1, 2}
+    assert all(len(runs) == 3 for runs in study["runs"].values())
+    assert study["n_latents"] == dead_study[0]["n_latents"] and study["tokens"] == dead_study[0]["tokens"]
+    assert study["cache_tokens"] < 2**21  # the small cache, not the report's
 
 
 @pytest.mark.parametrize(
@@ -233,6 +255,69 @@ def test_the_progressive_rule_gives_all_three_verdicts(reproduce, multi_4k, expe
             "runs": {"topk": runs([0.225, 0.226, 0.224], [0.68, 0.69, 0.67]), "multi_topk": runs([0.225, 0.226, 0.227], multi_4k)}}  # fmt: skip
     assert progressive_verdict(prog) == expected
     assert reproduce.judge_progressive(prog)["verdict"] == expected
+
+
+def curve_runs(at_k, at_4k):
+    return [{"seed": seed, "fvu": [0.5, k_value, value]} for seed, (k_value, value) in enumerate(zip(at_k, at_4k))]
+
+
+@pytest.mark.parametrize(
+    "report_seeds, with_study, expected_on, expected",
+    [(1, True, "seed_study", "inconclusive"), (3, True, "report", "agree"), (1, False, "report", "inconclusive")],
+)
+def test_progressive_rests_on_the_report_scale_once_it_has_the_seeds(reproduce, report_seeds, with_study, expected_on, expected):
+    """A seed study within the spread (inconclusive) decides until the report's scale has 3 seeds (agree there)."""
+    report = {"topk": curve_runs([0.225, 0.226, 0.224], [0.68, 0.69, 0.67]),
+              "multi_topk": curve_runs([0.225, 0.226, 0.227], [0.20, 0.21, 0.205])}  # fmt: skip
+    prog = {"k": 32, "k_prime": [8, 32, 128], "n_latents": 16384, "tokens": 2**20,
+            "runs": {variant: runs[:report_seeds] for variant, runs in report.items()}}  # fmt: skip
+    if with_study:  # Multi-TopK at 4k below TopK at 4k, but within the two spreads
+        study = {"topk": curve_runs([0.41, 0.42, 0.40], [0.50, 0.60, 0.70]),
+                 "multi_topk": curve_runs([0.41, 0.41, 0.42], [0.38, 0.45, 0.52])}  # fmt: skip
+        prog["seed_study"] = {"k": 32, "k_prime": [8, 32, 128], "n_latents": 4096, "tokens": 2**17, "runs": study}
+    judged = reproduce.judge_progressive(prog)
+    assert (judged["rests_on"], judged["verdict"]) == (expected_on, expected)
+    assert rests_on(prog) == expected_on
+    assert progressive_verdict(prog if expected_on == "report" else prog["seed_study"]) == expected
+    if with_study:
+        assert judged["scales"]["seed_study"]["tests"]["multi_topk_below_topk_at_4k"] == "≈"
+
+
+def test_the_plan_runs_and_evaluates_both_recipes_under_every_seed_in_the_seed_study(reproduce):
+    plan = reproduce.Plan(Path("paper-runs")).build()
+    for variant in reproduce.PROGRESSIVE_VARIANTS:
+        for seed in reproduce.SEEDS:
+            folder = str(plan.seed_study_run(variant, seed))
+            mine = [argv for argv, _ in plan.steps if folder in argv]
+            assert [argv[0] for argv in mine] == ["train", "eval"], (variant, seed)
+            train = shlex.join(mine[0])
+            assert f"--seed {seed}" in train and f"--n_latents {reproduce.SEED_STUDY_N}" in train
+            assert f"--harvest_tokens {reproduce.SEED_STUDY_HARVEST}" in train and "seeds/activations" in train
+            assert mine[1][-4:] == ["--skip", "ablation", "n2g", "probes"]
+    left = reproduce.Plan(Path("paper-runs")).build_progressive_study(frozenset({("topk", 0), ("multi_topk", 2)}))
+    assert len(left.steps) == 2 * (2 * len(reproduce.SEEDS) - 2)
+
+
+def test_merge_seed_runs_adds_the_seed_study_curves_it_finds(reproduce, results, tmp_path):
+    plan = reproduce.Plan(tmp_path).build()
+    for variant in reproduce.PROGRESSIVE_VARIANTS:
+        for seed in reproduce.SEEDS:
+            folder = plan.seed_study_run(variant, seed)
+            folder.mkdir(parents=True)
+            (folder / "training_metrics.json").write_text(json.dumps({"tokens": 131072}))
+            curve = {str(k): 0.3 + 0.01 * seed + k / 1000 for k in (8, 16, 32, 64, 128)}
+            (folder / "eval_results.json").write_text(json.dumps({"progressive": curve}))
+    stored = copy.deepcopy(results)
+    stored["findings"]["progressive"].pop("seed_study", None)
+    stored["findings"]["progressive"]["runs"]["topk"] = stored["findings"]["progressive"]["runs"]["topk"][:1]
+    merged = reproduce.merge_seed_runs(stored, plan)["findings"]["progressive"]
+    runs = merged["seed_study"]["runs"]["multi_topk"]
+    assert [run["seed"] for run in runs] == [0, 1, 2]
+    assert runs[2]["fvu"] == pytest.approx([0.32 + k / 1000 for k in (8, 16, 32, 64, 128)])
+    assert merged["seed_study"]["k_prime"] == [8, 16, 32, 64, 128] and merged["seed_study"]["tokens"] == 131072
+    again = reproduce.merge_seed_runs(copy.deepcopy(stored), plan)["findings"]["progressive"]
+    assert again["seed_study"] == merged["seed_study"]  # merging the same runs again adds nothing
+    assert len(merged["runs"]["topk"]) == 1  # no seed-1 or seed-2 run at the report's scale was found
 
 
 def test_scaling_sets_beta_beside_the_papers_value_and_waits_for_convergence(results):

@@ -2,7 +2,8 @@
 
     python docs/paper/reproduce.py                  # train, evaluate, fit, report (about 2 hours on 2 CPU cores)
     python docs/paper/reproduce.py --report-only    # rebuild results.json, the plots and the README tables from the runs
-    python docs/paper/reproduce.py --rejudge        # verdicts, plots and tables from results.json (+ new seed runs)
+    python docs/paper/reproduce.py --rejudge        # verdicts, plots and tables from results.json (+ new seed runs;
+                                                    # runs the progressive seed study's missing runs first)
     python docs/paper/reproduce.py --plan gpu       # print the GPU plan's commands (--plan cpu: the CPU plan's)
     bash docs/paper/gpu_run.sh                      # run the GPU plan on one CUDA GPU
 
@@ -214,11 +215,23 @@ class Plan:
             for variant, extra in PROGRESSIVE_VARIANTS.items():
                 self.train(self.progressive_run(variant, seed), PROGRESSIVE_N, self.common(PROGRESSIVE_TOKENS, seed), extra)
                 self.evaluate(self.progressive_run(variant, seed), "ablation", "n2g", "probes")
-        tokens = TOKENS_PER_LATENT * SEED_STUDY_N
         for seed in SEEDS:
             for variant in ("auxk_tied", "none"):
-                common = self.common(tokens, seed, harvest=SEED_STUDY_HARVEST, cache="seeds/activations")
-                self.train(self.seed_study_run(variant, seed), SEED_STUDY_N, common, VARIANTS[variant])
+                self.train(self.seed_study_run(variant, seed), SEED_STUDY_N, self.seed_study_common(seed), VARIANTS[variant])
+        self.build_progressive_study()
+
+    def seed_study_common(self, seed: int) -> list[str]:
+        return self.common(TOKENS_PER_LATENT * SEED_STUDY_N, seed, harvest=SEED_STUDY_HARVEST, cache="seeds/activations")
+
+    def build_progressive_study(self, stored: frozenset[tuple[str, int]] = frozenset()) -> Plan:
+        """TopK and Multi-TopK under every seed at the seed study's scale, each evaluated for its progressive curve;
+        the (recipe, seed) pairs in `stored` are left out (results.json holds their curves already)."""
+        for seed in SEEDS:
+            for variant, extra in PROGRESSIVE_VARIANTS.items():
+                if (variant, seed) not in stored:
+                    self.train(self.seed_study_run(variant, seed), SEED_STUDY_N, self.seed_study_common(seed), extra)
+                    self.evaluate(self.seed_study_run(variant, seed), "ablation", "n2g", "probes")
+        return self
 
     def build_gpu(self) -> Plan:
         """The GPU plan: the dead-latent ablation at GPU_N, the paper's dead window, three of them long, three seeds."""
@@ -286,20 +299,38 @@ def measure_dead_latents(plan: Plan) -> dict:
     }
 
 
-def measure_progressive(plan: Plan) -> dict:
-    runs = {}
-    for variant in PROGRESSIVE_VARIANTS:
-        runs[variant] = []
-        for seed in SEEDS:
-            path = plan.progressive_run(variant, seed) / "eval_results.json"
-            if path.is_file():
-                curve = read(path)["progressive"]
-                runs[variant].append({"seed": seed, "fvu": [curve[k] for k in sorted(curve, key=int)]})
-    curve = read(plan.progressive_run("topk") / "eval_results.json")["progressive"]
+def curves(folders: dict[tuple[str, int], Path]) -> dict[str, list[dict]]:
+    """Each recipe's held-out FVU at every k' (ascending), for the (recipe, seed) folders whose eval has run."""
+    runs: dict[str, list[dict]] = {variant: [] for variant, _ in folders}
+    for (variant, seed), folder in sorted(folders.items(), key=lambda item: item[0][1]):
+        if (folder / "eval_results.json").is_file():
+            curve = read(folder / "eval_results.json")["progressive"]
+            runs[variant].append({"seed": seed, "fvu": [curve[k] for k in sorted(curve, key=int)]})
+    return runs
+
+
+def measure_progressive_study(plan: Plan) -> dict | None:
+    """The progressive seed study's curves (n SEED_STUDY_N on the small cache), or None before any of its evals."""
+    folders = {(v, s): plan.seed_study_run(v, s) for s in SEEDS for v in PROGRESSIVE_VARIANTS}
+    done = [folder for folder in folders.values() if (folder / "eval_results.json").is_file()]
+    if not done:
+        return None
     return {
+        "n_latents": SEED_STUDY_N, "k": K, "tokens": read(done[0] / "training_metrics.json")["tokens"],
+        "cache_tokens": SEED_STUDY_HARVEST, "k_prime": sorted(int(k) for k in read(done[0] / "eval_results.json")["progressive"]),
+        "runs": curves(folders),
+    }  # fmt: skip
+
+
+def measure_progressive(plan: Plan) -> dict:
+    runs = curves({(v, s): plan.progressive_run(v, s) for s in SEEDS for v in PROGRESSIVE_VARIANTS})
+    curve = read(plan.progressive_run("topk") / "eval_results.json")["progressive"]
+    measured = {
         "n_latents": PROGRESSIVE_N, "k": K, "tokens": read(plan.progressive_run("topk") / "training_metrics.json")["tokens"],
         "k_prime": sorted(int(k) for k in curve), "runs": runs,
     }  # fmt: skip
+    study = measure_progressive_study(plan)
+    return {**measured, "seed_study": study} if study else measured
 
 
 def measure_scaling(plan: Plan) -> dict:
@@ -333,8 +364,15 @@ def measure_quality(plan: Plan) -> dict:
     return {"k": K, "samples": {"tokens": EVAL_TOKENS, **EVAL_SAMPLES}, "series": series, "evaluated": evaluated}
 
 
+def add_curves(stored: dict[str, list[dict]], found: dict[str, list[dict]]) -> None:
+    """Add to each recipe's stored curves the found ones of seeds it does not hold yet, keeping them in seed order."""
+    for variant, runs in found.items():
+        seeds = {run["seed"] for run in stored.setdefault(variant, [])}
+        stored[variant] = sorted(stored[variant] + [run for run in runs if run["seed"] not in seeds], key=lambda run: run["seed"])
+
+
 def merge_seed_runs(results: dict, plan: Plan) -> dict:
-    """Add to stored results the seed runs (seeds 1 and 2, the seed study) found under the work dir: the runs a
+    """Add to stored results the seed runs (seeds 1 and 2, the seed studies) found under the work dir: the runs a
     session without the first pass's folders can still add."""
     dead, prog = results["findings"]["dead_latents"], results["findings"]["progressive"]
     known = {(row["n_latents"], row["variant"], row["seed"]) for row in dead["rows"]}
@@ -343,12 +381,12 @@ def merge_seed_runs(results: dict, plan: Plan) -> dict:
     dead["rows"] += [row for row in rows_of(extra) if (row["n_latents"], row["variant"], row["seed"]) not in known]
     study = {(SEED_STUDY_N, v, s): plan.seed_study_run(v, s) for s in SEEDS for v in ("auxk_tied", "none")}
     dead["seed_study"] = rows_of(study) or dead.get("seed_study", [])
-    for variant, runs in prog["runs"].items():
-        for seed in SEEDS[1:]:
-            path = plan.progressive_run(variant, seed) / "eval_results.json"
-            if path.is_file() and seed not in {run["seed"] for run in runs}:
-                curve = read(path)["progressive"]
-                runs.append({"seed": seed, "fvu": [curve[str(k)] for k in prog["k_prime"]]})
+    add_curves(prog["runs"], curves({(v, s): plan.progressive_run(v, s) for s in SEEDS[1:] for v in PROGRESSIVE_VARIANTS}))
+    found = measure_progressive_study(plan)
+    if found and "seed_study" in prog:
+        add_curves(prog["seed_study"]["runs"], found["runs"])
+    elif found:
+        prog["seed_study"] = found
     done = [command for command, (_, marker) in zip(plan.commands(), plan.steps) if marker is not None and marker.is_file()]
     results["commands_run"] += [command for command in done if command not in results["commands_run"]]
     return results
@@ -444,7 +482,8 @@ def judge_dead(dead: dict) -> dict:
     }  # fmt: skip
 
 
-def judge_progressive(prog: dict) -> dict:
+def judge_curves(prog: dict) -> dict:
+    """The progressive rule applied to one scale's curves (the report's runs, or the seed study's)."""
     k = prog["k"]
     at = {variant: {kp: summary([run["fvu"][prog["k_prime"].index(kp)] for run in runs]) for kp in (k, 4 * k)}
           for variant, runs in prog["runs"].items()}  # fmt: skip
@@ -463,17 +502,32 @@ def judge_progressive(prog: dict) -> dict:
     else:
         verdict = "agree" if all(outcome == wanted for outcome, wanted in tests.values()) else "inconclusive"
     return {
+        "n_latents": prog["n_latents"], "tokens": prog["tokens"],
+        "fvu_at_k": {variant: at[variant][k] for variant in at},
+        "fvu_at_4k": {variant: at[variant][4 * k] for variant in at},
+        "tests": {name: outcome for name, (outcome, _) in tests.items()},
+        "decisive_conditions": conditions, "decisive": all(conditions.values()),
+        "verdict": verdict,
+    }  # fmt: skip
+
+
+def judge_progressive(prog: dict) -> dict:
+    """One rule, applied at each scale that has curves; the verdict rests on the report's scale (n PROGRESSIVE_N)
+    once each recipe has the seeds there, and until then on the seed study where it has been run."""
+    scales = {"report": judge_curves(prog)}
+    if prog.get("seed_study"):
+        scales["seed_study"] = judge_curves(prog["seed_study"])
+    rests_on = "report" if scales["report"]["decisive"] or "seed_study" not in scales else "seed_study"
+    return {
         "claim": "Multi-TopK (L(k) + L(4k)/8) degrades gracefully when more than k latents are used at inference; "
         "plain TopK does not.",
         "decisive_rule": f"decisive when each recipe has ≥ {MIN_SEEDS} seeds; otherwise inconclusive.",
         "rule": "when decisive: agree when Multi-TopK's FVU at 4k is below its FVU at k, TopK's at 4k is above its "
         "FVU at k, and Multi-TopK's at 4k is below TopK's, each by more than the spreads; disagree when any of the "
         "three goes the other way by more than the spreads; else inconclusive.",
-        "fvu_at_k": {variant: at[variant][k] for variant in at},
-        "fvu_at_4k": {variant: at[variant][4 * k] for variant in at},
-        "tests": {name: outcome for name, (outcome, _) in tests.items()},
-        "decisive_conditions": conditions, "decisive": all(conditions.values()),
-        "verdict": verdict,
+        "scales": scales, "rests_on": rests_on,
+        "decisive_conditions": scales[rests_on]["decisive_conditions"], "decisive": scales[rests_on]["decisive"],
+        "verdict": scales[rests_on]["verdict"],
     }  # fmt: skip
 
 
@@ -670,21 +724,41 @@ def plot_dead(results: dict, plt) -> object:
     return figure
 
 
-def plot_progressive(results: dict, plt) -> object:
-    prog = results["findings"]["progressive"]
-    figure, axis = plt.subplots(figsize=(5.5, 4))
+def plot_curves(axis, prog: dict, title: str) -> None:
+    """Each seed's curve, faint where there are several, and each recipe's mean ± spread over them."""
+    import numpy as np
+    from matplotlib.ticker import FormatStrFormatter
+
     for variant, label in (("topk", "TopK"), ("multi_topk", "Multi-TopK (k + 4k/8)")):
         runs = prog["runs"][variant]
-        line = None
-        for run in runs:
-            line = axis.plot(prog["k_prime"], run["fvu"], "o-", color=line[0].get_color() if line else None,
-                             label=f"{label}, {len(runs)} seed{'s' * (len(runs) > 1)}" if run is runs[0] else None)  # fmt: skip
+        fvu = np.array([run["fvu"] for run in runs])
+        seeds = f"{len(runs)} seed{'s' * (len(runs) > 1)}"
+        if len(runs) == 1:
+            axis.plot(prog["k_prime"], fvu[0], "o-", label=f"{label}, seed {runs[0]['seed']}")
+            continue
+        mean, sd = fvu.mean(axis=0), fvu.std(axis=0, ddof=1)
+        drawn = axis.errorbar(prog["k_prime"], mean, yerr=sd, fmt="o-", capsize=4, label=f"{label}: mean ± spread, {seeds}")
+        for row in fvu:
+            axis.plot(prog["k_prime"], row, "-", color=drawn[0].get_color(), alpha=0.3, lw=1)
     axis.axvline(prog["k"], color="0.6", ls=":", lw=1)
-    axis.set(xscale="log", yscale="log", xlabel="k' used at inference", ylabel="held-out FVU",
-             title=f"Progressive recovery, n {prog['n_latents']:,}, trained at k {prog['k']}")  # fmt: skip
-    axis.set_xticks(prog["k_prime"], [str(k) for k in prog["k_prime"]])
+    axis.set(xscale="log", yscale="log", xlabel="k' used at inference", ylabel="held-out FVU", title=title)
+    axis.set_xticks(prog["k_prime"], [str(k) for k in prog["k_prime"]], minor=False)
+    axis.set_xticks([], minor=True)
+    for ticks in (axis.yaxis.set_major_formatter, axis.yaxis.set_minor_formatter):  # 0.4, not 4×10⁻¹
+        ticks(FormatStrFormatter("%.2g"))
     axis.legend(fontsize=8)
     axis.grid(True, which="both", alpha=0.3)
+
+
+def plot_progressive(results: dict, plt) -> object:
+    prog = results["findings"]["progressive"]
+    study = prog.get("seed_study")
+    figure, axes = plt.subplots(1, 2 if study else 1, figsize=(11 if study else 5.5, 4), squeeze=False)
+    plot_curves(axes[0][0], prog, f"n {prog['n_latents']:,}, {prog['tokens'] / 2**20:g}M tokens, trained at k {prog['k']}")
+    if study:
+        plot_curves(axes[0][1], study, f"Seed study: n {study['n_latents']:,}, {study['tokens'] // 1024}k tokens "
+                    f"(small cache), k {study['k']}")  # fmt: skip
+    figure.suptitle("Progressive recovery: held-out FVU when k' latents are kept at inference", fontsize=10)
     return figure
 
 
@@ -800,11 +874,15 @@ def summary_table(results: dict) -> list[str]:
         f"without {arm_text(dead['dead_without'], pct)}; {dead['tokens']:,} tokens, window {dead['dead_tokens']:,} "
         f"| {unmet(dead)} | {dead['verdict']} |"
     )
-    lines.append(
-        f"| progressive recovery | {prog['claim']} | FVU at 4k: Multi-TopK {arm_text(prog['fvu_at_4k']['multi_topk'])}, "
-        f"TopK {arm_text(prog['fvu_at_4k']['topk'])}; at k: {num(prog['fvu_at_k']['multi_topk']['mean'])}, "
-        f"{num(prog['fvu_at_k']['topk']['mean'])} | {unmet(prog)} | {prog['verdict']} |"
-    )
+    measured = []
+    for name in sorted(prog["scales"], key=lambda name: name != prog["rests_on"]):  # the scale of the verdict first
+        at = prog["scales"][name]
+        measured.append(
+            f"n {at['n_latents']:,}, {at['tokens']:,} tokens{' (the verdict rests here)' if name == prog['rests_on'] else ''}: "
+            f"FVU at 4k Multi-TopK {arm_text(at['fvu_at_4k']['multi_topk'])}, TopK {arm_text(at['fvu_at_4k']['topk'])}; "
+            f"at k {arm_text(at['fvu_at_k']['multi_topk'])}, {arm_text(at['fvu_at_k']['topk'])}"
+        )
+    lines.append(f"| progressive recovery | {prog['claim']} | {'; '.join(measured)} | {unmet(prog)} | {prog['verdict']} |")
     lines.append(
         f"| L(n) at k {K} | {scal['claim']} | β = {scal['exponent']:.3f} ± {scal['exponent_error']:.3f}; the paper's "
         f"β_n + γ ln {K} = {scal['paper_exponent']:.3f} | {unmet(scal)} | {scal['verdict']} |"
@@ -887,15 +965,29 @@ def scaling_tables(results: dict) -> list[str]:
     return lines
 
 
+def progressive_table(prog: dict, title: str) -> list[str]:
+    """Held-out FVU at each k' for every run of one scale, and each recipe's mean ± spread where it has seeds."""
+    lines = ["", f"### Progressive recovery ({title}): held-out FVU at k'", ""]
+    lines += ["| recipe | seed | " + " | ".join(str(k) for k in prog["k_prime"]) + " |", "|---|---|" + "---|" * len(prog["k_prime"])]
+    for variant, label in (("topk", "TopK"), ("multi_topk", "Multi-TopK")):
+        runs = prog["runs"][variant]
+        for run in runs:
+            lines.append(f"| {label} | {run['seed']} | " + " | ".join(num(value) for value in run["fvu"]) + " |")
+        if len(runs) >= 2:
+            arms_at = [summary([run["fvu"][i] for run in runs]) for i in range(len(prog["k_prime"]))]
+            lines.append(f"| {label} | mean ± spread | " + " | ".join(f"{num(a['mean'])} ± {num(a['sd'])}" for a in arms_at) + " |")
+    return lines
+
+
 def tables(results: dict) -> str:
     """The README's tables, from results.json alone (the test checks that the README holds exactly these)."""
     prog, qual = results["findings"]["progressive"], results["findings"]["quality"]
     lines = summary_table(results) + dead_tables(results)
-    lines += ["", f"### Progressive recovery (n {prog['n_latents']:,}, k {prog['k']}, {prog['tokens']:,} tokens): held-out FVU at k'", ""]
-    lines += ["| recipe | seed | " + " | ".join(str(k) for k in prog["k_prime"]) + " |", "|---|---|" + "---|" * len(prog["k_prime"])]
-    for variant, label in (("topk", "TopK"), ("multi_topk", "Multi-TopK")):
-        for run in prog["runs"][variant]:
-            lines.append(f"| {label} | {run['seed']} | " + " | ".join(num(value) for value in run["fvu"]) + " |")
+    lines += progressive_table(prog, f"n {prog['n_latents']:,}, k {prog['k']}, {prog['tokens']:,} tokens")
+    if prog.get("seed_study"):
+        study = prog["seed_study"]
+        lines += progressive_table(study, f"seed study: n {study['n_latents']:,}, k {study['k']}, {study['tokens']:,} tokens "
+                                   f"from a cache of {study['cache_tokens']:,}; mean ± spread over seeds")  # fmt: skip
     lines += scaling_tables(results)
     samples = qual["samples"]
     lines += ["", f"### Quality against n (k {qual['k']}, the scaling runs; N2G on {samples['n2g_latents']} latents, "
@@ -976,7 +1068,8 @@ def main() -> None:
     parser.add_argument("--work-dir", default="paper-runs", help="Folder for the runs and the activation cache (default: paper-runs).")
     parser.add_argument("--report-only", action="store_true", help="Only rebuild results.json, the plots and the tables from the runs.")
     parser.add_argument("--rejudge", action="store_true", help="Recompute verdicts, plots and tables from results.json's "
-                        "numbers, adding the seed runs found under --work-dir.")  # fmt: skip
+                        "numbers, after running the progressive seed study's runs it lacks, adding the seed runs found "
+                        "under --work-dir.")  # fmt: skip
     parser.add_argument("--plan", choices=("cpu", "gpu"), help="Print that plan's commands and exit.")
     parser.add_argument("--run-gpu", action="store_true", help="Run the GPU plan within its deadline and print its verdict.")
     parser.add_argument("--pack-gpu", action="store_true", help=f"Write {GPU_PACK}, what gpu_run.sh needs beside the checkout.")
@@ -996,8 +1089,11 @@ def main() -> None:
         print(json.dumps(summary_, indent=1, ensure_ascii=False))
         return
     if args.rejudge:  # the stored numbers and any new seed runs, with the plans as the script now writes them
+        stored = read(RESULTS)
+        study = stored["findings"]["progressive"].get("seed_study", {"runs": {}})
+        run(Plan(work).build_progressive_study(frozenset((v, r["seed"]) for v, runs in study["runs"].items() for r in runs)))
         plan = Plan(work).build()
-        results = merge_seed_runs(read(RESULTS), plan)
+        results = merge_seed_runs(stored, plan)
         results["commands"], results["gpu_commands"] = plan.commands(), Plan(work).build_gpu().commands()
     else:
         plan = Plan(work).build()
