@@ -44,8 +44,8 @@ def readme():
 
 def test_every_finding_states_claim_rules_and_a_three_valued_verdict(results):
     judged = results["judged"]
-    assert set(judged) == {"seed_rule", "dead_latents", "progressive", "scaling", "quality"}
-    for name in ("dead_latents", "progressive", "scaling", "quality"):
+    assert set(judged) == {"seed_rule", "dead_latents", "progressive", "scaling", "quality", "batchtopk"}
+    for name in ("dead_latents", "progressive", "scaling", "quality", "batchtopk"):
         finding = judged[name]
         assert finding["claim"] and finding["rule"] and finding["decisive_rule"], name
         verdicts = finding["verdict"] if isinstance(finding["verdict"], dict) else {name: finding["verdict"]}
@@ -318,6 +318,72 @@ def test_merge_seed_runs_adds_the_seed_study_curves_it_finds(reproduce, results,
     again = reproduce.merge_seed_runs(copy.deepcopy(stored), plan)["findings"]["progressive"]
     assert again["seed_study"] == merged["seed_study"]  # merging the same runs again adds nothing
     assert len(merged["runs"]["topk"]) == 1  # no seed-1 or seed-2 run at the report's scale was found
+
+
+def batchtopk_verdict(rows, equal_l0=0.05):
+    """TopK against BatchTopK: its threshold when at TopK's mean L0 (within equal_l0), else per-token TopK at k."""
+    def values(arm, key):
+        return [row[key] for row in sorted(rows, key=lambda row: row["seed"]) if row["variant"] == arm]
+
+    at_threshold = abs(statistics.fmean(values("batchtopk", "l0")) / statistics.fmean(values("topk", "l0")) - 1) <= equal_l0
+    compared = "batchtopk" if at_threshold else "batchtopk_inference_topk"
+    return compared, {"<": "agree", ">": "disagree", "≈": "inconclusive"}[resolved(values(compared, "fvu"), values("topk", "fvu"))]
+
+
+def test_batchtopk_verdict_follows_from_the_rows(results):
+    found, judged = results["findings"]["batchtopk"], results["judged"]["batchtopk"]
+    assert {(row["variant"], row["seed"]) for row in found["rows"]} == {(arm, seed) for arm in ("topk", "batchtopk", "batchtopk_inference_topk") for seed in (0, 1, 2)}
+    assert (judged["compared"], judged["verdict"]) == batchtopk_verdict(found["rows"])
+    assert found["cache_tokens"] == results["findings"]["progressive"]["seed_study"]["cache_tokens"]
+    assert all(row["l0"] == pytest.approx(found["k"]) for row in found["rows"] if row["variant"] != "batchtopk")
+
+
+def batchtopk_rows(topk_fvu, threshold_fvu, per_token_fvu, threshold_l0):
+    rows = []
+    for seed in range(3):
+        rows += [{"n_latents": 4096, "variant": "topk", "seed": seed, "fvu": topk_fvu[seed], "l0": 32.0, "delta_ce": 0.5},
+                 {"n_latents": 4096, "variant": "batchtopk", "seed": seed, "fvu": threshold_fvu[seed], "l0": threshold_l0, "delta_ce": 0.5},
+                 {"n_latents": 4096, "variant": "batchtopk_inference_topk", "seed": seed, "fvu": per_token_fvu[seed], "l0": 32.0, "delta_ce": 0.5}]  # fmt: skip
+    return rows
+
+
+TOPK_FVU = [0.410, 0.412, 0.414]
+
+
+@pytest.mark.parametrize(
+    "threshold_fvu, per_token_fvu, threshold_l0, expected",
+    [
+        ([0.380, 0.381, 0.382], [0.50, 0.50, 0.50], 31.0, ("batchtopk", "agree")),  # at TopK's L0: the threshold decides
+        ([0.450, 0.451, 0.452], [0.30, 0.30, 0.30], 32.5, ("batchtopk", "disagree")),
+        ([0.300, 0.301, 0.302], [0.44, 0.45, 0.46], 24.0, ("batchtopk_inference_topk", "disagree")),  # L0 off: per-token
+        ([0.300, 0.301, 0.302], [0.40, 0.41, 0.43], 24.0, ("batchtopk_inference_topk", "inconclusive")),  # within spreads
+    ],
+)
+def test_the_batchtopk_rule_compares_at_equal_l0_and_gives_all_three_verdicts(reproduce, threshold_fvu, per_token_fvu, threshold_l0, expected):
+    rows = batchtopk_rows(TOPK_FVU, threshold_fvu, per_token_fvu, threshold_l0)
+    assert batchtopk_verdict(rows) == expected
+    judged = reproduce.judge_batchtopk({"n_latents": 4096, "tokens": 2**17, "cache_tokens": 2**17, "rows": rows})
+    assert (judged["compared"], judged["verdict"]) == expected
+    two_seeds = reproduce.judge_batchtopk({"n_latents": 4096, "tokens": 2**17, "cache_tokens": 2**17,
+                                           "rows": [row for row in rows if row["seed"] < 2]})  # fmt: skip
+    assert two_seeds["verdict"] == "inconclusive" and not two_seeds["decisive"]
+
+
+def test_the_plan_trains_batchtopk_under_every_seed_and_evaluates_it_both_ways(reproduce):
+    plan = reproduce.Plan(Path("paper-runs")).build()
+    for seed in reproduce.SEEDS:
+        folder = plan.seed_study_run("batchtopk", seed)
+        mine = [argv for argv, _ in plan.steps if str(folder) in argv]
+        assert [argv[0] for argv in mine] == ["train", "eval", "eval"], seed
+        assert "--architecture batchtopk" in shlex.join(mine[0]) and f"--seed {seed}" in shlex.join(mine[0])
+        # the TopK arm is the progressive study's TopK run, the same command but for the architecture
+        topk = next(argv for argv, _ in plan.steps if argv[0] == "train" and str(plan.seed_study_run("topk", seed)) in argv)
+        assert shlex.join(mine[0]) == shlex.join(topk).replace(str(plan.seed_study_run("topk", seed)), str(folder)).replace(
+            " --output_dir", " --architecture batchtopk --output_dir")
+        beside = reproduce.inference_run(folder, "topk")
+        assert beside.parent == folder.parent and mine[2][-4:] == ["--inference", "topk", "--output_dir", str(beside)]
+    left = reproduce.Plan(Path("paper-runs")).build_batchtopk_study(frozenset({0, 2}))
+    assert [argv[0] for argv, _ in left.steps] == ["train", "eval", "eval"]
 
 
 def test_scaling_sets_beta_beside_the_papers_value_and_waits_for_convergence(results):

@@ -67,6 +67,10 @@ VARIANT_LABELS = {
     "none": "neither",
 }
 PROGRESSIVE_VARIANTS = {"topk": [], "multi_topk": ["--multi_topk_coef", "0.125", "--multi_topk_factor", "4"]}
+# TopK against BatchTopK in the seed study: the TopK arm is the progressive study's TopK run (the same command); the
+# BatchTopK SAE is evaluated twice, with its threshold (its own inference) and with per-token TopK at k.
+BATCHTOPK_ARGS = ["--architecture", "batchtopk"]
+BATCHTOPK_ARMS = {"topk": "TopK", "batchtopk": "BatchTopK, threshold", "batchtopk_inference_topk": "BatchTopK, per-token TopK"}
 QUALITY_METRICS = {  # eval_results key → (label, the direction in which it improves)
     "delta_ce": ("ΔCE (nats)", "down"),
     "probe_loss": ("probe loss", "down"),
@@ -82,6 +86,7 @@ MIN_SEEDS = 3
 PAPER_DEAD_WINDOW = 10_000_000  # the paper's: a latent is dead after this many tokens without firing
 DEAD_WINDOWS = 3  # a decisive dead-latent run trains for at least this many of the paper's windows
 DEAD_WITH_MAX, DEAD_WITHOUT_MIN = 0.10, 0.20
+EQUAL_L0 = 0.05  # two arms are at the same mean L0 when their held-out L0s differ by at most this fraction
 CONVERGED_DROP = 0.01  # converged: doubling the tokens lowers held-out FVU by less than this fraction
 MIN_SAMPLES = {"n2g_precision": ("n2g_latents", 256), "n2g_recall": ("n2g_latents", 256),
                "ablation_sparsity": ("ablation_positions", 64), "probe_loss": ("probe_contexts", 256)}  # fmt: skip
@@ -172,9 +177,13 @@ class Plan:
         argv = ["train", "--n_latents", str(n), "--k", str(K), *common, *extra, "--output_dir", str(out)]
         self.steps.append((argv, out / "training_metrics.json"))
 
-    def evaluate(self, folder: Path, *skip: str) -> None:
+    def evaluate(self, folder: Path, *skip: str, inference: str | None = None) -> None:
+        """`hfsae eval` of folder; with `inference`, under that selection, into `inference_run(folder, inference)`."""
         argv = ["eval", str(folder), "--n_tokens", str(EVAL_TOKENS), "--n2g_latents", str(EVAL_SAMPLES["n2g_latents"]), "--quiet"]
-        self.steps.append((argv + (["--skip", *skip] if skip else []), folder / "eval_results.json"))
+        argv += ["--skip", *skip] if skip else []
+        out = folder if inference is None else inference_run(folder, inference)
+        argv += [] if inference is None else ["--inference", inference, "--output_dir", str(out)]
+        self.steps.append((argv, out / "eval_results.json"))
 
     def build(self) -> Plan:
         """The CPU plan: every run behind the report, seed 0 first (the report's first pass), then seeds 1 and 2."""
@@ -219,6 +228,7 @@ class Plan:
             for variant in ("auxk_tied", "none"):
                 self.train(self.seed_study_run(variant, seed), SEED_STUDY_N, self.seed_study_common(seed), VARIANTS[variant])
         self.build_progressive_study()
+        self.build_batchtopk_study()
 
     def seed_study_common(self, seed: int) -> list[str]:
         return self.common(TOKENS_PER_LATENT * SEED_STUDY_N, seed, harvest=SEED_STUDY_HARVEST, cache="seeds/activations")
@@ -233,6 +243,17 @@ class Plan:
                     self.evaluate(self.seed_study_run(variant, seed), "ablation", "n2g", "probes")
         return self
 
+    def build_batchtopk_study(self, stored: frozenset[int] = frozenset()) -> Plan:
+        """BatchTopK under every seed at the seed study's scale (TopK's runs are the progressive study's), evaluated
+        with its threshold and with per-token TopK; the seeds in `stored` are left out (results.json holds them)."""
+        for seed in SEEDS:
+            if seed not in stored:
+                folder = self.seed_study_run("batchtopk", seed)
+                self.train(folder, SEED_STUDY_N, self.seed_study_common(seed), BATCHTOPK_ARGS)
+                self.evaluate(folder, "ablation", "n2g", "probes")
+                self.evaluate(folder, "ablation", "n2g", "probes", inference="topk")
+        return self
+
     def build_gpu(self) -> Plan:
         """The GPU plan: the dead-latent ablation at GPU_N, the paper's dead window, three of them long, three seeds."""
         for seed in SEEDS:  # seed-major, so that a run cut short by the deadline still leaves whole pairs
@@ -243,6 +264,11 @@ class Plan:
 
     def commands(self) -> list[str]:
         return [shlex.join(["hfsae", *argv]) for argv, _ in self.steps]
+
+
+def inference_run(folder: Path, inference: str) -> Path:
+    """Where the evaluation of `folder` under another inference selection goes (beside it, not inside it)."""
+    return folder.with_name(f"{folder.name}_inference_{inference}")
 
 
 def run(plan: Plan, deadline_s: float | None = None) -> None:
@@ -322,6 +348,31 @@ def measure_progressive_study(plan: Plan) -> dict | None:
     }  # fmt: skip
 
 
+def batchtopk_folders(plan: Plan) -> dict[tuple[str, int], Path]:
+    """The evaluation folder of each (arm, seed) of the TopK-against-BatchTopK comparison."""
+    folders = {}
+    for seed in SEEDS:
+        folders["topk", seed] = plan.seed_study_run("topk", seed)
+        folders["batchtopk", seed] = plan.seed_study_run("batchtopk", seed)
+        folders["batchtopk_inference_topk", seed] = inference_run(plan.seed_study_run("batchtopk", seed), "topk")
+    return folders
+
+
+def measure_batchtopk(plan: Plan) -> dict | None:
+    """Held-out FVU, L0 and ΔCE of each arm and seed whose evaluation has run (None before BatchTopK's first)."""
+    done = {key: folder / "eval_results.json" for key, folder in batchtopk_folders(plan).items()
+            if (folder / "eval_results.json").is_file()}  # fmt: skip
+    if not any(arm != "topk" for arm, _ in done):
+        return None
+    rows = []
+    for (arm, seed), path in sorted(done.items(), key=lambda item: (item[0][1], list(BATCHTOPK_ARMS).index(item[0][0]))):
+        results = read(path)
+        rows.append({"n_latents": SEED_STUDY_N, "variant": arm, "seed": seed, "fvu": results["fvu"], "l0": results["l0"],
+                     "delta_ce": results["delta_ce"]})  # fmt: skip
+    trained = read(plan.seed_study_run("batchtopk", rows[-1]["seed"]) / "training_metrics.json")
+    return {"n_latents": SEED_STUDY_N, "k": K, "tokens": trained["tokens"], "cache_tokens": SEED_STUDY_HARVEST, "rows": rows}
+
+
 def measure_progressive(plan: Plan) -> dict:
     runs = curves({(v, s): plan.progressive_run(v, s) for s in SEEDS for v in PROGRESSIVE_VARIANTS})
     curve = read(plan.progressive_run("topk") / "eval_results.json")["progressive"]
@@ -354,6 +405,8 @@ def measure_quality(plan: Plan) -> dict:
                        **{key: results[key] for key in QUALITY_METRICS}})  # fmt: skip
     evaluated = []
     for folder in sorted(plan.work.glob("*/**/eval_results.json")):
+        if not folder.with_name("config.json").is_file():
+            continue  # an evaluation under another inference selection, beside its SAE's folder
         results = read(folder)
         config = read(folder.with_name("config.json"))
         evaluated.append({
@@ -387,6 +440,11 @@ def merge_seed_runs(results: dict, plan: Plan) -> dict:
         add_curves(prog["seed_study"]["runs"], found["runs"])
     elif found:
         prog["seed_study"] = found
+    batchtopk = measure_batchtopk(plan)
+    if batchtopk:
+        stored = results["findings"].setdefault("batchtopk", {**batchtopk, "rows": []})
+        known = {(row["variant"], row["seed"]) for row in stored["rows"]}
+        stored["rows"] += [row for row in batchtopk["rows"] if (row["variant"], row["seed"]) not in known]
     done = [command for command, (_, marker) in zip(plan.commands(), plan.steps) if marker is not None and marker.is_file()]
     results["commands_run"] += [command for command in done if command not in results["commands_run"]]
     return results
@@ -409,6 +467,7 @@ def collect(plan: Plan) -> dict:
             "progressive": measure_progressive(plan),
             "scaling": measure_scaling(plan),
             "quality": measure_quality(plan),
+            **({"batchtopk": batchtopk} if (batchtopk := measure_batchtopk(plan)) else {}),
         },
         "plots": list(PLOTS),
     }
@@ -528,6 +587,29 @@ def judge_progressive(prog: dict) -> dict:
         "scales": scales, "rests_on": rests_on,
         "decisive_conditions": scales[rests_on]["decisive_conditions"], "decisive": scales[rests_on]["decisive"],
         "verdict": scales[rests_on]["verdict"],
+    }  # fmt: skip
+
+
+def judge_batchtopk(bt: dict) -> dict:
+    """TopK against BatchTopK at the same mean L0: the threshold when its L0 is TopK's, else per-token TopK at k."""
+    fvu, l0 = (arms(bt["rows"], bt["n_latents"], key) for key in ("fvu", "l0"))
+    equal_l0 = abs(l0["batchtopk"]["mean"] / l0["topk"]["mean"] - 1) <= EQUAL_L0
+    compared = "batchtopk" if equal_l0 else "batchtopk_inference_topk"
+    conditions = {"seeds": min(fvu["topk"]["seeds"], fvu[compared]["seeds"]) >= MIN_SEEDS}
+    outcome = compare(fvu[compared], fvu["topk"])
+    verdict = {"<": "agree", ">": "disagree", "≈": "inconclusive"}[outcome] if all(conditions.values()) else "inconclusive"
+    return {
+        "claim": "BatchTopK (Bussmann et al. 2024), which keeps the k·B largest activations of a batch in training and "
+        "a threshold at inference, reconstructs better than TopK at the same mean L0.",
+        "decisive_rule": f"decisive when each compared arm has ≥ {MIN_SEEDS} seeds; otherwise inconclusive.",
+        "rule": f"BatchTopK is compared at its threshold when its held-out L0 is within {EQUAL_L0:.0%} of TopK's, else "
+        "with per-token TopK at k (the same L0 by construction); when decisive: agree when its held-out FVU is below "
+        "TopK's by more than the spreads, disagree when above by more than the spreads, else inconclusive.",
+        "n_latents": bt["n_latents"], "tokens": bt["tokens"], "cache_tokens": bt["cache_tokens"],
+        "fvu": fvu, "l0": l0, "delta_ce": arms(bt["rows"], bt["n_latents"], "delta_ce"),
+        "equal_l0_at_threshold": equal_l0, "compared": compared, "comparison": outcome,
+        "decisive_conditions": conditions, "decisive": all(conditions.values()),
+        "verdict": verdict,
     }  # fmt: skip
 
 
@@ -654,6 +736,7 @@ def judge(results: dict) -> dict:
         "progressive": judge_progressive(findings["progressive"]),
         "scaling": judge_scaling(results),
         "quality": judge_quality(findings["quality"]),
+        **({"batchtopk": judge_batchtopk(findings["batchtopk"])} if "batchtopk" in findings else {}),
     }
 
 
@@ -667,6 +750,7 @@ def constants() -> dict:
         "rules": {"min_seeds": MIN_SEEDS, "paper_dead_window": PAPER_DEAD_WINDOW, "dead_windows": DEAD_WINDOWS,
                   "decisive_dead_tokens": DEAD_WINDOWS * PAPER_DEAD_WINDOW, "dead_with_max": DEAD_WITH_MAX,
                   "dead_without_min": DEAD_WITHOUT_MIN, "converged_drop": CONVERGED_DROP, "rho_threshold": RHO_THRESHOLD,
+                  "equal_l0": EQUAL_L0,
                   "min_samples": {key: minimum for key, (_, minimum) in MIN_SAMPLES.items()}},  # fmt: skip
         "paper": PAPER,
         "gpu": {"n_latents": GPU_N, "batch": GPU_BATCH, "tokens": GPU_TOKENS, "runs": GPU_RUNS,
@@ -865,7 +949,9 @@ def summary_table(results: dict) -> list[str]:
     dead, prog, scal, qual = (judged[name] for name in ("dead_latents", "progressive", "scaling", "quality"))
     lines = ["### Rules (fixed before the numbers)", "", f"Seeds: {judged['seed_rule']}.", ""]
     lines += ["| finding | decisive when | verdict when decisive |", "|---|---|---|"]
-    for name, finding in (("dead latents", dead), ("progressive recovery", prog), ("L(n)", scal), ("downstream and quality", qual)):
+    batchtopk = judged.get("batchtopk")
+    named = [("dead latents", dead), ("progressive recovery", prog), ("L(n)", scal), ("downstream and quality", qual)]
+    for name, finding in named + ([("TopK against BatchTopK", batchtopk)] if batchtopk else []):
         lines.append(f"| {name} | {finding['decisive_rule']} | {finding['rule']} |")
     lines += ["", "### Summary", "", "| finding | the paper | measured here | decisive | verdict |", "|---|---|---|---|---|"]
     largest = results["findings"]["dead_latents"]["largest_n"]
@@ -887,6 +973,14 @@ def summary_table(results: dict) -> list[str]:
         f"| L(n) at k {K} | {scal['claim']} | β = {scal['exponent']:.3f} ± {scal['exponent_error']:.3f}; the paper's "
         f"β_n + γ ln {K} = {scal['paper_exponent']:.3f} | {unmet(scal)} | {scal['verdict']} |"
     )
+    if batchtopk:
+        fvu, l0 = batchtopk["fvu"], batchtopk["l0"]
+        lines.append(
+            f"| TopK against BatchTopK, n {batchtopk['n_latents']:,} | {batchtopk['claim']} | held-out FVU: TopK "
+            f"{arm_text(fvu['topk'])} at L0 {l0['topk']['mean']:.1f}; BatchTopK at its threshold {arm_text(fvu['batchtopk'])} "
+            f"at L0 {l0['batchtopk']['mean']:.1f}, with per-token TopK {arm_text(fvu['batchtopk_inference_topk'])}; "
+            f"compared: {BATCHTOPK_ARMS[batchtopk['compared']]} | {unmet(batchtopk)} | {batchtopk['verdict']} |"
+        )
     low, high = qual["delta_ce_vs_fvu_interval"]
     lines.append(
         f"| ΔCE against FVU | Downstream loss tracks FVU. | rank correlation {qual['delta_ce_vs_fvu_spearman']:.2f} "
@@ -979,6 +1073,18 @@ def progressive_table(prog: dict, title: str) -> list[str]:
     return lines
 
 
+def batchtopk_table(judged: dict) -> list[str]:
+    """Each arm's held-out FVU, L0 and ΔCE as mean ± spread over seeds, and its FVU per seed."""
+    lines = ["", f"### TopK against BatchTopK (seed study: n {judged['n_latents']:,}, k {K}, {judged['tokens']:,} tokens "
+             f"from a cache of {judged['cache_tokens']:,}; mean ± spread over seeds)", ""]  # fmt: skip
+    lines += ["| recipe | seeds | held-out FVU | L0 | ΔCE (nats) | FVU per seed |", "|---|---|---|---|---|---|"]
+    for arm, label in BATCHTOPK_ARMS.items():
+        fvu = judged["fvu"][arm]
+        lines.append(f"| {label} | {fvu['seeds']} | {arm_text(fvu)} | {arm_text(judged['l0'][arm], lambda v: f'{v:.2f}')} "
+                     f"| {arm_text(judged['delta_ce'][arm])} | {' '.join(num(value) for value in fvu['values'])} |")  # fmt: skip
+    return lines
+
+
 def tables(results: dict) -> str:
     """The README's tables, from results.json alone (the test checks that the README holds exactly these)."""
     prog, qual = results["findings"]["progressive"], results["findings"]["quality"]
@@ -988,6 +1094,8 @@ def tables(results: dict) -> str:
         study = prog["seed_study"]
         lines += progressive_table(study, f"seed study: n {study['n_latents']:,}, k {study['k']}, {study['tokens']:,} tokens "
                                    f"from a cache of {study['cache_tokens']:,}; mean ± spread over seeds")  # fmt: skip
+    if "batchtopk" in results["judged"]:
+        lines += batchtopk_table(results["judged"]["batchtopk"])
     lines += scaling_tables(results)
     samples = qual["samples"]
     lines += ["", f"### Quality against n (k {qual['k']}, the scaling runs; N2G on {samples['n2g_latents']} latents, "
@@ -1068,7 +1176,7 @@ def main() -> None:
     parser.add_argument("--work-dir", default="paper-runs", help="Folder for the runs and the activation cache (default: paper-runs).")
     parser.add_argument("--report-only", action="store_true", help="Only rebuild results.json, the plots and the tables from the runs.")
     parser.add_argument("--rejudge", action="store_true", help="Recompute verdicts, plots and tables from results.json's "
-                        "numbers, after running the progressive seed study's runs it lacks, adding the seed runs found "
+                        "numbers, after running the runs of the two seed studies (progressive, BatchTopK) it lacks, adding the seed runs found "
                         "under --work-dir.")  # fmt: skip
     parser.add_argument("--plan", choices=("cpu", "gpu"), help="Print that plan's commands and exit.")
     parser.add_argument("--run-gpu", action="store_true", help="Run the GPU plan within its deadline and print its verdict.")
@@ -1092,6 +1200,8 @@ def main() -> None:
         stored = read(RESULTS)
         study = stored["findings"]["progressive"].get("seed_study", {"runs": {}})
         run(Plan(work).build_progressive_study(frozenset((v, r["seed"]) for v, runs in study["runs"].items() for r in runs)))
+        rows = stored["findings"].get("batchtopk", {"rows": []})["rows"]
+        run(Plan(work).build_batchtopk_study(frozenset(r["seed"] for r in rows if r["variant"] == "batchtopk_inference_topk")))
         plan = Plan(work).build()
         results = merge_seed_runs(stored, plan)
         results["commands"], results["gpu_commands"] = plan.commands(), Plan(work).build_gpu().commands()
