@@ -33,7 +33,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from itertools import chain
 
@@ -191,13 +191,13 @@ def divergence_advice(config: TrainConfig, run_id: str) -> str:
     )
 
 
-def check_heldout_fvu(name: str, fvu_value: float, *, transcoder: bool, step: int, advice: Callable[[], str]) -> None:
+def check_heldout_fvu(name: str, fvu_value: float, *, transcoder: bool, step: int, config: TrainConfig, run_id: str) -> None:
     """Raise TrainingDivergedError for a held-out FVU that is not finite or, for an SAE, above MAX_HELDOUT_FVU."""
     if not math.isfinite(fvu_value) or (not transcoder and fvu_value > MAX_HELDOUT_FVU):
         raise TrainingDivergedError(
             f"Training diverged: {name} reconstructs the held-out activations with FVU {fvu_value:.3g} after "
             f"{step} steps, above {MAX_HELDOUT_FVU:g} (the data's mean alone scores 1), so no SAE was saved "
-            f"{advice()}"
+            f"{divergence_advice(config, run_id)}"
         )
 
 
@@ -381,7 +381,7 @@ class Trainer:
                 continue
             kept, measured = choose_weights(raw, ema, run.hook_point, selection, reported)
             check_heldout_fvu(run.name, measured["fvu"], transcoder=raw.config.is_transcoder, step=self.step,
-                              advice=lambda: divergence_advice(self.config, self.run_id))
+                              config=self.config, run_id=self.run_id)
             tokens = self.step * self.config.batch_size
             metrics = {
                 **measured,
