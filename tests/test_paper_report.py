@@ -491,3 +491,16 @@ def test_gpu_summary_judges_the_finished_gpu_runs_by_the_reports_rule(reproduce,
     assert summary["verdict"] == "agree" and summary["dead_without"]["mean"] == pytest.approx(0.6)
     (plan.gpu_run("none", 2) / "training_metrics.json").unlink()  # a cut-short run: two seeds of one arm
     assert reproduce.gpu_summary(tmp_path)["verdict"] == "inconclusive"
+
+
+def test_measure_batchtopk_reads_a_partial_study(reproduce, tmp_path):
+    """TopK evaluated under every seed, BatchTopK only under seed 0: its rows are measured, nothing is missing."""
+    plan = reproduce.Plan(tmp_path)
+    folders = {key: folder for key, folder in reproduce.batchtopk_folders(plan).items() if key[0] == "topk" or key[1] == 0}
+    for (arm, seed), folder in folders.items():
+        folder.mkdir(parents=True)
+        (folder / "eval_results.json").write_text(json.dumps({"fvu": 0.4 + seed / 100, "l0": 32.0, "delta_ce": 1.0}))
+    (plan.seed_study_run("batchtopk", 0) / "training_metrics.json").write_text(json.dumps({"tokens": 131072}))
+    measured = reproduce.measure_batchtopk(plan)
+    assert measured["tokens"] == 131072
+    assert sorted((row["variant"], row["seed"]) for row in measured["rows"]) == sorted(folders)

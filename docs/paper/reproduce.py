@@ -369,7 +369,8 @@ def measure_batchtopk(plan: Plan) -> dict | None:
         results = read(path)
         rows.append({"n_latents": SEED_STUDY_N, "variant": arm, "seed": seed, "fvu": results["fvu"], "l0": results["l0"],
                      "delta_ce": results["delta_ce"]})  # fmt: skip
-    trained = read(plan.seed_study_run("batchtopk", rows[-1]["seed"]) / "training_metrics.json")
+    seed = next(row["seed"] for row in rows if row["variant"] != "topk")  # a BatchTopK run whose evaluation has run
+    trained = read(plan.seed_study_run("batchtopk", seed) / "training_metrics.json")
     return {"n_latents": SEED_STUDY_N, "k": K, "tokens": trained["tokens"], "cache_tokens": SEED_STUDY_HARVEST, "rows": rows}
 
 
